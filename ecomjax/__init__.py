@@ -1,0 +1,45 @@
+"""ecomjax: a JAX/Flax toolkit for e-commerce search and recommendation.
+
+Public API::
+
+    import ecomjax
+    result = ecomjax.train("configs/sasrec_beauty.yaml", train__epochs=5)   # or "train.epochs": 5
+    result.metrics["test"]["ndcg@10"], result.model, result.workdir
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ecomjax.config import Config, ConfigError, load_config
+
+__version__ = "0.1.0"
+
+
+def train(config_or_path: str | Path | dict[str, Any] | Config | None = None, **overrides: Any):
+    """Train what the config describes and return a ``TrainResult`` (``.metrics``, ``.model``,
+    ``.workdir``).
+
+    Keyword overrides use ``__`` for the dots of the CLI form (``model__num_layers=1`` is
+    ``model.num_layers=1``); a dict of dotted keys can be passed as ``overrides={...}``.
+    """
+    dotted = dict(overrides.pop("overrides", {}) or {})
+    dotted.update(overrides)
+    config = load_config(config_or_path, dotted)
+    from ecomjax.train.loop import train_next_item
+
+    return train_next_item(config)
+
+
+def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
+    """Re-evaluate a finished run from its checkpoint (resolved config + best parameters)."""
+    workdir = Path(workdir)
+    dotted = {"train.progress": False, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    config = load_config(workdir / "config.yaml", dotted)
+    from ecomjax.train.loop import train_next_item
+
+    return train_next_item(config).metrics
+
+
+__all__ = ["Config", "ConfigError", "evaluate", "load_config", "train"]

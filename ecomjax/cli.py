@@ -1,0 +1,80 @@
+"""Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ecomjax.config import ConfigError, load_config
+from ecomjax.data.sequences import DataFormatError
+
+_SUMMARY_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
+
+
+def _summary(metrics: dict) -> str:
+    lines = []
+    for split in ("valid", "test"):
+        if split in metrics:
+            values = "  ".join(f"{k} {metrics[split][k]:.4f}" for k in _SUMMARY_KEYS if k in metrics[split])
+            lines.append(f"{split:5s}  {values}")
+    lines.append(
+        f"train {metrics.get('train_seconds', 0):.1f}s over {metrics.get('epochs_run')} epochs "
+        f"(best epoch {metrics.get('best_epoch')}, stop: {metrics.get('stop_reason')})"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ecomjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_p = sub.add_parser("train", help="train a model from a YAML config")
+    train_p.add_argument("config", nargs="?", help="YAML config (default: built-in synthetic quickstart)")
+    train_p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    eval_p = sub.add_parser("eval", help="re-evaluate a trained workdir")
+    eval_p.add_argument("workdir")
+    eval_p.add_argument("overrides", nargs="*")
+    data_p = sub.add_parser("data", help="describe the dataset a config resolves to")
+    data_p.add_argument("config", nargs="?")
+    data_p.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "train":
+            config_path = args.config
+            if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
+                args.overrides.insert(0, config_path)  # `ecomjax train key=value` with no config
+                config_path = None
+            config = load_config(config_path, args.overrides)
+            from ecomjax.train.loop import train_next_item
+
+            result = train_next_item(config)
+            print(_summary(result.metrics))
+            print(f"wrote {result.workdir}/metrics.json")
+        elif args.command == "eval":
+            import ecomjax
+
+            overrides = dict(item.split("=", 1) for item in args.overrides)
+            print(_summary(ecomjax.evaluate(args.workdir, **overrides)))
+        elif args.command == "data":
+            from ecomjax.data import load_sequences
+
+            config = load_config(args.config, args.overrides)
+            ds = load_sequences(config.data)
+            lengths = ds.lengths
+            print(json.dumps({
+                "name": ds.name, "users": ds.num_users, "items": ds.num_items,
+                "interactions": int(lengths.sum()), "mean_length": round(float(lengths.mean()), 2),
+                "max_length": int(lengths.max()),
+            }, indent=2))
+    except (ConfigError, DataFormatError, FileNotFoundError, ValueError) as exc:
+        print(f"ecomjax: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ecomjax: interrupted; checkpoint saved, run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Typed run configuration: YAML files plus dotted ``key=value`` overrides, validated at once.
+
+A misspelt key or a bad value must fail before any data is read or anything is compiled, with a
+message that names the key and says what would have been accepted; a long run that silently
+ignores ``model.hiden_size=128`` wastes an afternoon. Every section is a dataclass whose field
+types are the schema: ``Literal`` fields list their allowed values, numeric fields are checked
+for type and range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic shop (see ``ecomjax.data.synthetic``)."""
+
+    num_users: int = 2000  # shoppers, each with a latent taste vector
+    num_items: int = 1000  # catalogue size
+    num_categories: int = 20  # items belong to one category each; tastes are over categories
+    mean_length: float = 12.0  # mean purchases per user (geometric tail, at least min_length)
+    min_length: int = 5  # like the 5-core filtering of the Amazon files
+    popularity_skew: float = 1.0  # Zipf exponent of item popularity inside a category
+    taste_concentration: float = 0.3  # Dirichlet concentration: small = users love few categories
+    sequential_strength: float = 0.6  # probability the next purchase follows the previous item's category
+    seed: int = 0  # the generator's own seed, separate from training randomness
+
+
+@dataclass
+class DataConfig:
+    """Where interaction sequences come from and how they become model inputs."""
+
+    source: Literal["synthetic", "sequences"] = "synthetic"  # sequences = `user item item ...` file
+    path: str | None = None  # file for source=sequences; relative paths also tried under $ECOMJAX_DATA_DIR
+    max_len: int = 50  # most recent items a model sees; longer histories are truncated on the left
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Sequential recommender architecture (``ecomjax.models``)."""
+
+    name: Literal["sasrec", "gru4rec"] = "sasrec"
+    hidden_size: int = 64  # item embedding width = model width (embeddings are tied to the output)
+    num_layers: int = 2  # transformer blocks or stacked RNN layers
+    num_heads: int = 2  # attention heads (sasrec)
+    ffn_size: int = 256  # feed-forward inner width (sasrec)
+    dropout: float = 0.5  # embedding / residual / recurrent-output dropout
+    attention_dropout: float = 0.5  # dropout on attention weights (sasrec)
+    norm_first: bool = True  # pre-LN blocks (stable at larger learning rates); false = post-LN as in BERT
+    activation: Literal["gelu", "relu"] = "gelu"
+    rnn_cell: Literal["gru", "lstm"] = "gru"  # gru4rec only
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; parameters stay float32
+
+
+@dataclass
+class LossConfig:
+    """Next-item objective over the catalogue (``ecomjax.tasks.next_item``)."""
+
+    name: Literal["full_softmax", "sampled_softmax", "bce"] = "full_softmax"
+    num_negatives: int = 256  # sampled_softmax: negatives shared by the batch
+    sampler: Literal["uniform", "popularity"] = "uniform"  # sampled_softmax negative distribution
+    logq_correction: bool = True  # sampled_softmax: subtract log Q(item) from every logit
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, stopping and checkpointing."""
+
+    batch_size: int = 32  # rows per step; each row packs several users' sequences (max_len tokens)
+    epochs: int = 50  # upper bound; early stopping usually ends sooner
+    learning_rate: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # decoupled AdamW decay; embeddings and norms included
+    warmup_steps: int = 100  # linear warm-up from 0 to learning_rate
+    decay: Literal["cosine", "linear", "constant"] = "cosine"  # after warm-up, over all planned steps
+    end_learning_rate_ratio: float = 0.05  # final lr = ratio * learning_rate (cosine/linear)
+    grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit); the schedule is unaffected
+    eval_every_epochs: int = 1  # validation frequency for early stopping
+    early_stopping_patience: int = 5  # evaluations without a better validation ndcg@10 before stopping
+    checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only after each evaluation)
+    resume: bool = True  # continue from workdir/checkpoints when they exist
+    prng_impl: Literal["threefry2x32", "rbg", "unsafe_rbg"] = "threefry2x32"  # dropout RNG
+    progress: bool = True  # progress bar on the terminal
+
+
+@dataclass
+class EvalConfig:
+    """Leave-one-out ranking evaluation (``ecomjax.eval``)."""
+
+    exclude_history: bool = True  # earlier items of the user get -inf before ranking (S3-Rec protocol)
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 512  # users scored per batch
+    sampled_negatives: int = 0  # >0 adds the sampled protocol (e.g. 100 uniform negatives) beside full ranking
+    monitor: str = "ndcg@10"  # validation metric for early stopping and best checkpoint
+
+
+@dataclass
+class Config:
+    """A whole run: what to train on, what to train, how, and where to write."""
+
+    workdir: str = "runs/quickstart"
+    seed: int = 0  # training randomness: initialisation, shuffling, dropout
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Range checks beyond types: key -> (predicate, description of the allowed values).
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.max_len": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic.num_users": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic.num_items": (lambda v: v >= 2, "an integer >= 2"),
+    "data.synthetic.num_categories": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic.min_length": (lambda v: v >= 3, "an integer >= 3 (leave-one-out needs 3)"),
+    "data.synthetic.mean_length": (lambda v: v >= 3, "a number >= 3"),
+    "data.synthetic.taste_concentration": (lambda v: v > 0, "a number > 0"),
+    "data.synthetic.sequential_strength": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "model.hidden_size": (lambda v: v >= 1, "an integer >= 1"),
+    "model.num_layers": (lambda v: v >= 1, "an integer >= 1"),
+    "model.num_heads": (lambda v: v >= 1, "an integer >= 1"),
+    "model.ffn_size": (lambda v: v >= 1, "an integer >= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.attention_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "loss.num_negatives": (lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.learning_rate": (lambda v: v > 0, "a number > 0"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.end_learning_rate_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "train.grad_clip_norm": (lambda v: v >= 0, "a number >= 0"),
+    "train.max_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.eval_every_epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.early_stopping_patience": (lambda v: v >= 1, "an integer >= 1"),
+    "train.checkpoint_every_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "eval.ks": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.sampled_negatives": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotated type ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {list(allowed)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported schema type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, validating every key and value."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            section = prefix.rstrip(".") or "the top level"
+            raise ConfigError(f"unknown key '{prefix}{key}'; allowed keys in {section}: {names}")
+    kwargs = {}
+    for name in names:
+        if name not in values:
+            continue
+        key, tp, value = f"{prefix}{name}", hints[name], values[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+            continue
+        value = _coerce(key, value, tp)
+        if key in _RANGES and value is not None:
+            check, allowed = _RANGES[key]
+            if not check(value):
+                raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'model.num_layers=2'`` -> ``('model.num_layers', 2)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key, value
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a config from a YAML path, a dict or a Config, then apply dotted overrides.
+
+    ``overrides`` is either CLI-style ``["train.epochs=3"]`` or a mapping
+    ``{"train.epochs": 3}`` (keyword arguments of ``ecomjax.train`` arrive as the latter, with
+    ``__`` standing for ``.`` so that ``train__epochs=3`` works as a Python keyword).
+    """
+    if source is None:
+        tree: dict[str, Any] = {}
+    elif isinstance(source, Config):
+        tree = source.to_dict()
+    elif isinstance(source, dict):
+        tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy, plain types only
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    if isinstance(overrides, dict):
+        pairs = [(k.replace("__", "."), v) for k, v in overrides.items()]
+    else:
+        pairs = [parse_override(o) for o in overrides or []]
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, "")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

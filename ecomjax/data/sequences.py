@@ -1,0 +1,146 @@
+"""Interaction sequences: the ``user item item ...`` file format and its in-memory form.
+
+Sequences are held as one flat item array plus offsets (CSR), so that splitting, packing and
+evaluation batches are vectorised numpy work even for millions of interactions. Item ids are
+remapped to ``1..num_items`` (0 is padding everywhere in ecomjax); the original ids are kept so
+that predictions can be mapped back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataFormatError(ValueError):
+    """A data file that does not follow its format; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class SequenceDataset:
+    """Time-ordered item sequences, one per user, with items remapped to ``1..num_items``."""
+
+    items: np.ndarray  # int32 [total interactions], all users concatenated
+    offsets: np.ndarray  # int64 [num_users + 1]; user u owns items[offsets[u]:offsets[u+1]]
+    num_items: int
+    user_ids: np.ndarray  # original user id of each row
+    item_ids: np.ndarray  # original id of each remapped item; item_ids[0] is the padding slot
+    name: str = "sequences"
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def head(self, num_users: int) -> SequenceDataset:
+        """The first ``num_users`` users, with items re-indexed to those they use (a small slice)."""
+        offsets = self.offsets[: num_users + 1]
+        old = self.items[: offsets[-1]]
+        used = np.unique(old)
+        remap = np.zeros(self.num_items + 1, dtype=np.int32)
+        remap[used] = np.arange(1, len(used) + 1, dtype=np.int32)
+        return SequenceDataset(
+            items=remap[old],
+            offsets=offsets.copy(),
+            num_items=len(used),
+            user_ids=self.user_ids[:num_users].copy(),
+            item_ids=np.concatenate([self.item_ids[:1], self.item_ids[used]]),
+            name=f"{self.name}[:{num_users}]",
+        )
+
+
+def from_lists(
+    sequences: list[list[int]] | list[np.ndarray], num_items: int, name: str = "sequences"
+) -> SequenceDataset:
+    """Build a dataset from already remapped sequences (ids in ``1..num_items``)."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    if np.any(lengths == 0):
+        raise DataFormatError(f"{name}: user {int(np.argmin(lengths))} has an empty sequence")
+    items = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences])
+    if items.min() < 1 or items.max() > num_items:
+        raise DataFormatError(f"{name}: item ids must lie in 1..{num_items}")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return SequenceDataset(
+        items=items,
+        offsets=offsets,
+        num_items=num_items,
+        user_ids=np.arange(len(sequences)),
+        item_ids=np.arange(num_items + 1),
+        name=name,
+    )
+
+
+def read_sequence_file(path: str | Path) -> SequenceDataset:
+    """Read ``user item item ...`` lines (whitespace separated integer ids, time-ordered).
+
+    Blank lines are allowed and carry nothing. Everything else must be well formed: a line with
+    a user but no items, a token that is not an integer id, or a user that appears twice is an
+    error naming the file and line, because dropping it would silently change the benchmark.
+    Item ids are remapped in increasing order of the original id, so files whose ids are
+    already ``1..N`` (Amazon/S3-Rec, MovieLens) keep them.
+    """
+    path = Path(path)
+    users: list[int] = []
+    rows: list[list[int]] = []
+    seen: dict[int, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            try:
+                ids = [int(t) for t in tokens]
+            except ValueError:
+                bad = next(t for t in tokens if not t.lstrip("-").isdigit())
+                raise DataFormatError(
+                    f"{path}:{line_no}: {bad!r} is not an integer id; expected 'user item item ...'"
+                ) from None
+            if len(ids) < 2:
+                raise DataFormatError(f"{path}:{line_no}: user {ids[0]} has no items")
+            if min(ids) < 0:
+                raise DataFormatError(f"{path}:{line_no}: negative id {min(ids)}")
+            if ids[0] in seen:
+                raise DataFormatError(
+                    f"{path}:{line_no}: user {ids[0]} already appeared on line {seen[ids[0]]}"
+                )
+            seen[ids[0]] = line_no
+            users.append(ids[0])
+            rows.append(ids[1:])
+    if not rows:
+        raise DataFormatError(f"{path}: no sequences found")
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    raw = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
+    item_ids, remapped = np.unique(raw, return_inverse=True)
+    return SequenceDataset(
+        items=(remapped + 1).astype(np.int32),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        num_items=len(item_ids),
+        user_ids=np.asarray(users),
+        item_ids=np.concatenate([[-1], item_ids]),
+        name=path.stem,
+    )
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """Find a data file: as given, else relative to ``$ECOMJAX_DATA_DIR``.
+
+    Configs name real datasets relative to the data directory (``amazon-beauty/Beauty.txt``) so
+    the same config works on a laptop, in CI and on a TPU VM.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    data_dir = os.environ.get("ECOMJAX_DATA_DIR")
+    if data_dir and not candidate.is_absolute() and (Path(data_dir) / candidate).is_file():
+        return Path(data_dir) / candidate
+    where = f" or under ECOMJAX_DATA_DIR={data_dir}" if data_dir else " (ECOMJAX_DATA_DIR is not set)"
+    raise FileNotFoundError(f"data.path: file {str(path)!r} not found as given{where}")

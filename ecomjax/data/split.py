@@ -1,0 +1,54 @@
+"""Leave-one-out split, the protocol of SASRec, S3-Rec and generative-recommenders.
+
+For a user with items ``s[0..n-1]``: the last item is the test target, the one before it the
+validation target, and ``s[:n-2]`` is training data. Validation ranks ``s[n-2]`` given
+``s[:n-2]``; test ranks ``s[n-1]`` given ``s[:n-1]`` (the validation item is history then).
+Users with fewer than three items cannot give all three parts: their whole sequence is used for
+training and they are counted (never silently) in ``LeaveOneOut.num_train_only``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecomjax.data.sequences import SequenceDataset
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Users to rank for one split: their history (model input) and held-out target."""
+
+    users: np.ndarray  # int64 [U] row index into the dataset
+    history_end: np.ndarray  # int64 [U]; history = dataset.items[offsets[u]:history_end]
+    targets: np.ndarray  # int32 [U] the item to rank
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    dataset: SequenceDataset
+    train_end: np.ndarray  # int64 [num_users]; training items = items[offsets[u]:train_end[u]]
+    valid: EvalSplit
+    test: EvalSplit
+    num_train_only: int  # users with < 3 items: training data, not evaluated
+
+    def train_sequence(self, user: int) -> np.ndarray:
+        return self.dataset.items[self.dataset.offsets[user] : self.train_end[user]]
+
+
+def leave_one_out(dataset: SequenceDataset) -> LeaveOneOut:
+    start, end = dataset.offsets[:-1], dataset.offsets[1:]
+    lengths = end - start
+    evaluated = lengths >= 3
+    train_end = np.where(evaluated, end - 2, end)
+    users = np.flatnonzero(evaluated)
+    valid = EvalSplit(users=users, history_end=end[users] - 2, targets=dataset.items[end[users] - 2])
+    test = EvalSplit(users=users, history_end=end[users] - 1, targets=dataset.items[end[users] - 1])
+    return LeaveOneOut(
+        dataset=dataset,
+        train_end=train_end,
+        valid=valid,
+        test=test,
+        num_train_only=int((~evaluated).sum()),
+    )

@@ -1,0 +1,25 @@
+"""Flax NNX models. A model knows nothing about tasks: it maps inputs to representations.
+
+Sequential recommenders share one interface: ``encode(items, positions, segments, *,
+deterministic, rngs) -> [B, L, D]`` hidden states, and ``item_table() -> [num_items + 1, D]``
+output embeddings. New model = one module + one line in ``SEQUENTIAL_MODELS``.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from ecomjax.config import ModelConfig
+from ecomjax.models.gru4rec import GRU4Rec
+from ecomjax.models.sasrec import SASRec
+
+SEQUENTIAL_MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+
+
+def build_sequential_model(
+    config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs
+) -> SASRec | GRU4Rec:
+    return SEQUENTIAL_MODELS[config.name](config, num_items, max_len, rngs=rngs)
+
+
+__all__ = ["SEQUENTIAL_MODELS", "GRU4Rec", "SASRec", "build_sequential_model"]

@@ -1,0 +1,121 @@
+"""SASRec (Kang & McAuley, 2018): a causal transformer over a user's item sequence.
+
+Item embeddings are shared with the output layer, so the score of item ``j`` after position
+``t`` is ``<h_t, E_j>``. Positions are learned and counted from the *end* of each sequence
+(0 = most recent item); this equals the original left-padded layout, and lets packed rows hold
+several users: attention is causal and restricted to equal segment ids.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ecomjax.config import ModelConfig
+
+_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def segment_causal_mask(segments: jax.Array) -> jax.Array:
+    """``[B, 1, L, L]`` mask: query t may attend key s <= t of the same segment."""
+    length = segments.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    same = segments[:, :, None] == segments[:, None, :]
+    return (same & causal)[:, None]
+
+
+class CausalSelfAttention(nnx.Module):
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+        width = config.hidden_size
+        if width % config.num_heads:
+            raise ValueError(
+                f"model.hidden_size={width} must be divisible by model.num_heads={config.num_heads}"
+            )
+        self.num_heads = config.num_heads
+        self.qkv = nnx.Linear(width, 3 * width, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.out = nnx.Linear(width, width, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.dropout = nnx.Dropout(config.attention_dropout)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
+        batch, length, width = x.shape
+        head = width // self.num_heads
+        q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3 * self.num_heads, head), 3, axis=2)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.where(mask, logits / jnp.sqrt(head).astype(jnp.float32), -1e30)
+        weights = jax.nn.softmax(logits, axis=-1)
+        weights = self.dropout(weights, deterministic=deterministic, rngs=rngs).astype(x.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+        return self.out(context)
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+        self.up = nnx.Linear(config.hidden_size, config.ffn_size, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.down = nnx.Linear(config.ffn_size, config.hidden_size, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.activation = jax.nn.gelu if config.activation == "gelu" else jax.nn.relu
+        self.dropout = nnx.Dropout(config.dropout)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
+        hidden = self.dropout(self.activation(self.up(x)), deterministic=deterministic, rngs=rngs)
+        return self.down(hidden)
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN (``norm_first``) or post-LN (BERT/RecBole) residual block."""
+
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+        self.norm_first = config.norm_first
+        self.attention = CausalSelfAttention(config, dtype, rngs=rngs)
+        self.feed_forward = FeedForward(config, dtype, rngs=rngs)
+        self.attention_norm = nnx.LayerNorm(config.hidden_size, epsilon=1e-12 if not config.norm_first else 1e-6, rngs=rngs)
+        self.ffn_norm = nnx.LayerNorm(config.hidden_size, epsilon=1e-12 if not config.norm_first else 1e-6, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
+        def drop(y):
+            return self.dropout(y, deterministic=deterministic, rngs=rngs)
+
+        if self.norm_first:
+            x = x + drop(self.attention(self.attention_norm(x).astype(x.dtype), mask, deterministic=deterministic, rngs=rngs))
+            return x + drop(self.feed_forward(self.ffn_norm(x).astype(x.dtype), deterministic=deterministic, rngs=rngs))
+        x = self.attention_norm(x + drop(self.attention(x, mask, deterministic=deterministic, rngs=rngs)))
+        return self.ffn_norm(x + drop(self.feed_forward(x, deterministic=deterministic, rngs=rngs)))
+
+
+class SASRec(nnx.Module):
+    """Causal transformer recommender; ``encode`` gives one hidden state per input position."""
+
+    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(config.compute_dtype)
+        width = config.hidden_size
+        self.item_embedding = nnx.Embed(num_items + 1, width, embedding_init=_INIT, rngs=rngs)
+        self.position_embedding = nnx.Embed(max_len, width, embedding_init=_INIT, rngs=rngs)
+        self.embedding_norm = None if config.norm_first else nnx.LayerNorm(width, epsilon=1e-12, rngs=rngs)
+        self.final_norm = nnx.LayerNorm(width, rngs=rngs) if config.norm_first else None
+        self.dropout = nnx.Dropout(config.dropout)
+        self.blocks = nnx.List([TransformerBlock(config, self.dtype, rngs=rngs) for _ in range(config.num_layers)])
+
+    def item_table(self) -> jax.Array:
+        """``[num_items + 1, D]`` output embeddings (row 0 is padding and never scored)."""
+        return self.item_embedding.embedding[...]
+
+    def encode(
+        self,
+        items: jax.Array,
+        positions: jax.Array,
+        segments: jax.Array,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        x = self.item_embedding(items) + self.position_embedding(positions)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs).astype(self.dtype)
+        mask = segment_causal_mask(segments)
+        for block in self.blocks:
+            x = block(x, mask, deterministic=deterministic, rngs=rngs)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x.astype(self.dtype)

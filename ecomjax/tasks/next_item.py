@@ -1,0 +1,83 @@
+"""Next-item prediction: the objective every sequential recommender is trained with.
+
+Three losses over the catalogue, chosen by ``loss.name``:
+
+* ``full_softmax`` - cross-entropy against every item (the default; exact, and affordable up
+  to ~10^5 items on one device because packed batches carry almost no padding);
+* ``sampled_softmax`` - the positive against ``num_negatives`` items shared by the batch, with
+  the log-Q correction (Bengio & Senecal; Yi et al. 2019) so that the estimate of the full
+  softmax is not biased toward popular negatives; for catalogues too large for the full one;
+* ``bce`` - the original SASRec / GRU4Rec objective: one random negative per position.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecomjax.config import LossConfig
+
+
+def item_log_prior(item_counts: np.ndarray, sampler: str) -> np.ndarray:
+    """``log Q(item)`` of the negative sampler, ``[num_items + 1]`` (padding slot = -inf)."""
+    if sampler == "uniform":
+        weights = np.ones_like(item_counts, dtype=np.float64)
+    else:
+        weights = item_counts.astype(np.float64) + 1.0  # add-one: never-seen items stay samplable
+    weights[0] = 0.0
+    with np.errstate(divide="ignore"):
+        return np.log(weights / weights.sum()).astype(np.float32)
+
+
+def _scores(hidden: jax.Array, table: jax.Array) -> jax.Array:
+    """Dot products in the compute dtype, accumulated and returned in float32."""
+    return jnp.einsum("td,nd->tn", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
+def next_item_loss(
+    hidden: jax.Array,
+    targets: jax.Array,
+    table: jax.Array,
+    config: LossConfig,
+    key: jax.Array,
+    log_prior: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean loss over positions with a target (``targets > 0``) and the number of such positions.
+
+    ``hidden`` is ``[..., D]`` in the compute dtype, ``targets`` the matching ``[...]`` item ids,
+    ``table`` the ``[num_items + 1, D]`` tied item embeddings.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    weight = (targets > 0).astype(jnp.float32)
+    count = weight.sum()
+    targets = jnp.where(targets > 0, targets, 1)  # padded slots: any valid id, masked below
+    num_items = table.shape[0] - 1
+    if config.name == "full_softmax":
+        logits = _scores(hidden, table)
+        logits = logits.at[:, 0].set(-jnp.inf)  # padding is never a valid prediction
+        per_position = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    elif config.name == "sampled_softmax":
+        if config.sampler == "uniform":
+            negatives = jax.random.randint(key, (config.num_negatives,), 1, num_items + 1)
+        else:
+            negatives = jax.random.categorical(key, log_prior, shape=(config.num_negatives,))
+        positive = jnp.einsum(
+            "td,td->t", hidden, table[targets].astype(hidden.dtype), preferred_element_type=jnp.float32
+        )
+        negative = _scores(hidden, table[negatives])
+        if config.logq_correction:
+            positive = positive - log_prior[targets]
+            negative = negative - log_prior[negatives][None, :]
+        negative = jnp.where(negatives[None, :] == targets[:, None], -jnp.inf, negative)  # accidental hits
+        logits = jnp.concatenate([positive[:, None], negative], axis=-1)
+        per_position = jax.nn.logsumexp(logits, axis=-1) - positive
+    else:  # bce: one uniform negative per position, never the target itself
+        draw = jax.random.randint(key, targets.shape, 1, num_items)
+        negatives = draw + (draw >= targets)
+        positive = jnp.einsum("td,td->t", hidden, table[targets].astype(hidden.dtype), preferred_element_type=jnp.float32)
+        negative = jnp.einsum("td,td->t", hidden, table[negatives].astype(hidden.dtype), preferred_element_type=jnp.float32)
+        per_position = jax.nn.softplus(-positive) + jax.nn.softplus(negative)
+    per_position = jnp.where(weight > 0, per_position, 0.0)
+    return per_position.sum() / jnp.maximum(count, 1.0), count

@@ -1,0 +1,1 @@
+"""Training: loop, optimizer, mesh and shardings, checkpoints."""
