@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Import the ``ecomjax.train`` subpackage before defining the ``train`` function below: importing
+# a subpackage sets it as an attribute of its parent, which would otherwise shadow the function.
+import ecomjax.train.loop as _loop
 from ecomjax.config import Config, ConfigError, load_config
 
 __version__ = "0.1.0"
@@ -26,20 +29,14 @@ def train(config_or_path: str | Path | dict[str, Any] | Config | None = None, **
     """
     dotted = dict(overrides.pop("overrides", {}) or {})
     dotted.update(overrides)
-    config = load_config(config_or_path, dotted)
-    from ecomjax.train.loop import train_next_item
-
-    return train_next_item(config)
+    return _loop.train_next_item(load_config(config_or_path, dotted))
 
 
 def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
     """Re-evaluate a finished run from its checkpoint (resolved config + best parameters)."""
     workdir = Path(workdir)
     dotted = {"train.progress": False, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    config = load_config(workdir / "config.yaml", dotted)
-    from ecomjax.train.loop import train_next_item
-
-    return train_next_item(config).metrics
+    return _loop.train_next_item(load_config(workdir / "config.yaml", dotted)).metrics
 
 
 __all__ = ["Config", "ConfigError", "evaluate", "load_config", "train"]

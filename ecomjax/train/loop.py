@@ -67,7 +67,7 @@ class _History:
         if path.exists() and keep_until_step > 0:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
         path.write_text("".join(line + "\n" for line in kept))
-        self.handle = path.open("a")
+        self.handle = path.open("a", buffering=1)  # line-buffered: readable while training
 
     def write(self, record: dict[str, Any]) -> None:
         self.handle.write(json.dumps(record) + "\n")
@@ -139,7 +139,7 @@ def train_next_item(config: Config) -> TrainResult:
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
 
     batch_shardings = {key: batch_sh for key in ("items", "targets", "segments", "positions")}
     step_fn = jax.jit(

@@ -1,0 +1,83 @@
+import pytest
+import yaml
+
+from ecomjax.config import Config, ConfigError, load_config, parse_override
+
+
+def test_defaults_are_the_synthetic_quickstart():
+    config = load_config()
+    assert isinstance(config, Config)
+    assert config.data.source == "synthetic" and config.model.name == "sasrec"
+
+
+def test_cli_overrides_are_typed():
+    config = load_config(None, ["model.num_layers=3", "train.learning_rate=1e-4", "eval.ks=[1,5]",
+                                "model.norm_first=false", "data.path=some/file.txt"])
+    assert config.model.num_layers == 3
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.eval.ks == [1, 5]
+    assert config.model.norm_first is False
+    assert config.data.path == "some/file.txt"
+
+
+def test_python_keyword_overrides_use_double_underscore():
+    config = load_config(None, {"model__hidden_size": 32, "train.epochs": 2})
+    assert config.model.hidden_size == 32 and config.train.epochs == 2
+
+
+def test_integer_accepted_for_float_but_not_the_reverse():
+    assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+    with pytest.raises(ConfigError, match=r"model.num_layers: expected an integer, got 2.5"):
+        load_config(None, ["model.num_layers=2.5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.hiden_size=128", r"unknown key 'model.hiden_size'; allowed keys in model: \[.*'hidden_size'"),
+        ("trian.epochs=3", r"unknown key 'trian'; allowed keys in the top level: \['workdir'"),
+        ("model.name=bert", r"model.name: 'bert' is not allowed; allowed values: \['sasrec', 'gru4rec'\]"),
+        ("loss.name=softmax", r"loss.name: 'softmax' is not allowed; allowed values: \['full_softmax'"),
+        ("model.dropout=1.5", r"model.dropout: 1.5 is out of range; allowed: a number in \[0, 1\)"),
+        ("train.batch_size=0", r"train.batch_size: 0 is out of range"),
+        ("model.norm_first=maybe", r"model.norm_first: expected true or false, got 'maybe'"),
+        ("eval.ks=10", r"eval.ks: expected a list of int"),
+        ("model=3", r"model: expected a mapping"),
+        ("model.num_layers.x=3", r"model.num_layers: expected an integer, got \{'x': 3\}"),
+        ("nokey", r"not of the form key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  num_heads: 2\n  nmu_layers: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.nmu_layers'"):
+        load_config(bad)
+
+
+def test_shipped_configs_load_and_roundtrip(tmp_path):
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    loaded = [c for c in configs if c.name != "prices.yaml"]
+    assert {c.name for c in loaded} >= {
+        "quickstart.yaml", "sasrec_beauty.yaml", "gru4rec_beauty.yaml", "sasrec_ml1m.yaml", "gru4rec_ml1m.yaml"
+    }
+    for path in loaded:
+        config = load_config(path)
+        assert config.eval.exclude_history is True, path
+        dumped = tmp_path / path.name
+        dumped.write_text(yaml.safe_dump(config.to_dict()))
+        assert load_config(dumped) == config
+
+
+def test_parse_override_yaml_scalars():
+    assert parse_override("a.b=null") == ("a.b", None)
+    assert parse_override("a.b=") == ("a.b", "")
+    assert parse_override("a.b=x=y") == ("a.b", "x=y")
