@@ -3,7 +3,13 @@ import pytest
 
 from ecomjax.config import DataConfig, SyntheticConfig
 from ecomjax.data import DataFormatError, load_sequences, read_sequence_file
-from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, pack_rows, sample_negatives
+from ecomjax.data.pipeline import (
+    NextItemTrainData,
+    eval_arrays,
+    eval_batches,
+    pack_rows,
+    sample_negatives,
+)
 from ecomjax.data.sequences import from_lists
 from ecomjax.data.split import leave_one_out
 from ecomjax.data.synthetic import generate_shop
@@ -110,6 +116,26 @@ def test_eval_arrays_right_align_inputs_and_keep_full_history():
     assert arrays.positions[1].tolist() == [0, 1, 0] and arrays.segments[1].tolist() == [0, 1, 1]
     assert arrays.history[0].tolist() == [1, 2, 3, 4, 5] and arrays.history[1].tolist() == [7, 8, 0, 0, 0]
     assert arrays.targets.tolist() == [6, 9, 0, 0] and arrays.valid.tolist() == [True, True, False, False]
+
+
+def test_eval_batches_cover_every_user_once_with_narrow_windows():
+    rng = np.random.default_rng(4)
+    sequences = [rng.choice(np.arange(1, 80), size=n, replace=False).tolist() for n in rng.integers(3, 60, size=70)]
+    split = leave_one_out(from_lists(sequences, num_items=79))
+    arrays = eval_arrays(split, split.valid, max_len=40, batch_size=16)
+    batches = eval_batches(arrays, batch_size=16)
+    seen = []
+    for batch in batches:
+        width = batch["items"].shape[1]
+        assert width in (8, 16, 32, 40) and batch["items"].shape[0] == 16
+        lengths = (batch["items"] > 0).sum(axis=1)
+        assert lengths.max() <= width and (width == 8 or lengths.max() > width // 2)
+        assert batch["history"].shape[1] >= (batch["history"] > 0).sum(axis=1).max()
+        for row in np.flatnonzero(batch["valid"]):
+            seen.append((batch["targets"][row], tuple(batch["history"][row][batch["history"][row] > 0])))
+    expected = [(arrays.targets[u], tuple(arrays.history[u][arrays.history[u] > 0]))
+                for u in np.flatnonzero(arrays.valid)]
+    assert sorted(seen) == sorted(expected)
 
 
 def test_sampled_negatives_avoid_history_and_target():

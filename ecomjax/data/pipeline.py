@@ -159,6 +159,43 @@ def eval_arrays(
     return EvalBatch(items, positions * segments, segments, history, targets, negatives, valid)
 
 
+def _bucket(width: int, cap: int) -> int:
+    """Smallest power of two >= ``width`` (at least 8), capped at ``cap``."""
+    return min(cap, max(8, 1 << (max(width, 1) - 1).bit_length()))
+
+
+def eval_batches(arrays: EvalBatch, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Cut ``arrays`` into batches of users of similar history length, each only as wide as needed.
+
+    Evaluation encodes one right-aligned window per user, and most users of sparse datasets
+    have far fewer items than ``max_len`` (Beauty: median 6 of 50): users sorted by length
+    share a window width from a few powers of two, which cuts the encoder's work several-fold
+    for a handful of extra compilations. Metric sums do not depend on the order of users.
+    """
+    max_len = arrays.items.shape[1]
+    real = np.flatnonzero(arrays.valid)
+    lengths = (arrays.items[real] > 0).sum(axis=1)
+    order = real[np.argsort(lengths, kind="stable")]
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        pad = batch_size - len(idx)
+        width = _bucket(int((arrays.items[idx] > 0).sum(axis=1).max()), max_len)
+        hist_width = _bucket(int((arrays.history[idx] > 0).sum(axis=1).max()), arrays.history.shape[1])
+        take = np.concatenate([idx, np.full(pad, idx[0])])
+        batch = {
+            "items": arrays.items[take, max_len - width :],
+            "positions": arrays.positions[take, max_len - width :],
+            "segments": arrays.segments[take, max_len - width :],
+            "history": arrays.history[take, :hist_width],
+            "targets": arrays.targets[take],
+            "negatives": arrays.negatives[take],
+            "valid": np.concatenate([np.ones(len(idx), bool), np.zeros(pad, bool)]),
+        }
+        batches.append(batch)
+    return batches
+
+
 def sample_negatives(
     history: np.ndarray, targets: np.ndarray, num_items: int, count: int, seed: int
 ) -> np.ndarray:

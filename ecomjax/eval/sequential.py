@@ -8,7 +8,6 @@ cross to the host, so there is no per-user Python loop.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import jax
@@ -17,7 +16,6 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import EvalConfig
-from ecomjax.data.pipeline import EvalBatch
 from ecomjax.eval.ranking import full_ranking_scores, rank_metric_sums, sampled_rank, target_rank
 
 
@@ -41,19 +39,17 @@ def make_evaluator(graphdef: nnx.GraphDef, config: EvalConfig, sampled: bool):
     return evaluate_batch
 
 
-def evaluate_split(evaluate_batch, params, arrays: EvalBatch, batch_size: int) -> dict[str, Any]:
-    """Run ``evaluate_batch`` over every user of ``arrays``; returns averaged metrics."""
-    fields = asdict(arrays)
+def evaluate_split(evaluate_batch, params, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Run ``evaluate_batch`` over every batch (see ``eval_batches``); returns averaged metrics."""
     order = ("items", "positions", "segments", "history", "targets", "negatives", "valid")
     totals: dict[str, float] = {}
     pending = []
-    for start in range(0, len(arrays.targets), batch_size):
-        chunk = [fields[name][start : start + batch_size] for name in order]
-        pending.append(evaluate_batch(params, *chunk))  # dispatch all batches before any fetch
+    for batch in batches:
+        pending.append(evaluate_batch(params, *(batch[name] for name in order)))  # dispatch all first
     for sums in jax.device_get(pending):
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    users = int(np.sum(arrays.valid))
+    users = int(sum(batch["valid"].sum() for batch in batches))
     metrics: dict[str, Any] = {name: value / users for name, value in sorted(totals.items())}
     sampled = {name.split("/", 1)[1]: metrics.pop(name) for name in list(metrics) if name.startswith("sampled/")}
     if sampled:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ecomjax.config import Config, save_config
 from ecomjax.data import load_sequences
-from ecomjax.data.pipeline import NextItemTrainData, eval_arrays
+from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
 from ecomjax.eval.sequential import evaluate_split, make_evaluator
 from ecomjax.models import build_sequential_model
@@ -99,9 +99,10 @@ def train_next_item(config: Config) -> TrainResult:
     if config.eval.monitor not in {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in ks} | {"mrr"}:
         raise ValueError(f"eval.monitor={config.eval.monitor!r} is not computed with eval.ks={ks}")
     eval_sets = {
-        name: eval_arrays(
-            split, getattr(split, name), config.data.max_len, config.eval.batch_size,
-            config.eval.sampled_negatives, config.seed,
+        name: eval_batches(
+            eval_arrays(split, getattr(split, name), config.data.max_len, config.eval.batch_size,
+                        config.eval.sampled_negatives, config.seed),
+            config.eval.batch_size,
         )
         for name in ("valid", "test")
     }
@@ -151,7 +152,7 @@ def train_next_item(config: Config) -> TrainResult:
     evaluator = make_evaluator(graphdef, config.eval, sampled=config.eval.sampled_negatives > 0)
 
     def evaluate(params, which: str) -> dict[str, Any]:
-        return evaluate_split(evaluator, params, eval_sets[which], config.eval.batch_size)
+        return evaluate_split(evaluator, params, eval_sets[which])
 
     # --- Resume --------------------------------------------------------------------------------
     checkpoints = RunCheckpoints(workdir / "checkpoints")
@@ -242,9 +243,11 @@ def train_next_item(config: Config) -> TrainResult:
                 meta["eval_seconds"] += time.perf_counter() - t0
                 score = valid[config.eval.monitor]
                 history.write({"step": global_step, "epoch": epoch + 1, "valid": valid,
-                               "train_seconds": round(meta["train_seconds"], 3)})
+                               "train_seconds": round(meta["train_seconds"], 3),
+                               "eval_seconds": round(meta["eval_seconds"], 3)})
                 meta["valid_history"].append({"epoch": epoch + 1, config.eval.monitor: score,
-                                              "train_seconds": meta["train_seconds"]})
+                                              "train_seconds": round(meta["train_seconds"], 3),
+                                              "eval_seconds": round(meta["eval_seconds"], 3)})
                 if config.train.progress:
                     tqdm.write(f"epoch {epoch + 1}: valid {config.eval.monitor} {score:.4f} "
                                f"({meta['train_seconds']:.0f}s training)")

@@ -1,0 +1,95 @@
+"""Sequential recommenders on the real datasets, against the published numbers on the same splits.
+
+Runs each shipped config as a user would (``ecomjax train CONFIG``, fresh process, wall time
+measured around the whole command) and compares test NDCG@10 / HR@10 (full ranking, history
+excluded, leave-one-out) with the published rows the configs name.
+
+    python benchmarks/sequential.py                     # all four
+    python benchmarks/sequential.py sasrec_beauty       # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ecomjax.bench.report import print_table, write_results  # noqa: E402
+
+# Published full-ranking, history-excluded numbers on the same leave-one-out splits
+# (shared/data/README.md): S3-Rec repository table for Beauty, generative-recommenders for ML-1M.
+PUBLISHED = {
+    "sasrec_beauty": {"ndcg@10": 0.0318, "hr@10": 0.0605, "source": "S3-Rec repo table (SASRec)",
+                      "best_known": {"ndcg@10": 0.058, "hr@10": 0.096, "source": "ICSRec, WSDM 2024"}},
+    "gru4rec_beauty": {"ndcg@10": 0.0137, "hr@10": 0.0283, "source": "S3-Rec repo table (GRU4Rec)"},
+    "sasrec_ml1m": {"ndcg@10": 0.1603, "hr@10": 0.2853, "source": "generative-recommenders (SASRec)",
+                    "best_known": {"ndcg@10": 0.1893, "hr@10": 0.3294, "source": "HSTU-large"}},
+    "gru4rec_ml1m": {"ndcg@10": 0.1648, "hr@10": 0.2811, "source": "generative-recommenders (GRU4Rec)"},
+}
+
+
+def run(name: str, overrides: list[str]) -> dict:
+    workdir = ROOT / "runs" / "bench" / name
+    cmd = [sys.executable, "-m", "ecomjax.cli", "train", f"configs/{name}.yaml", f"workdir={workdir}",
+           "train.resume=false", "train.progress=false", *overrides]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    return {
+        "config": f"configs/{name}.yaml",
+        "command": "ecomjax train " + " ".join(cmd[4:]),
+        "wall_seconds": round(wall, 1),
+        "train_seconds": metrics["train_seconds"],
+        "eval_seconds": metrics["eval_seconds"],
+        "compile_seconds": metrics["compile_seconds"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "stop_reason": metrics["stop_reason"],
+        "valid": {k: metrics["valid"][k] for k in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")},
+        "test": {k: metrics["test"][k] for k in ("ndcg@5", "hr@5", "ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")},
+        "published": PUBLISHED[name],
+        "protocol": metrics["protocol"],
+        "data": metrics["data"],
+        "num_params": metrics["num_params"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"configs to run (default: all of {list(PUBLISHED)})")
+    parser.add_argument("--override", action="append", default=[], help="key=value for every run")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(PUBLISHED)
+    if unknown:
+        parser.error(f"unknown config(s) {sorted(unknown)}; choose from {list(PUBLISHED)}")
+    args.names = args.names or list(PUBLISHED)
+    os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    results_path = ROOT / "benchmarks" / "results" / "sequential.json"
+    previous = json.loads(results_path.read_text())["results"]["runs"] if results_path.exists() else {}
+    runs = dict(previous)
+    for name in args.names:
+        runs[name] = run(name, args.override)
+        write_results("sequential", {"runs": runs})  # keep what finished if a later run fails
+    rows = []
+    for name, r in runs.items():
+        pub = r["published"]
+        rows.append({
+            "config": name, "test ndcg@10": round(r["test"]["ndcg@10"], 4), "published": pub["ndcg@10"],
+            "test hr@10": round(r["test"]["hr@10"], 4), "published hr": pub["hr@10"],
+            "epochs": r["epochs_run"], "wall s": r["wall_seconds"], "s/epoch": r["seconds_per_epoch"],
+        })
+    print_table(rows, list(rows[0]), title="Sequential recommenders: full ranking, history excluded")
+    print(f"wrote {results_path}")
+
+
+if __name__ == "__main__":
+    main()
