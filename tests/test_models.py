@@ -124,3 +124,27 @@ def test_bce_negative_never_equals_target_and_loss_is_finite():
 def test_uniform_log_prior_excludes_padding():
     lp = item_log_prior(np.array([0, 5, 1, 0]), "uniform")
     assert lp[0] == -np.inf and np.allclose(np.exp(lp[1:]), 1 / 3)
+
+
+def test_chunked_softmax_matches_direct_form_in_value_and_gradient():
+    from ecomjax.tasks.next_item import chunked_softmax_xent
+
+    rng = np.random.default_rng(7)
+    hidden = jnp.asarray(rng.normal(size=(24, 8)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(NUM_ITEMS + 1, 8)), jnp.float32)
+    targets = jnp.asarray(rng.integers(1, NUM_ITEMS + 1, size=24))
+    weights = jnp.asarray(rng.random(24), jnp.float32)
+
+    def direct(h, e):
+        logits = (h @ e.T).at[:, 0].set(-jnp.inf)
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+        return jnp.sum(nll * weights)
+
+    def chunked(h, e):
+        return jnp.sum(chunked_softmax_xent(h, e, targets, 8) * weights)
+
+    (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(hidden, table) for f in (direct, chunked))
+    assert float(v2) == pytest.approx(float(v1), rel=1e-6)
+    np.testing.assert_allclose(g2[0], g1[0], atol=1e-5)
+    np.testing.assert_allclose(g2[1], g1[1], atol=1e-5)
+    assert float(jnp.abs(g2[1][0]).max()) == 0.0  # the padding row gets no gradient
