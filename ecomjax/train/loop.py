@@ -29,7 +29,7 @@ from ecomjax.config import Config, save_config
 from ecomjax.data import load_sequences
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
-from ecomjax.eval.sequential import evaluate_split, make_evaluator
+from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
 from ecomjax.models import build_sequential_model
 from ecomjax.tasks.next_item import item_log_prior, next_item_loss
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
@@ -208,6 +208,7 @@ def train_next_item(config: Config) -> TrainResult:
             if compiled_step is None:
                 t0 = time.perf_counter()
                 compiled_step = step_fn.lower(state, batches[0]).compile()
+                warm_up_evaluator(evaluator, state["params"], eval_sets["valid"] + eval_sets["test"])
                 meta["compile_seconds"] = time.perf_counter() - t0
             bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.train.epochs}",
                        disable=not config.train.progress, leave=False, dynamic_ncols=True)
