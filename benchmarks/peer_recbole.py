@@ -102,6 +102,8 @@ def main() -> None:
                         help="RecBole epochs (about 3 minutes each on 2 cores)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for RecBole")
     parser.add_argument("--skip-recbole", action="store_true", help="ecomjax side only")
+    parser.add_argument("--reuse-recbole", action="store_true",
+                        help="keep the RecBole side of the existing results file (rerun ecomjax only)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the ecomjax side")
     args = parser.parse_args()
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -109,8 +111,14 @@ def main() -> None:
     if not data.is_file():
         raise SystemExit(f"Beauty.txt not found under ECOMJAX_DATA_DIR={os.environ['ECOMJAX_DATA_DIR']}")
 
+    previous = ROOT / "benchmarks" / "results" / "peer_recbole.json"
     sides = [run_ecomjax(args.config, ROOT / "runs" / "peer_recbole" / "ecomjax", args.overrides)]
-    if not args.skip_recbole:
+    if args.reuse_recbole:
+        old = json.loads(previous.read_text())
+        recbole = next(s for s in old["results"]["sides"] if s["peer"].startswith("RecBole"))
+        recbole["measured_at"] = old["timestamp_utc"]
+        sides.append(recbole)
+    elif not args.skip_recbole:
         sides.append(run_recbole(data, args.recbole_epochs, args.threads))
     rows = [{
         "library": s["peer"],

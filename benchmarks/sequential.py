@@ -21,6 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ecomjax.bench import (  # noqa: E402
+    default_hardware,
+    dollars_per_run,
+    load_prices,
+    measure_matmul_peak,
+    mfu,
+)
 from ecomjax.bench.report import print_table, write_results  # noqa: E402
 
 # Published full-ranking, history-excluded numbers on the same leave-one-out splits
@@ -35,7 +42,7 @@ PUBLISHED = {
 }
 
 
-def run(name: str, overrides: list[str]) -> dict:
+def run(name: str, overrides: list[str], peak_flops: float, hourly_usd: float) -> dict:
     workdir = ROOT / "runs" / "bench" / name
     cmd = [sys.executable, "-m", "ecomjax.cli", "train", f"configs/{name}.yaml", f"workdir={workdir}",
            "train.resume=false", "train.progress=false", *overrides]
@@ -43,6 +50,8 @@ def run(name: str, overrides: list[str]) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
     metrics = json.loads((workdir / "metrics.json").read_text())
+    step_flops = metrics.get("flops_per_step")
+    seconds_per_step = metrics["train_seconds"] / max(metrics["steps"], 1)
     return {
         "config": f"configs/{name}.yaml",
         "command": "ecomjax train " + " ".join(cmd[4:]),
@@ -60,6 +69,10 @@ def run(name: str, overrides: list[str]) -> dict:
         "protocol": metrics["protocol"],
         "data": metrics["data"],
         "num_params": metrics["num_params"],
+        "steps": metrics["steps"],
+        "flops_per_step": step_flops,
+        "mfu": mfu(step_flops, seconds_per_step, peak_flops),
+        "usd_per_training_run": round(dollars_per_run(wall, hourly_usd), 4),
     }
 
 
@@ -76,8 +89,13 @@ def main() -> None:
     results_path = ROOT / "benchmarks" / "results" / "sequential.json"
     previous = json.loads(results_path.read_text())["results"]["runs"] if results_path.exists() else {}
     runs = dict(previous)
+    peak = measure_matmul_peak()  # float32 matmul FLOP/s of this device, the MFU denominator
+    hardware = default_hardware()
+    hourly = load_prices().hourly(hardware) if hardware else float("nan")
+    pricing = {"hardware": hardware, "usd_per_hour": hourly, "matmul_peak_flops": peak}
     for name in args.names:
-        runs[name] = run(name, args.override)
+        runs[name] = run(name, args.override, peak, hourly)
+        runs[name]["pricing"] = pricing
         write_results("sequential", {"runs": runs})  # keep what finished if a later run fails
     rows = []
     for name, r in runs.items():
@@ -86,6 +104,8 @@ def main() -> None:
             "config": name, "test ndcg@10": round(r["test"]["ndcg@10"], 4), "published": pub["ndcg@10"],
             "test hr@10": round(r["test"]["hr@10"], 4), "published hr": pub["hr@10"],
             "epochs": r["epochs_run"], "wall s": r["wall_seconds"], "s/epoch": r["seconds_per_epoch"],
+            "MFU": None if r.get("mfu") is None else round(r["mfu"], 3),
+            "$/run": r.get("usd_per_training_run"),
         })
     print_table(rows, list(rows[0]), title="Sequential recommenders: full ranking, history excluded")
     print(f"wrote {results_path}")

@@ -104,3 +104,36 @@ def test_beauty_slice_end_to_end(tmp_path, beauty_path):
     assert m["data"]["users"] == 1000 and m["data"]["users_not_evaluated"] == 0
     assert m["test"]["users"] == 1000 and 0 <= m["test"]["ndcg@10"] <= m["test"]["hr@10"] <= 1
     assert m["epochs_run"] == 2
+
+
+def test_beauty_config_trains_on_another_category_file(tmp_path):
+    """`data.path=` swaps the dataset; ids need not be contiguous or start at 1."""
+    from ecomjax.config import SyntheticConfig
+    from ecomjax.data.synthetic import generate_shop
+
+    shop = generate_shop(SyntheticConfig(num_users=150, num_items=90, num_categories=6, seed=11))
+    ds = shop.dataset
+    lines = [f"{1000 + 3 * u} " + " ".join(str(50_000 + 7 * i) for i in ds.sequence(u)) for u in range(ds.num_users)]
+    other = tmp_path / "Sports.txt"
+    other.write_text("\n".join(lines) + "\n")
+    result = ecomjax.train("configs/sasrec_beauty.yaml", overrides={
+        "data.path": str(other), "workdir": str(tmp_path / "run"), "train.epochs": 1,
+        "model.hidden_size": 16, "model.ffn_size": 32, "train.progress": False})
+    assert result.metrics["data"]["name"] == "Sports"
+    assert result.metrics["data"]["users"] == 150 and result.metrics["test"]["users"] == 150
+    assert result.metrics["data"]["items"] == len(np.unique(ds.items))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.name": "sampled_softmax", "loss.num_negatives": 32, "loss.sampler": "popularity"},
+    {"loss.name": "bce"},
+    {"model.compute_dtype": "bfloat16"},
+    {"model.name": "gru4rec", "model.rnn_cell": "lstm", "model.compute_dtype": "bfloat16"},
+])
+def test_losses_and_compute_dtypes_train_end_to_end(tmp_path, overrides):
+    result = ecomjax.train(None, overrides={**TINY, "train.epochs": 2, "workdir": str(tmp_path), **overrides})
+    m = result.metrics
+    assert m["loss"] == overrides.get("loss.name", "full_softmax")
+    assert np.isfinite(m["test"]["ndcg@10"]) and m["test"]["hr@20"] > 0
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert all(np.isfinite(losses)) and len(losses) == m["steps"]

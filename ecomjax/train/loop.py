@@ -25,13 +25,14 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ecomjax.bench.flops import compiled_flops
 from ecomjax.config import Config, save_config
 from ecomjax.data import load_sequences
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
 from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
 from ecomjax.models import build_sequential_model
-from ecomjax.tasks.next_item import item_log_prior, next_item_loss
+from ecomjax.tasks.next_item import direct_softmax, item_log_prior, next_item_loss
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
 from ecomjax.train.mesh import batch_sharding, make_mesh, replicated
 from ecomjax.train.optimizer import make_optimizer
@@ -208,6 +209,10 @@ def train_next_item(config: Config) -> TrainResult:
             if compiled_step is None:
                 t0 = time.perf_counter()
                 compiled_step = step_fn.lower(state, batches[0]).compile()
+                with direct_softmax():  # same arithmetic, no loop: XLA counts every matmul
+                    meta["flops_per_step"] = compiled_flops(
+                        jax.jit(lambda s, b: train_step(s, b)).lower(state, batches[0])
+                    )
                 warm_up_evaluator(evaluator, state["params"], eval_sets["valid"] + eval_sets["test"])
                 meta["compile_seconds"] = time.perf_counter() - t0
             bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.train.epochs}",
@@ -293,6 +298,7 @@ def train_next_item(config: Config) -> TrainResult:
         "eval_seconds": round(meta["eval_seconds"], 3),
         "compile_seconds": round(meta["compile_seconds"], 3),
         "seconds_per_epoch": round(meta["train_seconds"] / max(epochs_run, 1), 3),
+        "flops_per_step": meta.get("flops_per_step"),  # XLA cost analysis of the compiled step
         "valid_curve": meta["valid_history"],
         "num_params": int(num_params),
         "device": jax.devices()[0].device_kind,
