@@ -80,6 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"configs to run (default: all of {list(PUBLISHED)})")
     parser.add_argument("--override", action="append", default=[], help="key=value for every run")
+    parser.add_argument("--forget", action="append", default=[],
+                        help="drop a stale entry (e.g. after its config changed) from the results file")
     args = parser.parse_args()
     unknown = set(args.names) - set(PUBLISHED)
     if unknown:
@@ -88,7 +90,7 @@ def main() -> None:
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     results_path = ROOT / "benchmarks" / "results" / "sequential.json"
     previous = json.loads(results_path.read_text())["results"]["runs"] if results_path.exists() else {}
-    runs = dict(previous)
+    runs = {name: r for name, r in previous.items() if name not in args.forget}
     peak = measure_matmul_peak()  # float32 matmul FLOP/s of this device, the MFU denominator
     hardware = default_hardware()
     hourly = load_prices().hourly(hardware) if hardware else float("nan")

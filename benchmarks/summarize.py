@@ -1,0 +1,69 @@
+"""Print the README's results tables from ``benchmarks/results/*.json`` (so the README quotes files).
+
+    python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def sequential_table() -> str:
+    data = _load("sequential")
+    if data is None:
+        return ""
+    lines = [
+        "| config | test NDCG@10 | published | test HR@10 | published | epochs | wall (s) | $ / run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in data["results"]["runs"].values():
+        pub = run["published"]
+        lines.append(
+            f"| `{run['config']}` | {run['test']['ndcg@10']:.4f} | {pub['ndcg@10']} ({pub['source']}) "
+            f"| {run['test']['hr@10']:.4f} | {pub['hr@10']} | {run['epochs_run']} | {run['wall_seconds']:.0f} "
+            f"| {run.get('usd_per_training_run', float('nan')):.4f} |"
+        )
+    hw = data["hardware"]
+    lines.append("")
+    lines.append(f"`benchmarks/results/sequential.json`, {hw['cpu_count']}-core {hw['cpu_model']}, "
+                 f"jax {hw['jax_version']}, {data['timestamp_utc']}; command: `python benchmarks/sequential.py NAME`.")
+    return "\n".join(lines)
+
+
+def peer_table() -> str:
+    data = _load("peer_recbole")
+    if data is None:
+        return ""
+    res = data["results"]
+    lines = [
+        "| library | s / epoch | s to valid NDCG@10 0.03 | epochs | best valid NDCG@10 | test NDCG@10 | test HR@10 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for side in res["sides"]:
+        lines.append(
+            f"| {side['peer']} | {side['seconds_per_epoch']:.1f} | {side['seconds_to_valid_ndcg10_0.03']:.0f} "
+            f"| {side['epochs_run']} | {side['best_valid']['ndcg@10']:.4f} | {side['test']['ndcg@10']:.4f} "
+            f"| {side['test']['hr@10']:.4f} |"
+        )
+    lines.append("")
+    if "speedup_to_valid_ndcg10_0.03" in res:
+        lines.append(f"Speed-up to validation NDCG@10 0.03: **{res['speedup_to_valid_ndcg10_0.03']}x**; "
+                     f"per training epoch: {res['speedup_seconds_per_epoch']}x.")
+    lines.append(f"`benchmarks/results/peer_recbole.json`, {data['timestamp_utc']}; command: "
+                 f"`python {' '.join(data['command'])}`.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(peer_table())
+    print()
+    print(sequential_table())
