@@ -86,19 +86,22 @@ def main() -> None:
     unknown = set(args.names) - set(PUBLISHED)
     if unknown:
         parser.error(f"unknown config(s) {sorted(unknown)}; choose from {list(PUBLISHED)}")
-    args.names = args.names or list(PUBLISHED)
+    args.names = args.names or ([] if args.forget else list(PUBLISHED))
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     results_path = ROOT / "benchmarks" / "results" / "sequential.json"
     previous = json.loads(results_path.read_text())["results"]["runs"] if results_path.exists() else {}
     runs = {name: r for name, r in previous.items() if name not in args.forget}
-    peak = measure_matmul_peak()  # float32 matmul FLOP/s of this device, the MFU denominator
-    hardware = default_hardware()
-    hourly = load_prices().hourly(hardware) if hardware else float("nan")
-    pricing = {"hardware": hardware, "usd_per_hour": hourly, "matmul_peak_flops": peak}
     for name in args.names:
+        if name == args.names[0]:
+            peak = measure_matmul_peak()  # float32 matmul FLOP/s of this device, the MFU denominator
+            hardware = default_hardware()
+            hourly = load_prices().hourly(hardware) if hardware else float("nan")
+            pricing = {"hardware": hardware, "usd_per_hour": hourly, "matmul_peak_flops": peak}
         runs[name] = run(name, args.override, peak, hourly)
         runs[name]["pricing"] = pricing
         write_results("sequential", {"runs": runs})  # keep what finished if a later run fails
+    if not args.names:
+        write_results("sequential", {"runs": runs})
     rows = []
     for name, r in runs.items():
         pub = r["published"]

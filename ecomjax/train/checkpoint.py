@@ -3,7 +3,8 @@
 A checkpoint is taken after every evaluation, at ``train.checkpoint_every_steps``, on
 ``train.max_steps`` and on interruption. It holds everything the loop needs to continue as if
 it had never stopped: the batches are a function of ``(seed, epoch)`` and dropout keys a
-function of the step, so (state, epoch, step-in-epoch, early-stopping counters) is enough.
+function of the step, so (state, epoch, early-stopping counters) is enough: the position inside
+the epoch follows from the step counter.
 """
 
 from __future__ import annotations

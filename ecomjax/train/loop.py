@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -158,13 +159,11 @@ def train_next_item(config: Config) -> TrainResult:
     # --- Resume --------------------------------------------------------------------------------
     checkpoints = RunCheckpoints(workdir / "checkpoints")
     best_params = jax.tree.map(jnp.copy, state["params"])
-    meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1, "bad_evals": 0,
+    meta = {"epoch": 0, "best": None, "best_epoch": -1, "bad_evals": 0,
             "finished": False, "train_seconds": 0.0, "eval_seconds": 0.0, "compile_seconds": 0.0,
             "valid_history": []}
     if config.train.resume and checkpoints.latest_step() is not None:
         if prior_config.exists():
-            import yaml
-
             old = yaml.safe_load(prior_config.read_text())
             if _comparable(old) != _comparable(config.to_dict()):
                 raise ValueError(
@@ -178,11 +177,10 @@ def train_next_item(config: Config) -> TrainResult:
     global_step = int(state["step"])
     history = _History(workdir / "history.jsonl", keep_until_step=global_step)
 
+    # The position inside an epoch is derived from the step counter, so it always matches the state.
     cumulative = np.concatenate([[0], np.cumsum(steps_per_epoch)])
 
     def save_checkpoint():
-        # Position inside the epoch is derived from the step counter, so it always matches the state.
-        meta["step_in_epoch"] = int(state["step"]) - int(cumulative[meta["epoch"]]) if meta["epoch"] < len(steps_per_epoch) else 0
         checkpoints.save(int(state["step"]), state, best_params, meta)
 
     # Ctrl-C / SIGTERM set a flag checked between steps, so the saved state is always consistent.
