@@ -67,14 +67,18 @@ class NextItemTrainData:
     def num_tokens(self) -> int:
         return int(self._token_spans[1].sum())
 
+    def _packing(self, epoch: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Row and column of each user's first token this epoch, and the padded row count."""
+        count = self._token_spans[1]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(count))
+        row_of, col_of = pack_rows(count, order, self.max_len)
+        num_rows = int(row_of.max()) + 1 if count.sum() else 0
+        return row_of, col_of, -(-num_rows // self.batch_size) * self.batch_size
+
     def epoch_rows(self, epoch: int) -> dict[str, np.ndarray]:
         """All packed rows of one epoch, ``[rows, max_len]`` per key, padded to whole batches."""
         first, count = self._token_spans
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(count))
-        row_of, col_of = pack_rows(count, order, self.max_len)
-        num_rows = int(row_of.max()) + 1 if count.sum() else 0
-        num_rows = -(-num_rows // self.batch_size) * self.batch_size
+        row_of, col_of, num_rows = self._packing(epoch)
         used = np.flatnonzero(count > 0)
         n = count[used]
         token_user = np.repeat(used, n)
@@ -108,7 +112,7 @@ class NextItemTrainData:
         return grain.MapDataset.range(num_batches).map(batch)
 
     def steps_in_epoch(self, epoch: int) -> int:
-        return len(self.epoch_rows(epoch)["items"]) // self.batch_size
+        return self._packing(epoch)[2] // self.batch_size
 
 
 @dataclass(frozen=True)
