@@ -179,12 +179,13 @@ def eval_batches(arrays: EvalBatch, batch_size: int) -> list[dict[str, np.ndarra
     max_len = arrays.items.shape[1]
     real = np.flatnonzero(arrays.valid)
     lengths = (arrays.items[real] > 0).sum(axis=1)
-    order = real[np.argsort(lengths, kind="stable")]
+    sort = np.argsort(lengths, kind="stable")
+    order, sorted_lengths = real[sort], lengths[sort]
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         pad = batch_size - len(idx)
-        width = _bucket(int((arrays.items[idx] > 0).sum(axis=1).max()), max_len)
+        width = _bucket(int(sorted_lengths[start + len(idx) - 1]), max_len)  # longest: sorted last
         hist_width = _bucket(int((arrays.history[idx] > 0).sum(axis=1).max()), arrays.history.shape[1])
         take = np.concatenate([idx, np.full(pad, idx[0])])
         batch = {

@@ -41,22 +41,6 @@ class SequenceDataset:
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
-    def head(self, num_users: int) -> SequenceDataset:
-        """The first ``num_users`` users, with items re-indexed to those they use (a small slice)."""
-        offsets = self.offsets[: num_users + 1]
-        old = self.items[: offsets[-1]]
-        used = np.unique(old)
-        remap = np.zeros(self.num_items + 1, dtype=np.int32)
-        remap[used] = np.arange(1, len(used) + 1, dtype=np.int32)
-        return SequenceDataset(
-            items=remap[old],
-            offsets=offsets.copy(),
-            num_items=len(used),
-            user_ids=self.user_ids[:num_users].copy(),
-            item_ids=np.concatenate([self.item_ids[:1], self.item_ids[used]]),
-            name=f"{self.name}[:{num_users}]",
-        )
-
 
 def from_lists(
     sequences: list[list[int]] | list[np.ndarray], num_items: int, name: str = "sequences"
