@@ -10,7 +10,12 @@ Reported per side: seconds per training epoch, seconds (training + validation, c
 excluded) until validation NDCG@10 first reaches 0.03, the validation curve, and test metrics
 of the best-validation weights.
 
-    python benchmarks/peer_recbole.py [--recbole-epochs 6] [--skip-recbole]
+    python benchmarks/peer_recbole.py [--recbole-epochs 6] [--recbole-patience 3] [--skip-recbole]
+
+The two sides can also be measured at different times (the machine must be otherwise idle for
+each): ``--reuse-ecomjax`` reruns RecBole only, ``--reuse-recbole`` reruns ecomjax only; the kept
+side carries ``measured_at``. A RecBole run interrupted with SIGINT on its worker process still
+tests its best epoch so far and records how it stopped.
 """
 
 from __future__ import annotations
@@ -63,14 +68,15 @@ def run_ecomjax(config: str, workdir: Path, overrides: list[str]) -> dict:
     }
 
 
-def run_recbole(data: Path, epochs: int, threads: int) -> dict:
+def run_recbole(data: Path, epochs: int, threads: int, patience: int | None) -> dict:
     python = ensure_recbole_env(quiet=True)
+    extra = ["--patience", str(patience)] if patience is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "recbole.json"
         start = time.perf_counter()
         subprocess.run(
             [str(python), str(ROOT / "benchmarks/peers/recbole_sasrec_worker.py"), "--data", str(data),
-             "--epochs", str(epochs), "--threads", str(threads), "--out", str(out)],
+             "--epochs", str(epochs), "--threads", str(threads), "--out", str(out), *extra],
             check=True, cwd=ROOT,
         )
         wall = time.perf_counter() - start
@@ -81,6 +87,7 @@ def run_recbole(data: Path, epochs: int, threads: int) -> dict:
         "wall_seconds": round(wall, 1),
         "seconds_per_epoch": round(sum(e["train_seconds"] for e in epochs_rec) / len(epochs_rec), 1),
         "epochs_run": len(epochs_rec),
+        "stopped": raw["stopped"],
         "seconds_to_valid_ndcg10_0.03": raw["seconds_to_valid_ndcg10_0.03"],
         "epoch_to_valid_ndcg10_0.03": raw["epoch_to_valid_ndcg10_0.03"],
         "valid_curve": [{"epoch": e["epoch"], "ndcg@10": e["valid"]["ndcg@10"],
@@ -100,10 +107,14 @@ def main() -> None:
     parser.add_argument("--config", default="configs/sasrec_beauty.yaml")
     parser.add_argument("--recbole-epochs", type=int, default=6,
                         help="RecBole epochs (about 3 minutes each on 2 cores)")
+    parser.add_argument("--recbole-patience", type=int, default=None,
+                        help="stop RecBole after this many epochs without a better validation score")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for RecBole")
     parser.add_argument("--skip-recbole", action="store_true", help="ecomjax side only")
     parser.add_argument("--reuse-recbole", action="store_true",
                         help="keep the RecBole side of the existing results file (rerun ecomjax only)")
+    parser.add_argument("--reuse-ecomjax", action="store_true",
+                        help="keep the ecomjax side of the existing results file (rerun RecBole only)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the ecomjax side")
     args = parser.parse_args()
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -111,15 +122,25 @@ def main() -> None:
     if not data.is_file():
         raise SystemExit(f"Beauty.txt not found under ECOMJAX_DATA_DIR={os.environ['ECOMJAX_DATA_DIR']}")
 
+    if args.reuse_recbole and args.reuse_ecomjax:
+        raise SystemExit("--reuse-recbole and --reuse-ecomjax together would measure nothing")
     previous = ROOT / "benchmarks" / "results" / "peer_recbole.json"
-    sides = [run_ecomjax(args.config, ROOT / "runs" / "peer_recbole" / "ecomjax", args.overrides)]
-    if args.reuse_recbole:
+
+    def reused(prefix: str) -> dict:
+        """One side of the previous results file, stamped with when it was measured."""
         old = json.loads(previous.read_text())
-        recbole = next(s for s in old["results"]["sides"] if s["peer"].startswith("RecBole"))
-        recbole["measured_at"] = old["timestamp_utc"]
-        sides.append(recbole)
+        side = next(s for s in old["results"]["sides"] if s["peer"].startswith(prefix))
+        side.setdefault("measured_at", old["timestamp_utc"])
+        return side
+
+    if args.reuse_ecomjax:
+        sides = [reused("ecomjax")]
+    else:
+        sides = [run_ecomjax(args.config, ROOT / "runs" / "peer_recbole" / "ecomjax", args.overrides)]
+    if args.reuse_recbole:
+        sides.append(reused("RecBole"))
     elif not args.skip_recbole:
-        sides.append(run_recbole(data, args.recbole_epochs, args.threads))
+        sides.append(run_recbole(data, args.recbole_epochs, args.threads, args.recbole_patience))
     rows = [{
         "library": s["peer"],
         "s/epoch": s["seconds_per_epoch"],

@@ -201,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better validation NDCG@10 "
+        "(RecBole's stopping_step; default: run all --epochs)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument(
         "--target-ndcg",
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(seqs, work, name)
 
         settings = {**SETTINGS, "epochs": args.epochs, "seed": args.seed}
+        if args.patience is not None:
+            settings["stopping_step"] = args.patience
         config_dict = {**settings, "data_path": str(work), "checkpoint_dir": str(work / "saved")}
         t0 = time.perf_counter()
         argv_saved, sys.argv = sys.argv, sys.argv[:1]  # Config would parse our --k=v flags
@@ -273,42 +282,54 @@ def main(argv: list[str] | None = None) -> int:
         cum_train = cum_total = 0.0
         best = {"epoch": None, "score": -np.inf, "state": None, "valid": None}
         reached = None
-        for epoch in range(args.epochs):
-            t0 = time.perf_counter()
-            loss = trainer._train_epoch(train_data, epoch)
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            score, result = trainer._valid_epoch(valid_data)
-            eval_s = time.perf_counter() - t0
-            cum_train += train_s
-            cum_total += train_s + eval_s
-            valid = metrics_of(result)
-            rec = {
-                "epoch": epoch + 1,
-                "train_seconds": train_s,
-                "eval_seconds": eval_s,
-                "cum_train_seconds": cum_train,
-                "cum_seconds": cum_total,
-                "train_loss": float(loss),
-                "train_loss_per_batch": float(loss) / len(train_data),
-                "valid": valid,
-                "valid_masked_targets": trainer.masked_targets,
-            }
-            epochs.append(rec)
-            if score > best["score"]:
-                best = {
+        stopped = "epochs"
+        # Ctrl-C (SIGINT) ends training after the epochs completed so far; the test pass still
+        # runs on the best weights, so a long run can be cut short without losing its result.
+        try:
+            for epoch in range(args.epochs):
+                t0 = time.perf_counter()
+                loss = trainer._train_epoch(train_data, epoch)
+                train_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                score, result = trainer._valid_epoch(valid_data)
+                eval_s = time.perf_counter() - t0
+                cum_train += train_s
+                cum_total += train_s + eval_s
+                valid = metrics_of(result)
+                rec = {
                     "epoch": epoch + 1,
-                    "score": score,
+                    "train_seconds": train_s,
+                    "eval_seconds": eval_s,
+                    "cum_train_seconds": cum_train,
+                    "cum_seconds": cum_total,
+                    "train_loss": float(loss),
+                    "train_loss_per_batch": float(loss) / len(train_data),
                     "valid": valid,
-                    "state": copy.deepcopy(model.state_dict()),
+                    "valid_masked_targets": trainer.masked_targets,
                 }
-            if reached is None and valid["ndcg@10"] >= args.target_ndcg:
-                reached = rec
-            log(
-                f"epoch {epoch + 1}: train {train_s:.1f}s eval {eval_s:.1f}s "
-                f"loss {rec['train_loss_per_batch']:.4f} valid ndcg@10 {valid['ndcg@10']:.4f} "
-                f"hit@10 {valid['hit@10']:.4f}"
-            )
+                epochs.append(rec)
+                if score > best["score"]:
+                    best = {
+                        "epoch": epoch + 1,
+                        "score": score,
+                        "valid": valid,
+                        "state": copy.deepcopy(model.state_dict()),
+                    }
+                if reached is None and valid["ndcg@10"] >= args.target_ndcg:
+                    reached = rec
+                log(
+                    f"epoch {epoch + 1}: train {train_s:.1f}s eval {eval_s:.1f}s "
+                    f"loss {rec['train_loss_per_batch']:.4f} valid ndcg@10 {valid['ndcg@10']:.4f} "
+                    f"hit@10 {valid['hit@10']:.4f}"
+                )
+                if args.patience is not None and epoch + 1 - best["epoch"] >= args.patience:
+                    stopped = f"patience {args.patience}"
+                    break
+        except KeyboardInterrupt:
+            stopped = f"interrupted during epoch {len(epochs) + 1}"
+            log(f"interrupted: keeping the {len(epochs)} finished epochs")
+        if best["state"] is None:
+            raise SystemExit("no epoch finished: nothing to test")
 
         model.load_state_dict(best["state"])
         t0 = time.perf_counter()
@@ -341,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             if reached
             else None,
             f"epoch_to_valid_ndcg10_{tag}": reached["epoch"] if reached else None,
+            "stopped": stopped,
             "best_epoch": best["epoch"],
             "best_valid": best["valid"],
             "test": test,
