@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     train_p = sub.add_parser("train", help="train a model from a YAML config")
     train_p.add_argument("config", nargs="?", help="YAML config (default: built-in synthetic quickstart)")
     train_p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    multi = train_p.add_argument_group(
+        "multi-process (one process per host; see ecomjax.train.distributed)"
+    )
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0 (or $JAX_COORDINATOR_ADDRESS)")
+    multi.add_argument("--num-processes", type=int, help="processes in the run (or $JAX_NUM_PROCESSES)")
+    multi.add_argument("--process-id", type=int, help="this process, 0-based (or $JAX_PROCESS_ID)")
+    multi.add_argument("--distributed", action="store_true",
+                       help="let JAX detect the cluster (Cloud TPU slices, SLURM, Open MPI)")
     eval_p = sub.add_parser("eval", help="re-evaluate a trained workdir")
     eval_p.add_argument("workdir")
     eval_p.add_argument("overrides", nargs="*")
@@ -46,11 +54,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides.insert(0, config_path)  # `ecomjax train key=value` with no config
                 config_path = None
             config = load_config(config_path, args.overrides)
+            from ecomjax.train.distributed import initialize
+
+            initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
             from ecomjax.train.loop import train_next_item
 
             result = train_next_item(config)
-            print(_summary(result.metrics))
-            print(f"wrote {result.workdir}/metrics.json")
+            from ecomjax.train.distributed import is_primary
+
+            if is_primary():
+                print(_summary(result.metrics))
+                print(f"wrote {result.workdir}/metrics.json")
         elif args.command == "eval":
             import ecomjax
 

@@ -107,6 +107,29 @@ class EvalConfig:
     monitor: str = "ndcg@10"  # validation metric for early stopping and best checkpoint
 
 
+def _default_rules() -> dict[str, str | None]:
+    return {
+        "batch": "data",  # examples / packed rows
+        "vocab": "model",  # item-table rows: vocab-parallel embeddings and logits
+        "embed": None,  # model width
+        "mlp": "model",  # feed-forward inner width
+        "heads": "model",  # attention projections (query/key/value outputs, output input)
+        "gates": None,  # recurrent gate width (sharding it costs a collective per time step)
+        "positions": None,  # position-table rows
+        "norm": None,  # layer-norm scales and biases
+    }
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh ``(data, model)`` and where each logical parameter axis lives on it."""
+
+    data: int = -1  # data-parallel size; -1 = the devices left after mesh.model
+    model: int = 1  # model-parallel size (vocab-parallel tables, tensor-parallel blocks); -1 = the rest
+    # logical axis -> mesh axis (data, model) or null (kept whole), MaxText-style
+    rules: dict[str, Literal["data", "model"] | None] = field(default_factory=_default_rules)
+
+
 @dataclass
 class Config:
     """A whole run: what to train on, what to train, how, and where to write."""
@@ -118,6 +141,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,6 +175,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.eval_every_epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.early_stopping_patience": (lambda v: v >= 1, "an integer >= 1"),
     "train.checkpoint_every_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "mesh.data": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
+    "mesh.model": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
     "eval.ks": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.sampled_negatives": (lambda v: v >= 0, "an integer >= 0"),
@@ -181,7 +207,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, option)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+        nullable = " (or null)" if type(None) in options else ""
+        raise ConfigError((errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}") + nullable)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(f"{key} key", k, key_tp): _coerce(f"{key}.{k}", v, value_tp) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
@@ -216,7 +248,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     for key in values:
         if key not in names:
             section = prefix.rstrip(".") or "the top level"
@@ -230,6 +263,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".")
             continue
         value = _coerce(key, value, tp)
+        if typing.get_origin(tp) is dict and fields[name].default_factory is not dataclasses.MISSING:
+            value = {**fields[name].default_factory(), **value}  # a mapping extends its defaults
         if key in _RANGES and value is not None:
             check, allowed = _RANGES[key]
             if not check(value):

@@ -90,3 +90,12 @@ def test_sampled_rank_counts_only_candidates():
     scores = jnp.asarray([[0, 5, 1, 2, 9, 4]], jnp.float32)
     # target 3 (score 2) vs negatives {1 (5), 2 (1), 5 (4)}: two negatives score higher.
     assert int(sampled_rank(scores, jnp.asarray([3]), jnp.asarray([[1, 2, 5]]))[0]) == 2
+
+
+def test_table_padding_columns_are_never_ranked():
+    """Columns past num_items (rows added to shard the item table) get -inf, however they score."""
+    scores = jnp.asarray([[0.0, 1.0, 3.0, 2.0, 9.0, 9.0]])  # ids 0..3 real (3 items), 4..5 padding
+    ranked = full_ranking_scores(scores, None, num_items=3)
+    assert np.isneginf(np.asarray(ranked)[0, [0, 4, 5]]).all()
+    assert int(target_rank(ranked, jnp.asarray([2]))[0]) == 0
+    assert int(target_rank(full_ranking_scores(scores, None), jnp.asarray([2]))[0]) == 2  # unmasked: padding wins

@@ -141,10 +141,42 @@ def test_chunked_softmax_matches_direct_form_in_value_and_gradient():
         return jnp.sum(nll * weights)
 
     def chunked(h, e):
-        return jnp.sum(chunked_softmax_xent(h, e, targets, 8) * weights)
+        return jnp.sum(chunked_softmax_xent(h, e, targets, 8, NUM_ITEMS) * weights)
 
     (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(hidden, table) for f in (direct, chunked))
     assert float(v2) == pytest.approx(float(v1), rel=1e-6)
     np.testing.assert_allclose(g2[0], g1[0], atol=1e-5)
     np.testing.assert_allclose(g2[1], g1[1], atol=1e-5)
     assert float(jnp.abs(g2[1][0]).max()) == 0.0  # the padding row gets no gradient
+
+
+@pytest.mark.parametrize("name", ["full_softmax", "sampled_softmax", "bce"])
+def test_table_padding_rows_change_nothing(name):
+    """Item tables are padded to a multiple of 128 rows so they shard evenly; the extra rows must
+    never be scored: same loss as the unpadded table, and no gradient reaches them."""
+    hidden, table, targets = _loss_inputs(4)
+    padded = np.concatenate([table, np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32) * 50])
+    config = LossConfig(name=name, num_negatives=5)
+    prior = jnp.zeros(NUM_ITEMS + 1)
+
+    def loss_of(t, num_items):
+        return next_item_loss(jnp.asarray(hidden), jnp.asarray(targets), t, config, jax.random.key(1), prior,
+                              num_items)[0]
+
+    plain = loss_of(jnp.asarray(table), None)
+    value, grad = jax.value_and_grad(loss_of)(jnp.asarray(padded), NUM_ITEMS)
+    assert float(value) == pytest.approx(float(plain), rel=1e-6)
+    assert float(jnp.abs(grad[NUM_ITEMS + 1 :]).max()) == 0.0
+
+
+def test_item_table_is_padded_with_zero_rows_and_real_rows_match_unpadded_init():
+    from ecomjax.models.axes import padded_vocab, zero_padded_rows
+
+    model = make("sasrec")
+    table = np.asarray(model.item_table())
+    assert table.shape[0] == padded_vocab(NUM_ITEMS + 1) and table.shape[0] % 128 == 0
+    assert model.num_items == NUM_ITEMS
+    assert not table[NUM_ITEMS + 1 :].any()
+    init = nnx.initializers.truncated_normal(stddev=0.02)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(zero_padded_rows(init, 5)(key, (8, 3))[:5], init(key, (5, 3)))

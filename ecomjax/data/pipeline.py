@@ -100,14 +100,19 @@ class NextItemTrainData:
         rows["positions"][flat] = np.repeat(n, n) - 1 - within  # distance from the sequence end
         return {key: value.reshape(num_rows, self.max_len) for key, value in rows.items()}
 
-    def batches(self, epoch: int) -> grain.MapDataset:
-        """A grain dataset of this epoch's batches; ``ds[k]`` is step ``k`` (random access)."""
-        rows = self.epoch_rows(epoch)
-        num_batches = len(rows["items"]) // self.batch_size
+    def batches(self, epoch: int, rows: slice | None = None) -> grain.MapDataset:
+        """A grain dataset of this epoch's batches; ``ds[k]`` is step ``k`` (random access).
+
+        ``rows`` selects the rows of every batch this process feeds (multi-process data
+        parallelism: process ``p`` owns a fixed block of each global batch); default all.
+        """
+        epoch_rows = self.epoch_rows(epoch)
+        num_batches = len(epoch_rows["items"]) // self.batch_size
         bs = self.batch_size
+        lo, hi, _ = (rows or slice(None)).indices(bs)
 
         def batch(step: int) -> dict[str, np.ndarray]:
-            return {key: value[step * bs : (step + 1) * bs] for key, value in rows.items()}
+            return {key: value[step * bs + lo : step * bs + hi] for key, value in epoch_rows.items()}
 
         return grain.MapDataset.range(num_batches).map(batch)
 

@@ -28,10 +28,13 @@ def exclude_items(scores: jax.Array, items: jax.Array) -> jax.Array:
 
 
 def full_ranking_scores(
-    scores: jax.Array, history: jax.Array | None
+    scores: jax.Array, history: jax.Array | None, num_items: int | None = None
 ) -> jax.Array:
-    """Mask the padding column and, when given, the user's earlier items (``exclude_history``)."""
-    scores = scores.at[:, 0].set(-jnp.inf)
+    """Mask the padding column, columns past ``num_items`` (table padding) and, when given, the
+    user's earlier items (``exclude_history``)."""
+    ids = jnp.arange(scores.shape[-1])
+    last = scores.shape[-1] - 1 if num_items is None else num_items
+    scores = jnp.where((ids > 0) & (ids <= last), scores, -jnp.inf)
     if history is not None:
         scores = exclude_items(scores, history)
     return scores

@@ -29,7 +29,7 @@ def make_evaluator(graphdef: nnx.GraphDef, config: EvalConfig, sampled: bool):
         hidden = model.encode(items, positions, segments, deterministic=True)[:, -1]
         table = model.item_table()
         scores = jnp.einsum("bd,nd->bn", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
-        ranked = full_ranking_scores(scores, history if config.exclude_history else None)
+        ranked = full_ranking_scores(scores, history if config.exclude_history else None, model.num_items)
         sums = rank_metric_sums(target_rank(ranked, targets), valid, ks)
         if sampled:
             sampled_sums = rank_metric_sums(sampled_rank(scores, targets, negatives), valid, ks)
@@ -52,8 +52,14 @@ def warm_up_evaluator(evaluate_batch, params, batches: list[dict[str, np.ndarray
             jax.block_until_ready(evaluate_batch(params, *(batch[name] for name in _ORDER)))
 
 
-def evaluate_split(evaluate_batch, params, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Run ``evaluate_batch`` over every batch (see ``eval_batches``); returns averaged metrics."""
+def evaluate_split(
+    evaluate_batch, params, batches: list[dict[str, Any]], users: int | None = None
+) -> dict[str, Any]:
+    """Run ``evaluate_batch`` over every batch (see ``eval_batches``); returns averaged metrics.
+
+    ``users`` is the number of real (``valid``) users; give it when the batches are device arrays
+    (possibly spread over processes), so no host needs to read them back.
+    """
     totals: dict[str, float] = {}
     pending = []
     for batch in batches:
@@ -61,7 +67,8 @@ def evaluate_split(evaluate_batch, params, batches: list[dict[str, np.ndarray]])
     for sums in jax.device_get(pending):
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    users = int(sum(batch["valid"].sum() for batch in batches))
+    if users is None:
+        users = int(sum(np.asarray(batch["valid"]).sum() for batch in batches))
     metrics: dict[str, Any] = {name: value / users for name, value in sorted(totals.items())}
     sampled = {name.split("/", 1)[1]: metrics.pop(name) for name in list(metrics) if name.startswith("sampled/")}
     if sampled:

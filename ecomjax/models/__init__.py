@@ -1,8 +1,11 @@
 """Flax NNX models. A model knows nothing about tasks: it maps inputs to representations.
 
 Sequential recommenders share one interface: ``encode(items, positions, segments, *,
-deterministic, rngs) -> [B, L, D]`` hidden states, and ``item_table() -> [num_items + 1, D]``
-output embeddings. New model = one module + one line in ``SEQUENTIAL_MODELS``.
+deterministic, rngs) -> [B, L, D]`` hidden states, ``item_table() -> [R, D]`` output embeddings
+(``R = padded_vocab(num_items + 1)``: row 0 and rows past ``num_items`` are padding, never
+scored) and a ``num_items`` attribute. Parameters carry logical axis names
+(``ecomjax.models.axes``) so any mesh can place them. New model = one module + one line in
+``SEQUENTIAL_MODELS``.
 """
 
 from __future__ import annotations

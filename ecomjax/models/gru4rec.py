@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.config import ModelConfig
+from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -23,9 +24,15 @@ class RecurrentLayer(nnx.Module):
     def __init__(self, cell: str, width: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         self.cell = cell
         gates = 3 if cell == "gru" else 4
-        self.input_proj = nnx.Linear(width, gates * width, dtype=dtype, rngs=rngs)
-        self.recurrent = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (width, gates * width)))
-        self.recurrent_bias = nnx.Param(jnp.zeros((gates * width,)))
+        self.input_proj = nnx.Linear(
+            width, gates * width, dtype=dtype,
+            kernel_init=logical_init(nnx.initializers.lecun_normal(), "embed", "gates"),
+            bias_init=logical_init(nnx.initializers.zeros_init(), "gates"), rngs=rngs,
+        )
+        self.recurrent = nnx.Param(
+            nnx.initializers.orthogonal()(rngs.params(), (width, gates * width)), logical_axes=("embed", "gates")
+        )
+        self.recurrent_bias = nnx.Param(jnp.zeros((gates * width,)), logical_axes=("gates",))
 
     def __call__(self, x: jax.Array, resets: jax.Array) -> jax.Array:
         batch, _, width = x.shape
@@ -70,8 +77,10 @@ class GRU4Rec(nnx.Module):
     def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs):
         del max_len  # recurrent models need no position table
         self.dtype = jnp.dtype(config.compute_dtype)
+        self.num_items = num_items
         width = config.hidden_size
-        self.item_embedding = nnx.Embed(num_items + 1, width, embedding_init=_INIT, rngs=rngs)
+        table_init = logical_init(zero_padded_rows(_INIT, num_items + 1), "vocab", "embed")
+        self.item_embedding = nnx.Embed(padded_vocab(num_items + 1), width, embedding_init=table_init, rngs=rngs)
         self.layers = nnx.List(
             [RecurrentLayer(config.rnn_cell, width, self.dtype, rngs=rngs) for _ in range(config.num_layers)]
         )

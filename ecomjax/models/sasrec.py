@@ -13,8 +13,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.config import ModelConfig
+from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
+_ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
+
+
+def _linear(d_in: int, d_out: int, axes: tuple[str, str], dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, dtype=dtype, kernel_init=logical_init(_INIT, *axes),
+                      bias_init=logical_init(_ZEROS, axes[1]), rngs=rngs)
+
+
+def _layer_norm(width: int, epsilon: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(width, epsilon=epsilon, scale_init=logical_init(_ONES, "norm"),
+                         bias_init=logical_init(_ZEROS, "norm"), rngs=rngs)
 
 
 def segment_causal_mask(segments: jax.Array) -> jax.Array:
@@ -33,8 +45,8 @@ class CausalSelfAttention(nnx.Module):
                 f"model.hidden_size={width} must be divisible by model.num_heads={config.num_heads}"
             )
         self.num_heads = config.num_heads
-        self.qkv = nnx.Linear(width, 3 * width, dtype=dtype, kernel_init=_INIT, rngs=rngs)
-        self.out = nnx.Linear(width, width, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.qkv = _linear(width, 3 * width, ("embed", "heads"), dtype, rngs)
+        self.out = _linear(width, width, ("heads", "embed"), dtype, rngs)
         self.dropout = nnx.Dropout(config.attention_dropout)
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
@@ -51,8 +63,8 @@ class CausalSelfAttention(nnx.Module):
 
 class FeedForward(nnx.Module):
     def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
-        self.up = nnx.Linear(config.hidden_size, config.ffn_size, dtype=dtype, kernel_init=_INIT, rngs=rngs)
-        self.down = nnx.Linear(config.ffn_size, config.hidden_size, dtype=dtype, kernel_init=_INIT, rngs=rngs)
+        self.up = _linear(config.hidden_size, config.ffn_size, ("embed", "mlp"), dtype, rngs)
+        self.down = _linear(config.ffn_size, config.hidden_size, ("mlp", "embed"), dtype, rngs)
         self.activation = jax.nn.gelu if config.activation == "gelu" else jax.nn.relu
         self.dropout = nnx.Dropout(config.dropout)
 
@@ -68,8 +80,9 @@ class TransformerBlock(nnx.Module):
         self.norm_first = config.norm_first
         self.attention = CausalSelfAttention(config, dtype, rngs=rngs)
         self.feed_forward = FeedForward(config, dtype, rngs=rngs)
-        self.attention_norm = nnx.LayerNorm(config.hidden_size, epsilon=1e-12 if not config.norm_first else 1e-6, rngs=rngs)
-        self.ffn_norm = nnx.LayerNorm(config.hidden_size, epsilon=1e-12 if not config.norm_first else 1e-6, rngs=rngs)
+        epsilon = 1e-6 if config.norm_first else 1e-12
+        self.attention_norm = _layer_norm(config.hidden_size, epsilon, rngs)
+        self.ffn_norm = _layer_norm(config.hidden_size, epsilon, rngs)
         self.dropout = nnx.Dropout(config.dropout)
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
@@ -88,16 +101,20 @@ class SASRec(nnx.Module):
 
     def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs):
         self.dtype = jnp.dtype(config.compute_dtype)
+        self.num_items = num_items
         width = config.hidden_size
-        self.item_embedding = nnx.Embed(num_items + 1, width, embedding_init=_INIT, rngs=rngs)
-        self.position_embedding = nnx.Embed(max_len, width, embedding_init=_INIT, rngs=rngs)
-        self.embedding_norm = None if config.norm_first else nnx.LayerNorm(width, epsilon=1e-12, rngs=rngs)
-        self.final_norm = nnx.LayerNorm(width, rngs=rngs) if config.norm_first else None
+        table_init = logical_init(zero_padded_rows(_INIT, num_items + 1), "vocab", "embed")
+        self.item_embedding = nnx.Embed(padded_vocab(num_items + 1), width, embedding_init=table_init, rngs=rngs)
+        self.position_embedding = nnx.Embed(max_len, width, embedding_init=logical_init(_INIT, "positions", "embed"),
+                                            rngs=rngs)
+        self.embedding_norm = None if config.norm_first else _layer_norm(width, 1e-12, rngs)
+        self.final_norm = _layer_norm(width, 1e-6, rngs) if config.norm_first else None
         self.dropout = nnx.Dropout(config.dropout)
         self.blocks = nnx.List([TransformerBlock(config, self.dtype, rngs=rngs) for _ in range(config.num_layers)])
 
     def item_table(self) -> jax.Array:
-        """``[num_items + 1, D]`` output embeddings (row 0 is padding and never scored)."""
+        """``[padded_vocab(num_items + 1), D]`` output embeddings; only rows 1..num_items are items
+        (row 0 is padding; the rows past ``num_items`` only make the table divide over devices)."""
         return self.item_embedding.embedding[...]
 
     def encode(

@@ -5,6 +5,12 @@ checkpoint) -> final test evaluation -> ``metrics.json``. The update step is a p
 ``(state, batch)`` compiled once with explicit shardings and the state donated; dropout keys
 derive from the step number, so a resumed run replays exactly the computation of an
 uninterrupted one.
+
+Placement comes from the config: ``mesh.data`` x ``mesh.model`` devices, parameters and Adam
+moments laid out by ``mesh.rules`` (``ecomjax.train.sharding``), initialised straight into those
+shardings. Batches are split along ``data``; in a multi-process run each process feeds only its
+own rows. The arithmetic does not depend on the mesh: the same seed gives the same losses on one
+device or eight, and a checkpoint written on one mesh resumes on another.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 from flax import nnx
 from tqdm.auto import tqdm
@@ -32,14 +37,23 @@ from ecomjax.data import load_sequences
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
 from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
-from ecomjax.models import build_sequential_model
-from ecomjax.tasks.next_item import direct_softmax, item_log_prior, next_item_loss
+from ecomjax.tasks.next_item import direct_softmax, item_log_prior
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
-from ecomjax.train.mesh import batch_sharding, make_mesh, replicated
-from ecomjax.train.optimizer import make_optimizer
+from ecomjax.train.distributed import is_primary
+from ecomjax.train.sharding import (
+    batch_sharding,
+    make_mesh,
+    process_rows,
+    to_global,
+)
+from ecomjax.train.step import build_next_item_step, init_next_item_state
 
-# Keys that may differ between an interrupted run and its resumption.
-_RESUME_FREE_KEYS = {("train", "max_steps"), ("train", "progress"), ("train", "resume")}
+# Keys that may differ between an interrupted run and its resumption (the mesh may change: a
+# checkpoint restores onto any mesh, and the arithmetic does not depend on it).
+_RESUME_FREE_KEYS = {
+    ("train", "max_steps"), ("train", "progress"), ("train", "resume"),
+    ("mesh", "data"), ("mesh", "model"), ("mesh", "rules"),
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,10 +75,13 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _History:
-    """``history.jsonl``: one line per optimizer step and per evaluation."""
+    """``history.jsonl``: one line per optimizer step and per evaluation (process 0 writes it)."""
 
-    def __init__(self, path: Path, keep_until_step: int):
+    def __init__(self, path: Path, keep_until_step: int, enabled: bool = True):
         self.path = path
+        self.handle = None
+        if not enabled:
+            return
         kept = []
         if path.exists() and keep_until_step > 0:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
@@ -72,22 +89,37 @@ class _History:
         self.handle = path.open("a", buffering=1)  # line-buffered: readable while training
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
 
 def train_next_item(config: Config) -> TrainResult:
+    """Train (or resume, or re-evaluate a finished run in) ``config.workdir``; see the module doc."""
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        return _train(config, mesh)
+
+
+def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     prior_config = workdir / "config.yaml"
+    primary = is_primary()
 
     # --- Mesh ----------------------------------------------------------------------------------
-    mesh = make_mesh()
     data_devices = mesh.shape["data"]
-    if config.train.batch_size % data_devices:
-        raise ValueError(f"train.batch_size={config.train.batch_size} must divide over {data_devices} devices")
+    for key in ("train", "eval"):
+        size = getattr(config, key).batch_size
+        if size % data_devices:
+            raise ValueError(
+                f"{key}.batch_size={size} does not split over mesh.data={data_devices} devices; "
+                f"use a multiple of {data_devices}"
+            )
+    batch_sh = batch_sharding(mesh)
 
     # --- Data ----------------------------------------------------------------------------------
     dataset = load_sequences(config.data)
@@ -100,61 +132,38 @@ def train_next_item(config: Config) -> TrainResult:
     ks = config.eval.ks
     if config.eval.monitor not in {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in ks} | {"mrr"}:
         raise ValueError(f"eval.monitor={config.eval.monitor!r} is not computed with eval.ks={ks}")
-    eval_sets = {
-        name: eval_batches(
+    # Evaluation batches live on the devices for the whole run, split along ``data`` like training.
+    eval_rows = process_rows(batch_sh, (config.eval.batch_size,))
+    eval_sets = {}
+    for name in ("valid", "test"):
+        host_batches = eval_batches(
             eval_arrays(split, getattr(split, name), config.data.max_len, config.eval.batch_size,
                         config.eval.sampled_negatives, config.seed),
             config.eval.batch_size,
         )
-        for name in ("valid", "test")
-    }
+        eval_sets[name] = (
+            [to_global({k: v[eval_rows] for k, v in b.items()}, batch_sh, config.eval.batch_size) for b in host_batches],
+            int(sum(b["valid"].sum() for b in host_batches)),
+        )
+    train_rows = process_rows(batch_sh, (config.train.batch_size,))
+
+    def device_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return to_global(batch, batch_sh, config.train.batch_size)
     item_counts = np.bincount(dataset.items, minlength=dataset.num_items + 1)
 
-    # --- Model and state -----------------------------------------------------------------------
-    model = build_sequential_model(config.model, dataset.num_items, config.data.max_len, rngs=nnx.Rngs(config.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    num_params = sum(x.size for x in jax.tree.leaves(params))
-    tx, schedule = make_optimizer(config.train, total_steps)
-    repl, batch_sh = replicated(mesh), batch_sharding(mesh)
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    state = jax.device_put(state, repl)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    # --- Model, state and update step ------------------------------------------------------------
+    num_items = dataset.num_items
     log_prior = jnp.asarray(item_log_prior(item_counts, config.loss.sampler))
-    base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
-
-    # --- Update step ---------------------------------------------------------------------------
-    def train_step(state, batch):
-        key = jax.random.fold_in(base_key, state["step"])
-        dropout_key, loss_key = jax.random.split(key)
-
-        def loss_fn(params):
-            net = nnx.merge(graphdef, params)
-            hidden = net.encode(
-                batch["items"], batch["positions"], batch["segments"],
-                deterministic=False, rngs=nnx.Rngs(dropout=dropout_key),
-            )
-            return next_item_loss(hidden, batch["targets"], net.item_table(), config.loss, loss_key, log_prior)
-
-        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
-
-    batch_shardings = {key: batch_sh for key in ("items", "targets", "segments", "positions")}
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(state_sharding, batch_shardings),
-        out_shardings=(state_sharding, repl),
-        donate_argnums=(0,),
-    )
+    trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh)
+    graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
+    train_step = trainer.train_step
+    state = init_next_item_state(trainer, config, mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     evaluator = make_evaluator(graphdef, config.eval, sampled=config.eval.sampled_negatives > 0)
 
     def evaluate(params, which: str) -> dict[str, Any]:
-        return evaluate_split(evaluator, params, eval_sets[which])
+        batches, users = eval_sets[which]
+        return evaluate_split(evaluator, params, batches, users)
 
     # --- Resume --------------------------------------------------------------------------------
     checkpoints = RunCheckpoints(workdir / "checkpoints")
@@ -173,9 +182,10 @@ def train_next_item(config: Config) -> TrainResult:
     elif checkpoints.latest_step() is not None:
         for step in checkpoints.manager.all_steps():
             checkpoints.manager.delete(step)
-    save_config(config, prior_config)
+    if primary:
+        save_config(config, prior_config)
     global_step = int(state["step"])
-    history = _History(workdir / "history.jsonl", keep_until_step=global_step)
+    history = _History(workdir / "history.jsonl", keep_until_step=global_step, enabled=primary)
 
     # The position inside an epoch is derived from the step counter, so it always matches the state.
     cumulative = np.concatenate([[0], np.cumsum(steps_per_epoch)])
@@ -202,7 +212,7 @@ def train_next_item(config: Config) -> TrainResult:
     try:
         while stop_reason is None and meta["epoch"] < config.train.epochs:
             epoch = meta["epoch"]
-            batches = train_data.batches(epoch)
+            batches = train_data.batches(epoch, rows=train_rows).map(device_batch)
             start = int(state["step"]) - int(cumulative[epoch])
             if compiled_step is None:
                 t0 = time.perf_counter()
@@ -211,10 +221,10 @@ def train_next_item(config: Config) -> TrainResult:
                     meta["flops_per_step"] = compiled_flops(
                         jax.jit(lambda s, b: train_step(s, b)).lower(state, batches[0])
                     )
-                warm_up_evaluator(evaluator, state["params"], eval_sets["valid"] + eval_sets["test"])
+                warm_up_evaluator(evaluator, state["params"], eval_sets["valid"][0] + eval_sets["test"][0])
                 meta["compile_seconds"] = time.perf_counter() - t0
             bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                       disable=not config.train.progress, leave=False, dynamic_ncols=True)
+                       disable=not (config.train.progress and primary), leave=False, dynamic_ncols=True)
             t_epoch = time.perf_counter()
             pending = None
             for index in range(start, len(batches)):
@@ -252,7 +262,7 @@ def train_next_item(config: Config) -> TrainResult:
                 meta["valid_history"].append({"epoch": epoch + 1, config.eval.monitor: score,
                                               "train_seconds": round(meta["train_seconds"], 3),
                                               "eval_seconds": round(meta["eval_seconds"], 3)})
-                if config.train.progress:
+                if config.train.progress and primary:
                     tqdm.write(f"epoch {epoch + 1}: valid {config.eval.monitor} {score:.4f} "
                                f"({meta['train_seconds']:.0f}s training)")
                 if meta["best"] is None or score > meta["best"]:
@@ -301,6 +311,8 @@ def train_next_item(config: Config) -> TrainResult:
         "num_params": int(num_params),
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        "mesh": {"data": mesh.shape["data"], "model": mesh.shape["model"]},
         "data": {
             "name": dataset.name,
             "users": dataset.num_users,
@@ -322,7 +334,8 @@ def train_next_item(config: Config) -> TrainResult:
             "selection": f"best validation {config.eval.monitor} over evaluated epochs",
         },
     })
-    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if primary:
+        (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model = nnx.merge(graphdef, final_params)
     return TrainResult(metrics=metrics, model=model, workdir=workdir)
 

@@ -1,0 +1,102 @@
+"""Train state and the compiled next-item update step, built once for the loop, tests and benchmarks.
+
+Kept apart from the loop so that what the sharding benchmark measures and what the tests assert
+(table shardings, compiled memory, collectives) is exactly what training runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ecomjax.config import Config
+from ecomjax.models import build_sequential_model
+from ecomjax.tasks.next_item import next_item_loss
+from ecomjax.train.optimizer import make_optimizer
+from ecomjax.train.sharding import batch_sharding, init_sharded, replicated, tree_shardings
+
+BATCH_KEYS = ("items", "targets", "segments", "positions")
+
+
+@dataclass
+class NextItemStep:
+    """Everything needed to run (or only compile) training of one model on one mesh."""
+
+    build_model: Callable[[], nnx.Module]  # the model with its initial parameters (seeded)
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_sharding: Any  # pytree of NamedSharding matching the state
+    step_fn: Any  # jitted (state, batch) -> (state, metrics); state donated
+    train_step: Any  # the same step, not jitted (for cost analysis)
+
+
+def build_next_item_step(
+    config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh
+) -> NextItemStep:
+    """Model definition, optimizer and the sharded, donated, jitted update step (no state yet)."""
+
+    def build_model() -> nnx.Module:
+        return build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed))
+
+    tx, schedule = make_optimizer(config.train, total_steps)
+    graphdef, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param)
+    state_sharding = tree_shardings(jax.eval_shape(lambda: _init_state(build_model, tx)), config.mesh.rules, mesh)
+    base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
+
+    def train_step(state, batch):
+        key = jax.random.fold_in(base_key, state["step"])
+        dropout_key, loss_key = jax.random.split(key)
+
+        def loss_fn(params):
+            net = nnx.merge(graphdef, params)
+            hidden = net.encode(
+                batch["items"], batch["positions"], batch["segments"],
+                deterministic=False, rngs=nnx.Rngs(dropout=dropout_key),
+            )
+            return next_item_loss(
+                hidden, batch["targets"], net.item_table(), config.loss, loss_key, log_prior, num_items
+            )
+
+        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
+
+    batch_sh = batch_sharding(mesh)
+    step_fn = jax.jit(
+        train_step,
+        in_shardings=(state_sharding, {key: batch_sh for key in BATCH_KEYS}),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return NextItemStep(build_model, graphdef, tx, schedule, state_sharding, step_fn, train_step)
+
+
+def _init_state(build_model, tx) -> dict[str, Any]:
+    params = nnx.state(build_model(), nnx.Param)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def init_next_item_state(step: NextItemStep, config: Config, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Initial parameters and optimizer state, created directly in their shardings."""
+    state, _ = init_sharded(lambda: _init_state(step.build_model, step.tx), config.mesh.rules, mesh)
+    return state
+
+
+def abstract_next_item_state(step: NextItemStep) -> dict[str, Any]:
+    """Shape/dtype/sharding placeholders of the state: compile and size a step without allocating it."""
+    abstract = jax.eval_shape(lambda: _init_state(step.build_model, step.tx))
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, step.state_sharding
+    )
