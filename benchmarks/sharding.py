@@ -118,7 +118,7 @@ def large_table_estimate(num_items: int, width: int, devices: int) -> list[dict]
                 t0 = time.perf_counter()
                 compiled = step.step_fn.lower(state, batch).compile()
                 compile_s = time.perf_counter() - t0
-            table = state["params"]["item_embedding"]["embedding"][...]
+            table = state["params"]["item_embedding"]["embedding"].get_value()
             table_device = int(np.prod(table.sharding.shard_shape(table.shape))) * 4
             state_device = sum(
                 int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(state)

@@ -63,7 +63,47 @@ def peer_table() -> str:
     return "\n".join(lines)
 
 
+def sharding_table() -> str:
+    data = _load("sharding")
+    if data is None:
+        return ""
+    res, mib, gib = data["results"], 1 << 20, 1 << 30
+    lines = [
+        "| mesh (data x model) | params MiB / device | Adam MiB / device | item table MiB / device "
+        "| compiled total MiB / device | step ms (p50) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in res["meshes"]:
+        state, memory = row["state_bytes_per_device"], row["compiled_memory_per_device"] or {}
+        lines.append(
+            f"| {row['mesh']} | {state['params'] / mib:.2f} | {state['opt_state'] / mib:.2f} "
+            f"| {state['item_table'] / mib:.2f} | {memory.get('total_bytes', 0) / mib:.2f} "
+            f"| {row['step']['p50_s'] * 1e3:.1f} |"
+        )
+    large = res["large_table"]
+    lines += [
+        "",
+        f"A {large['num_items']:,}-item x {large['width']} table, train step compiled (not run) for "
+        f"{res['devices']} devices:",
+        "",
+        "| mesh | loss | table GiB / device | params + Adam GiB / device | compiled total GiB / device |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in large["rows"]:
+        memory = row["compiled_memory_per_device"] or {}
+        lines.append(
+            f"| {row['mesh']} | {row['loss']} | {row['table_bytes_per_device'] / gib:.3f} "
+            f"| {row['state_bytes_per_device'] / gib:.3f} | {memory.get('total_bytes', 0) / gib:.3f} |"
+        )
+    hw = data["hardware"]
+    lines.append("")
+    lines.append(f"`benchmarks/results/sharding.json`, {res['devices']} {hw['backend']} devices on "
+                 f"{hw['cpu_count']} cores ({hw['cpu_model']}), {data['timestamp_utc']}; command: "
+                 f"`python {' '.join(data['command'])}`.")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(peer_table())
-    print()
-    print(sequential_table())
+    for table in (peer_table(), sequential_table(), sharding_table()):
+        print(table)
+        print()

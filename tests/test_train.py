@@ -72,15 +72,15 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from ecomjax.train import loop
+    from ecomjax.train import loop, step
 
-    real = loop.next_item_loss
+    real = step.next_item_loss
 
-    def poisoned(hidden, targets, table, config, key, log_prior):
-        loss, count = real(hidden, targets, table, config, key, log_prior)
+    def poisoned(hidden, targets, table, config, key, log_prior, num_items):
+        loss, count = real(hidden, targets, table, config, key, log_prior, num_items)
         return loss * jnp.where(count > 0, jnp.nan, 1.0), count
 
-    monkeypatch.setattr(loop, "next_item_loss", poisoned)
+    monkeypatch.setattr(step, "next_item_loss", poisoned)
     with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 0 \(epoch 1\)"):
         ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path)})
 
