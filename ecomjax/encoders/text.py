@@ -1,0 +1,195 @@
+"""Texts in, sentence embeddings out: a pretrained sentence-transformers checkpoint in JAX.
+
+``TextEncoder`` puts together the checkpoint's own tokenizer (``tokenizer.json`` run by
+``tokenizers``, so word pieces match the reference exactly), ``BertModel`` with the converted
+weights, and the sentence head that sentence-transformers reads from ``modules.json``,
+``1_Pooling/config.json`` and ``sentence_bert_config.json`` (all-MiniLM-L6-v2: 256 tokens, mean
+pooling, L2 normalisation). Embeddings match ``SentenceTransformer(...).encode`` within 1e-4
+(``tests/test_text_encoder.py`` checks it against a committed fixture).
+
+The forward pass is one ``jax.jit`` function; batches are padded to a few lengths
+(``LENGTH_BUCKETS``) and power-of-two row counts, so a stream of batches compiles a handful of
+shapes rather than one per batch, and texts are sorted by length so little is padding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ecomjax.encoders.bert import (
+    BertConfig,
+    BertModel,
+    cls_pool,
+    l2_normalize,
+    load_bert,
+    mean_pool,
+)
+from ecomjax.encoders.weights import DEFAULT_TEXT_CHECKPOINT, resolve_checkpoint
+
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)  # padded sequence lengths: one compile each
+Pooling = Literal["mean", "cls"]
+
+
+@dataclass(frozen=True)
+class SentenceHead:
+    """What sentence-transformers does around the transformer, read from its files."""
+
+    max_length: int  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
+    pooling: Pooling = "mean"
+    normalize: bool = False  # L2-normalise the pooled vector (the ``Normalize`` module)
+    lowercase: bool = False  # sentence_bert_config's do_lower_case (applied before tokenizing)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, config: BertConfig) -> SentenceHead:
+        """Without the files, sentence-transformers' own defaults: mean pooling, no norm."""
+        modules = _read_json(checkpoint / "modules.json") or []
+        st_config = _read_json(checkpoint / "sentence_bert_config.json") or {}
+        tok_config = _read_json(checkpoint / "tokenizer_config.json") or {}
+        max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length")
+        max_length = min(int(max_length or config.max_position_embeddings),
+                         config.max_position_embeddings)
+        pooling: Pooling = "mean"
+        for module in modules:
+            if module.get("type", "").endswith(".Pooling"):
+                pooling = _pooling_mode(_read_json(checkpoint / module["path"] / "config.json"))
+        normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
+        return cls(max_length, pooling, normalize, bool(st_config.get("do_lower_case", False)))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pooling_mode(pooling_config: Mapping | None) -> Pooling:
+    if not pooling_config:
+        return "mean"
+    modes = [k for k, v in pooling_config.items() if k.startswith("pooling_mode_") and v]
+    if modes == ["pooling_mode_mean_tokens"]:
+        return "mean"
+    if modes == ["pooling_mode_cls_token"]:
+        return "cls"
+    raise ValueError(f"unsupported sentence-transformers pooling {modes}: only mean or cls")
+
+
+def load_tokenizer(checkpoint: str | os.PathLike, max_length: int):
+    """The checkpoint's ``tokenizer.json`` truncating to ``max_length``, without padding.
+
+    sentence-transformers overrides the file's own truncation (128 for all-MiniLM-L6-v2) with
+    ``max_seq_length``; padding is ours to do, per bucket.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(checkpoint) / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
+    return tokenizer
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """A non-empty list of strings, or an error that says which item is wrong."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string: wrap it as [text]")
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to encode")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str: {text!r:.60}")
+    return list(texts)
+
+
+def _bucket(size: int, buckets: Sequence[int]) -> int:
+    return next(b for b in buckets if b >= size)
+
+
+def _embed(graphdef, state, input_ids, attention_mask, *, pooling: Pooling, normalize: bool):
+    model = nnx.merge(graphdef, state)
+    hidden = model(input_ids, attention_mask)
+    pooled = mean_pool(hidden, attention_mask) if pooling == "mean" else cls_pool(hidden)
+    return l2_normalize(pooled) if normalize else pooled
+
+
+class TextEncoder:
+    """A pretrained sentence encoder: ``encode(texts) -> [N, D]`` float32 numpy embeddings."""
+
+    def __init__(self, model: BertModel, tokenizer, head: SentenceHead):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.head = head
+        self.length_buckets = tuple(sorted({b for b in LENGTH_BUCKETS if b < head.max_length}
+                                           | {head.max_length}))
+        graphdef, self._state = nnx.split(model)
+        self._forward = jax.jit(partial(_embed, graphdef, pooling=head.pooling,
+                                        normalize=head.normalize))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike = DEFAULT_TEXT_CHECKPOINT,
+        *,
+        dtype: str | jnp.dtype = jnp.float32,
+        max_length: int | None = None,
+        download: bool = True,
+    ) -> TextEncoder:
+        """Load from a directory, weights package or hub id (see ``ecomjax.encoders.weights``).
+
+        ``dtype`` is the compute dtype (parameters stay float32); ``max_length`` shortens the
+        checkpoint's token limit, e.g. for short queries.
+        """
+        dtype = jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"dtype must be a floating type (float32, bfloat16), got {dtype}")
+        checkpoint = resolve_checkpoint(source, download=download)
+        model = load_bert(checkpoint, dtype=dtype)
+        head = SentenceHead.from_checkpoint(checkpoint, model.config)
+        if max_length is not None:
+            if not 2 <= max_length <= model.config.max_position_embeddings:
+                raise ValueError(f"max_length must be in [2, "
+                                 f"{model.config.max_position_embeddings}], got {max_length}")
+            head = SentenceHead(max_length, head.pooling, head.normalize, head.lowercase)
+        return cls(model, load_tokenizer(checkpoint, head.max_length), head)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, [CLS] ... [SEP], truncated to ``head.max_length``; no padding."""
+        texts = check_texts(texts)
+        if self.head.lowercase:
+            texts = [t.lower() for t in texts]
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """``[len(texts), dim]`` float32 embeddings, in the order of ``texts``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        token_ids = self.tokenize(texts)
+        lengths = np.array([len(ids) for ids in token_ids])
+        order = np.argsort(-lengths, kind="stable")  # longest first: batches of similar lengths
+        row_buckets = sorted({1 << i for i in range(batch_size.bit_length())} | {batch_size})
+        out = np.empty((len(token_ids), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            rows = _bucket(len(chunk), row_buckets)
+            length = _bucket(int(lengths[chunk].max()), self.length_buckets)
+            ids = np.zeros((rows, length), dtype=np.int32)  # padding rows/tokens are masked out
+            mask = np.zeros((rows, length), dtype=np.int32)
+            for row, i in enumerate(chunk):
+                ids[row, :lengths[i]] = token_ids[i]
+                mask[row, :lengths[i]] = 1
+            embeddings = self._forward(self._state, ids, mask)
+            out[chunk] = np.asarray(embeddings[:len(chunk)], dtype=np.float32)
+        return out

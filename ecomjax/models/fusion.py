@@ -1,0 +1,323 @@
+"""Text + image -> one product vector: four ways to fuse, and which encoder weights may train.
+
+``FusionHead`` fuses the outputs of the pretrained encoders (``ecomjax.encoders``); its
+``fusion`` switch picks the mechanism, so experiments compare them with everything else equal:
+
+- ``concat``: both projections side by side, then an MLP; the baseline every paper reports;
+- ``gated``: per-example softmax weights over the two modalities, computed from both, so the
+  model can lean on the photo when the title is uninformative and the other way round;
+- ``cross_attention``: text tokens attend over the image feature map's spatial positions, so
+  "striped" can look at where the stripes are; padding tokens are masked, the result pooled;
+- ``product``: elementwise product of the projections, then an MLP; a cheap bilinear
+  interaction that only fires where both modalities agree.
+
+Every mode ends at the same ``output_dim``. ``MultimodalEncoder`` puts the head on top of
+``BertModel`` and ``EfficientNetLite``; ``trainable_filter`` / ``trainability_optimizer`` decide
+whether those backbones stay frozen, train their last N blocks, or train fully.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ecomjax.encoders.bert import BertModel
+from ecomjax.encoders.image import EfficientNetLite
+from ecomjax.models.axes import logical_init
+
+FUSION_MODES = ("concat", "gated", "cross_attention", "product")
+BACKBONE_MODES = ("frozen", "partial", "full")
+Fusion = Literal["concat", "gated", "cross_attention", "product"]
+Backbone = Literal["frozen", "partial", "full"]
+
+_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+_ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
+
+
+@dataclass
+class FusionConfig:
+    """The fusion head and how much of the encoders trains; a task config embeds it."""
+
+    fusion: Fusion = "gated"  # concat | gated | cross_attention | product
+    text_dim: int = 384  # text encoder width (MiniLM-L6 token states / sentence embedding)
+    image_dim: int = 1280  # image encoder channels (EfficientNet-Lite0 feature map / pooled)
+    hidden_size: int = 256  # width both modalities are projected to before they meet
+    mlp_size: int = 512  # inner width of the output MLP / the cross-attention feed-forward
+    output_dim: int = 256  # fused product vector width, the same for every fusion mode
+    num_heads: int = 4  # cross_attention heads; hidden_size must be divisible by it
+    dropout: float = 0.1  # on projected inputs, attention output and MLP hidden units
+    backbone: Backbone = "frozen"  # encoders: frozen | partial (last blocks train) | full
+    trainable_blocks: int = 2  # partial: last N BERT layers and last N MBConv blocks train
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmuls; params stay float32
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"unknown fusion {self.fusion!r}; choose one of {list(FUSION_MODES)}")
+        if self.backbone not in BACKBONE_MODES:
+            raise ValueError(f"unknown backbone mode {self.backbone!r}; choose one of "
+                             f"{list(BACKBONE_MODES)}")
+        if self.fusion == "cross_attention" and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by "
+                             f"num_heads={self.num_heads}")
+        if not 0 <= self.dropout < 1 or self.trainable_blocks < 0:
+            raise ValueError("dropout must be in [0, 1) and trainable_blocks >= 0")
+
+
+def _linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], dtype,
+            rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=logical_init(_INIT, *axes),
+                      bias_init=logical_init(_ZEROS, axes[1]), rngs=rngs)
+
+
+def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(width, dtype=jnp.float32, param_dtype=jnp.float32,
+                         scale_init=logical_init(_ONES, "norm"),
+                         bias_init=logical_init(_ZEROS, "norm"), rngs=rngs)
+
+
+def masked_mean(tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``[B, L, D]`` -> ``[B, D]`` mean over unmasked tokens (``where``: padding may hold NaN)."""
+    if mask is None:
+        return jnp.mean(tokens, axis=1)
+    keep = mask.astype(bool)[..., None]
+    total = jnp.sum(jnp.where(keep, tokens, 0), axis=1)
+    return total / jnp.maximum(jnp.sum(keep, axis=1), 1).astype(tokens.dtype)
+
+
+class MLP(nnx.Module):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float, dtype, *,
+                 rngs: nnx.Rngs):
+        self.up = _linear(d_in, d_hidden, ("embed", "mlp"), dtype, rngs)
+        self.down = _linear(d_hidden, d_out, ("mlp", "embed"), dtype, rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
+        hidden = self.dropout(jax.nn.gelu(self.up(x)), deterministic=deterministic, rngs=rngs)
+        return self.down(hidden)
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention from text tokens (queries) to image positions (keys and values).
+
+    Each token attends only over the image, never over other tokens, so a padding token cannot
+    change a real token's result; the caller excludes padding again when pooling.
+    """
+
+    def __init__(self, width: int, num_heads: int, dtype, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.query = _linear(width, width, ("embed", "heads"), dtype, rngs)
+        self.key = _linear(width, width, ("embed", "heads"), dtype, rngs)
+        self.value = _linear(width, width, ("embed", "heads"), dtype, rngs)
+        self.out = _linear(width, width, ("heads", "embed"), dtype, rngs)
+
+    def __call__(self, text: jax.Array, image: jax.Array) -> jax.Array:
+        (batch, length, width), positions = text.shape, image.shape[1]
+        head = width // self.num_heads
+        q = self.query(text).reshape(batch, length, self.num_heads, head)
+        k = self.key(image).reshape(batch, positions, self.num_heads, head)
+        v = self.value(image).reshape(batch, positions, self.num_heads, head)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(head)), axis=-1).astype(v.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+        return self.out(context)
+
+
+class FusionHead(nnx.Module):
+    """Fuses text and image features into ``[B, output_dim]`` float32 product vectors.
+
+    ``text`` is ``[B, Dt]`` (sentence embedding) or ``[B, L, Dt]`` token states with
+    ``text_mask`` ``[B, L]`` (1 = real token); ``image`` is ``[B, Di]`` pooled, ``[B, P, Di]``
+    or a ``[B, H, W, Di]`` feature map. Pooled modes average what is not pooled yet;
+    ``cross_attention`` wants tokens and a feature map (pooled inputs act as one token or one
+    position). Inputs are layer-normed first: MiniLM vectors have unit norm while
+    EfficientNet's ReLU6 features reach 6, and neither modality should win by scale alone.
+    """
+
+    def __init__(self, config: FusionConfig, *, rngs: nnx.Rngs):
+        if config.fusion not in FUSION_MODES:  # also for configs built with dataclasses.replace
+            raise ValueError(f"unknown fusion {config.fusion!r}; choose one of "
+                             f"{list(FUSION_MODES)}")
+        self.fusion = config.fusion
+        dtype, width = jnp.dtype(config.compute_dtype), config.hidden_size
+        self.text_norm = _layer_norm(config.text_dim, rngs)
+        self.image_norm = _layer_norm(config.image_dim, rngs)
+        self.text_proj = _linear(config.text_dim, width, ("embed", "embed"), dtype, rngs)
+        self.image_proj = _linear(config.image_dim, width, ("embed", "embed"), dtype, rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+        if config.fusion == "cross_attention":
+            self.attention = CrossAttention(width, config.num_heads, dtype, rngs=rngs)
+            self.attention_norm = _layer_norm(width, rngs)
+            self.ffn = MLP(width, config.mlp_size, width, config.dropout, dtype, rngs=rngs)
+            self.ffn_norm = _layer_norm(width, rngs)
+            self.out = _linear(width, config.output_dim, ("embed", "embed"), dtype, rngs)
+            self.gate = self.mlp = None
+            return
+        self.attention = None
+        # gated: 2 logits, one per modality (too few to shard)
+        self.gate = (_linear(2 * width, 2, ("embed", None), dtype, rngs)
+                     if config.fusion == "gated" else None)
+        d_in = 2 * width if config.fusion == "concat" else width
+        self.mlp = MLP(d_in, config.mlp_size, config.output_dim, config.dropout, dtype, rngs=rngs)
+
+    def _project(self, text, image, text_mask, *, pooled: bool):
+        if image.ndim == 4:  # feature map -> positions
+            image = image.reshape(image.shape[0], -1, image.shape[-1])
+        if pooled:
+            text = masked_mean(text, text_mask) if text.ndim == 3 else text
+            image = jnp.mean(image, axis=1) if image.ndim == 3 else image
+        else:
+            if text.ndim == 2:
+                text, text_mask = text[:, None], None
+            image = image[:, None] if image.ndim == 2 else image
+        t = self.text_proj(self.text_norm(text.astype(jnp.float32)))
+        i = self.image_proj(self.image_norm(image.astype(jnp.float32)))
+        return t, i, text_mask
+
+    def modality_weights(self, text: jax.Array, image: jax.Array,
+                         text_mask: jax.Array | None = None) -> jax.Array:
+        """``[B, 2]`` (text, image) weights of ``gated`` fusion; each row sums to 1."""
+        if self.gate is None:
+            raise ValueError(f"modality weights exist only for fusion='gated', not {self.fusion!r}")
+        t, i, _ = self._project(text, image, text_mask, pooled=True)
+        return self._weights(t, i)
+
+    def _weights(self, t: jax.Array, i: jax.Array) -> jax.Array:
+        logits = self.gate(jnp.concatenate([t, i], axis=-1)).astype(jnp.float32)
+        return jax.nn.softmax(logits, axis=-1)
+
+    def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None = None, *,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        def drop(x):
+            return self.dropout(x, deterministic=deterministic, rngs=rngs)
+
+        pooled = self.fusion != "cross_attention"
+        t, i, text_mask = self._project(text, image, text_mask, pooled=pooled)
+        if self.fusion == "cross_attention":
+            t = drop(t)
+            x = self.attention_norm(t + drop(self.attention(t, drop(i))))
+            x = self.ffn_norm(x + drop(self.ffn(x, deterministic=deterministic, rngs=rngs)))
+            return self.out(masked_mean(x, text_mask)).astype(jnp.float32)
+        if self.fusion == "concat":
+            fused = jnp.concatenate([t, i], axis=-1)
+        elif self.fusion == "gated":
+            weights = self._weights(t, i).astype(t.dtype)
+            fused = weights[:, :1] * t + weights[:, 1:] * i
+        else:  # product
+            fused = t * i
+        return self.mlp(drop(fused), deterministic=deterministic, rngs=rngs).astype(jnp.float32)
+
+
+def image_feature_map(network: EfficientNetLite, images: jax.Array) -> jax.Array:
+    """Preprocessed ``[B, H, W, 3]`` -> the 1280-channel map before pooling, ``[B, h, w, 1280]``.
+
+    The same layers as ``EfficientNetLite.features`` without the final average, so that
+    cross-attention sees where things are (7x7 positions at 224 px).
+    """
+    x = jax.nn.relu6(network.stem_norm(network.stem(images.astype(network.dtype))))
+    for block in network.blocks:
+        x = block(x)
+    return jax.nn.relu6(network.head_norm(network.head(x))).astype(jnp.float32)
+
+
+class MultimodalEncoder(nnx.Module):
+    """BERT token states and the EfficientNet feature map, fused by a ``FusionHead``.
+
+    The attribute names ``text_encoder``, ``image_encoder`` and ``head`` are what
+    ``trainable_filter`` reads to tell backbone parameters from the head's.
+    """
+
+    def __init__(self, text_encoder: BertModel, image_encoder: EfficientNetLite,
+                 config: FusionConfig, *, rngs: nnx.Rngs):
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.head = FusionHead(config, rngs=rngs)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, images: jax.Array, *,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        tokens = self.text_encoder(input_ids, attention_mask)
+        feature_map = image_feature_map(self.image_encoder, images)
+        return self.head(tokens, feature_map, attention_mask, deterministic=deterministic,
+                         rngs=rngs)
+
+
+# ---------------------------------------------------------------------------- trainability
+# backbone attribute -> (its list of blocks, modules after the blocks, modules fusion never uses)
+BACKBONE_LAYOUT = {
+    "text_encoder": ("layers", (), ()),  # BertModel: embeddings, layers
+    "image_encoder": ("blocks", ("head", "head_norm"), ("classifier",)),  # EfficientNetLite
+}
+TRAINABLE, FROZEN = "trainable", "frozen"
+
+
+def _block_counts(model: nnx.Module) -> dict[str, int]:
+    return {name: len(getattr(getattr(model, name), blocks))
+            for name, (blocks, _, _) in BACKBONE_LAYOUT.items() if hasattr(model, name)}
+
+
+def parameter_label(path: tuple, backbone: Backbone, trainable_blocks: int,
+                    block_counts: dict[str, int]) -> str:
+    """``"trainable"`` or ``"frozen"`` for the parameter at ``path`` (NNX path of str/int keys).
+
+    Anything outside the backbones (the fusion head) trains. In a backbone, ``full`` trains
+    everything the fusion model uses; ``partial`` the last ``trainable_blocks`` blocks plus what
+    follows them (EfficientNet's 1x1 head conv), keeping embeddings and stem frozen: the early
+    layers hold the generic features, the late ones the task-specific ones worth adapting.
+    Unused modules (the ImageNet classifier) stay frozen, so weight decay cannot touch them.
+    """
+    if backbone not in BACKBONE_MODES:
+        raise ValueError(f"unknown backbone mode {backbone!r}; choose one of "
+                         f"{list(BACKBONE_MODES)}")
+    if not path or path[0] not in block_counts:
+        return TRAINABLE
+    blocks, tail, unused = BACKBONE_LAYOUT[path[0]]
+    part = path[1] if len(path) > 1 else None
+    if backbone == "frozen" or part in unused:
+        return FROZEN
+    if backbone == "full" or part in tail:
+        return TRAINABLE if backbone == "full" or trainable_blocks > 0 else FROZEN
+    first = block_counts[path[0]] - trainable_blocks
+    in_last = part == blocks and len(path) > 2 and int(path[2]) >= first
+    return TRAINABLE if in_last else FROZEN
+
+
+def trainable_filter(model: nnx.Module, backbone: Backbone, trainable_blocks: int = 0):
+    """An NNX filter selecting the trainable ``Param``s of ``model``.
+
+    Use it as ``nnx.Optimizer(model, tx, wrt=f)`` with ``nnx.grad(..., argnums=nnx.DiffState(0,
+    f))`` (or ``nnx.split(model, f, ...)`` in pure train steps): frozen weights then get neither
+    gradients nor optimizer state, which is where frozen backbones save their memory.
+    """
+    counts = _block_counts(model)
+
+    def is_trainable(path: tuple, variable) -> bool:
+        return isinstance(variable, nnx.Param) and (
+            parameter_label(path, backbone, trainable_blocks, counts) == TRAINABLE)
+
+    return is_trainable
+
+
+def parameter_labels(model: nnx.Module, params: nnx.State, backbone: Backbone,
+                     trainable_blocks: int = 0) -> nnx.State:
+    """``params`` (a ``Param`` state of ``model``) with every array replaced by its label."""
+    counts = _block_counts(model)
+    return nnx.map_state(lambda path, variable: variable.replace(
+        parameter_label(path, backbone, trainable_blocks, counts)), params)
+
+
+def trainability_optimizer(tx: optax.GradientTransformation, model: nnx.Module,
+                           backbone: Backbone, trainable_blocks: int = 0
+                           ) -> optax.GradientTransformation:
+    """``optax.multi_transform``: ``tx`` for trainable parameters, zero updates for frozen ones.
+
+    For train steps that differentiate the whole ``Param`` state (``ecomjax.train.step``): the
+    result is the same as ``trainable_filter``, at the cost of gradients for frozen weights.
+    """
+    return optax.multi_transform(
+        {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+        lambda params: parameter_labels(model, params, backbone, trainable_blocks))
