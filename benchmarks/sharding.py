@@ -69,7 +69,7 @@ def measure_mesh(config_path: str, data: int, model: int, steps: int, batches) -
     num_items = batches["num_items"]
     with jax.set_mesh(mesh):
         step = build_next_item_step(config, num_items, 10_000, jnp.zeros(num_items + 1), mesh)
-        state = init_next_item_state(step, config, mesh)
+        state = init_next_item_state(step)
         sharding = batch_sharding(mesh)
         device_batches = [
             {key: jax.device_put(batch[key], sharding) for key in BATCH_KEYS} for batch in batches["rows"]

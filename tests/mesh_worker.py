@@ -27,7 +27,7 @@ def table(data: int, model: int, loss: str, num_items: int) -> dict:
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         step = build_next_item_step(config, num_items, 100, jnp.zeros(num_items + 1), mesh)
-        state = init_next_item_state(step, config, mesh)
+        state = init_next_item_state(step)
         rows, length = config.train.batch_size, config.data.max_len
         rng = np.random.default_rng(0)
         batch = {key: rng.integers(1, num_items + 1, (rows, length)).astype(np.int32) for key in ("items", "targets")}

@@ -157,7 +157,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh)
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
-    state = init_next_item_state(trainer, config, mesh)
+    state = init_next_item_state(trainer)
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     evaluator = make_evaluator(graphdef, config.eval, sampled=config.eval.sampled_negatives > 0)
 

@@ -1,9 +1,9 @@
 """Device mesh and logical-axis sharding rules (the MaxText pattern, in a page).
 
 Models name the axes of their parameters once, with logical names (``vocab``, ``embed``,
-``mlp``, ``heads``, ...), through ``ecomjax.models.axes.logical_init``. The ``mesh`` section of the config maps
-those names to mesh axes (``data``, ``model``), so the same model trains data-parallel on one
-host, vocab-/tensor-parallel on a slice, or anything between, without code changes: changing
+``mlp``, ``heads``, ...), through ``ecomjax.models.axes.logical_init``. The ``mesh`` section of
+the config maps those names to mesh axes (``data``, ``model``), so the same model trains
+data-parallel on one host, vocab-/tensor-parallel on a slice, or anything between, without code changes: changing
 ``mesh.data`` / ``mesh.model`` / ``mesh.rules`` only changes where arrays live, and GSPMD inserts
 the collectives. A parameter dimension that does not divide over its mesh axis stays whole
 (replicated) rather than failing, so small heads or odd widths never block a mesh shape; item
@@ -13,7 +13,7 @@ tables are padded to a multiple of 128 rows (``models.axes.padded_vocab``) so th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -120,19 +120,6 @@ def tree_shardings(tree: Any, rules: Mapping[str, str | None], mesh: jax.shardin
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(leaf, tree, is_leaf=_is_variable)
-
-
-def init_sharded(init_fn: Callable[[], Any], rules: Mapping[str, str | None], mesh: jax.sharding.Mesh):
-    """Run ``init_fn`` (no arguments) straight into its shardings; returns ``(state, shardings)``.
-
-    ``jax.eval_shape`` gives the structure and logical axes without computing anything, then the
-    jitted initialiser writes each shard on its own device, so a table larger than one device's
-    memory never exists whole anywhere.
-    """
-    abstract = jax.eval_shape(init_fn)
-    shardings = tree_shardings(abstract, rules, mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)()
-    return state, shardings
 
 
 def process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:

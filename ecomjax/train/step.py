@@ -19,7 +19,7 @@ from ecomjax.config import Config
 from ecomjax.models import build_sequential_model
 from ecomjax.tasks.next_item import next_item_loss
 from ecomjax.train.optimizer import make_optimizer
-from ecomjax.train.sharding import batch_sharding, init_sharded, replicated, tree_shardings
+from ecomjax.train.sharding import batch_sharding, replicated, tree_shardings
 
 BATCH_KEYS = ("items", "targets", "segments", "positions")
 
@@ -88,10 +88,10 @@ def _init_state(build_model, tx) -> dict[str, Any]:
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def init_next_item_state(step: NextItemStep, config: Config, mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """Initial parameters and optimizer state, created directly in their shardings."""
-    state, _ = init_sharded(lambda: _init_state(step.build_model, step.tx), config.mesh.rules, mesh)
-    return state
+def init_next_item_state(step: NextItemStep) -> dict[str, Any]:
+    """Initial parameters and optimizer state, written by a jitted initialiser straight into
+    ``step.state_sharding`` (never whole on one device)."""
+    return jax.jit(lambda: _init_state(step.build_model, step.tx), out_shardings=step.state_sharding)()
 
 
 def abstract_next_item_state(step: NextItemStep) -> dict[str, Any]:
