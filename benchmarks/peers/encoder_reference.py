@@ -27,21 +27,21 @@ The driver needs only the standard library. Environment steps (what worked here,
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.peers.venv import ensure_venv  # noqa: E402
+
 DEFAULT_VENV = REPO_ROOT / ".peers" / "encoders-venv"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "minilm_reference.npz"
 MARKER = ".ecomjax-encoders-installed"  # hash of INSTALL_STEPS, written once they all succeeded
-PY_VERSIONS = ((3, 11), (3, 12))  # preferred first; both have torch 2.13 CPU wheels
 TOKENIZED = 6  # sentences whose token ids go into the fixture (plus the long one)
 
 INSTALL_STEPS: tuple[tuple[tuple[str, ...], tuple[str, ...], bool], ...] = (
@@ -53,79 +53,12 @@ INSTALL_STEPS: tuple[tuple[tuple[str, ...], tuple[str, ...], bool], ...] = (
 
 
 # ---------------------------------------------------------------------------- environment
-def _version_of(python: str) -> tuple[int, int] | None:
-    try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print(*sys.version_info[:2])"],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout.split()
-        return int(out[0]), int(out[1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def find_python(explicit: str | None = None) -> str:
-    """A Python 3.11 (else 3.12): --python, pyenv's versions, then PATH."""
-    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    tried: list[str] = []
-    if explicit:
-        if _version_of(explicit) in PY_VERSIONS:
-            return explicit
-        tried.append(explicit)
-    for major, minor in PY_VERSIONS:
-        pattern = os.path.join(pyenv_root, "versions", f"{major}.{minor}.*", "bin", "python")
-        candidates = sorted(glob.glob(pattern)) + [
-            p for p in (shutil.which(f"python{major}.{minor}"),) if p
-        ]
-        for cand in candidates:
-            if _version_of(cand) == (major, minor):
-                return cand
-            tried.append(cand)
-    raise RuntimeError(f"no Python 3.11 or 3.12 found for the encoder peer venv (tried {tried})")
-
-
-def _digest() -> str:
-    return hashlib.sha256(json.dumps(INSTALL_STEPS).encode()).hexdigest()
-
-
-def _run(cmd: list[str], quiet: bool) -> None:
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    # pip's own output goes to stderr: stdout carries only results.
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else sys.stderr)
-
-
 def ensure_encoder_env(
-    venv: Path | str = DEFAULT_VENV,
-    *,
-    python: str | None = None,
-    recreate: bool = False,
+    venv: Path | str = DEFAULT_VENV, *, python: str | None = None, recreate: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Create the venv and install the reference stack unless already done; return its python."""
-    venv = Path(venv)
-    py = venv / "bin" / "python"
-    marker = venv / MARKER
-    if recreate and venv.exists():
-        shutil.rmtree(venv)
-    if py.exists() and _version_of(str(py)) not in PY_VERSIONS:
-        shutil.rmtree(venv)  # broken or of the wrong Python: build it again
-    if marker.exists() and marker.read_text().strip() == _digest():
-        return py
-    if not py.exists():
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        _run([find_python(python), "-m", "venv", str(venv)], quiet)
-    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
-    if quiet:
-        pip.append("--quiet")
-    for i, (requirements, constraints, no_deps) in enumerate(INSTALL_STEPS, start=1):
-        extra: list[str] = ["--no-deps"] if no_deps else []
-        if constraints:
-            cfile = venv / f".constraints-step{i}.txt"
-            cfile.write_text("\n".join(constraints) + "\n")
-            extra += ["-c", str(cfile)]
-        _run([*pip, *extra, *requirements], quiet)
-    marker.write_text(_digest() + "\n")
-    return py
+    """The sentence-transformers venv (built on first use); returns its python."""
+    return ensure_venv(venv, INSTALL_STEPS, MARKER, python=python, recreate=recreate, quiet=quiet)
 
 
 # ---------------------------------------------------------------------------- sentences

@@ -31,21 +31,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.peers.venv import ensure_venv  # noqa: E402
+
 DEFAULT_VENV = REPO_ROOT / ".peers" / "images-venv"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "efficientnet_reference.npz"
-MARKER = ".ecomjax-images-installed"  # sha256 of REQUIREMENTS, once installed
+MARKER = ".ecomjax-images-installed"  # hash of the install steps, once they all succeeded
 REQUIREMENTS = (
     "torch==2.13.0",  # alone first, so pip takes the local CPU wheel
     "efficientnet-lite-pytorch==0.1.0",  # the model code that produced the checkpoint
@@ -53,7 +55,6 @@ REQUIREMENTS = (
     "pillow>=10",
     "numpy>=1.26",
 )
-PYTHONS = ((3, 11), (3, 12))  # in order of preference
 
 # One product per article type that has an ImageNet look-alike (watch, sunglasses, backpack, ...),
 # so that top-1 agreement is tested on confident predictions as well as on unsure ones.
@@ -74,69 +75,13 @@ SAMPLE_STRIDE = 8  # the fixture keeps every 8th row and column of each preproce
 # ---------------------------------------------------------------------------------------------
 
 
-def _version_of(python: str) -> tuple[int, int] | None:
-    try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print(*sys.version_info[:2])"],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout.split()
-        return int(out[0]), int(out[1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def find_python(explicit: str | None = None) -> str:
-    """A Python 3.11 (else 3.12): --python, $ECOMJAX_PEERS_PYTHON, pyenv's versions, PATH."""
-    candidates = [c for c in (explicit, os.environ.get("ECOMJAX_PEERS_PYTHON")) if c]
-    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    for major, minor in PYTHONS:
-        candidates += sorted(glob.glob(f"{pyenv_root}/versions/{major}.{minor}*/bin/python"))
-        candidates += [p for p in (shutil.which(f"python{major}.{minor}"),) if p]
-    by_version = {}
-    for cand in candidates:
-        by_version.setdefault(_version_of(cand), cand)
-    for version in PYTHONS:
-        if version in by_version:
-            return by_version[version]
-    raise RuntimeError(
-        "no Python 3.11 or 3.12 found (tried --python, $ECOMJAX_PEERS_PYTHON, pyenv versions, "
-        f"PATH: {candidates}); the reference needs one for its torch wheel"
-    )
-
-
-def _digest() -> str:
-    return hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()
-
-
-def _run(cmd: list[str], quiet: bool) -> None:
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else sys.stderr)
-
-
 def ensure_images_env(
     venv: Path | str = DEFAULT_VENV, *, python: str | None = None, recreate: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Create the venv and install REQUIREMENTS unless already done; return its python."""
-    venv = Path(venv)
-    py = venv / "bin" / "python"
-    marker = venv / MARKER
-    if recreate and venv.exists():
-        shutil.rmtree(venv)
-    if py.exists() and _version_of(str(py)) not in PYTHONS:
-        shutil.rmtree(venv)  # broken, or of a Python we cannot use: build it again
-    if marker.exists() and marker.read_text().strip() == _digest():
-        return py
-    if not py.exists():
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        _run([find_python(python), "-m", "venv", str(venv)], quiet)
-    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
-    if quiet:
-        pip.append("--quiet")
-    _run([*pip, REQUIREMENTS[0]], quiet)
-    _run([*pip, *REQUIREMENTS[1:]], quiet)
-    marker.write_text(_digest() + "\n")
-    return py
+    """The reference venv (torch alone first, then the rest; built on first use); its python."""
+    steps = [((REQUIREMENTS[0],), (), False), (tuple(REQUIREMENTS[1:]), (), False)]
+    return ensure_venv(venv, steps, MARKER, python=python, recreate=recreate, quiet=quiet)
 
 
 def default_data_dir() -> Path:
