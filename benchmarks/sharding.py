@@ -59,7 +59,7 @@ def mesh_shapes(devices: int) -> list[tuple[int, int]]:
 def state_bytes_per_device(state) -> dict[str, int]:
     params = sum(per_device_bytes(x) for x in jax.tree.leaves(state["params"]))
     opt = sum(per_device_bytes(x) for x in jax.tree.leaves(state["opt_state"]))
-    table = per_device_bytes(state["params"]["item_embedding"]["embedding"][...])
+    table = per_device_bytes(state["params"]["item_embedding"]["ids"]["embedding"][...])
     return {"params": params, "opt_state": opt, "item_table": table}
 
 
@@ -118,7 +118,7 @@ def large_table_estimate(num_items: int, width: int, devices: int) -> list[dict]
                 t0 = time.perf_counter()
                 compiled = step.step_fn.lower(state, batch).compile()
                 compile_s = time.perf_counter() - t0
-            table = state["params"]["item_embedding"]["embedding"].get_value()
+            table = state["params"]["item_embedding"]["ids"]["embedding"].get_value()
             table_device = int(np.prod(table.sharding.shard_shape(table.shape))) * 4
             state_device = sum(
                 int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(state)

@@ -103,7 +103,64 @@ def sharding_table() -> str:
     return "\n".join(lines)
 
 
+def multimodal_tables() -> str:
+    data = _load("multimodal")
+    if data is None:
+        return ""
+    res, lines = data["results"], []
+    fashion = res.get("fashion")
+    if fashion:
+        attrs = fashion["attributes"]
+        names = list(next(iter(attrs.values()))["test"])
+        singles = [m for m in ("text", "image") if m in attrs]
+        best_single = {a: max(attrs[m]["test"][a] for m in singles) for a in names}
+        best_single_mean = max(attrs[m]["test_mean"] for m in singles)
+        lines += ["| product encoder | " + " | ".join(names) + " | mean |",
+                  "| --- |" + " ---: |" * (len(names) + 1)]
+        for mode, r in attrs.items():
+            cells = [f"{r['test'][a]:.4f}" for a in names] + [f"**{r['test_mean']:.4f}**"]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        fused = [m for m in attrs if m not in singles]
+        if fused and singles:
+            best = max(fused, key=lambda m: attrs[m]["test_mean"])
+            deltas = [f"{attrs[best]['test'][a] - best_single[a]:+.4f}" for a in names]
+            lines.append(f"| {best} - best single modality | " + " | ".join(deltas)
+                         + f" | {attrs[best]['test_mean'] - best_single_mean:+.4f} |")
+        lines += ["", "| product tower | test NDCG@10 | test recall@10 | valid NDCG@10 | epochs |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for mode, r in fashion["retrieval"].items():
+            lines.append(f"| {mode} | {r['test']['ndcg@10']:.4f} | {r['test']['recall@10']:.4f} "
+                         f"| {r['valid']['ndcg@10']:.4f} | {r['epochs_run']} |")
+        setup = fashion["setup"]
+        lines += ["", f"Products train/valid/test {setup['products']['train']}/{setup['products']['valid']}/"
+                      f"{setup['products']['test']}; queries {setup['queries']['train']} training wordings, "
+                      f"{setup['queries']['valid']} validation, {setup['queries']['test']} test "
+                      f"(measured {fashion['measured_utc']})."]
+    beauty = res.get("beauty")
+    if beauty:
+        lines += ["", "| SASRec items | config | test NDCG@10 | test HR@10 | valid NDCG@10 | best epoch | s / epoch |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, label in (("id", "ID embedding"), ("text", "ID + MiniLM title")):
+            r = beauty[name]
+            lines.append(f"| {label} | `{r['config']}` | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} "
+                         f"| {r['valid']['ndcg@10']:.4f} | {r['best_epoch']} | {r['seconds_per_epoch']:.1f} |")
+        lines += ["", f"Text vs ID: {100 * beauty['relative_ndcg@10_gain']:+.1f}% test NDCG@10 "
+                      f"(measured {beauty['measured_utc']})."]
+    speed = res.get("throughput_batch64")
+    if speed:
+        lines += ["", "| encoder, batch 64 | per second |", "| --- | ---: |",
+                  f"| MiniLM-L6, Beauty titles (sentences) | {speed['text']['sentences_per_second']:.1f} |",
+                  f"| EfficientNet-Lite0, 128 px native (images) | "
+                  f"{speed['images_native_128px']['images_per_second']:.1f} |",
+                  f"| EfficientNet-Lite0, resized to 224 px (images) | "
+                  f"{speed['images_224px']['images_per_second']:.1f} |"]
+    hw = data["hardware"]
+    lines += ["", f"`benchmarks/results/multimodal.json`, {hw['cpu_count']} cores ({hw['cpu_model']}), "
+                  f"{data['timestamp_utc']}; command: `python {' '.join(data['command'])}`."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for table in (peer_table(), sequential_table(), sharding_table()):
+    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables()):
         print(table)
         print()

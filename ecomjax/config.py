@@ -63,6 +63,32 @@ class ModelConfig:
     activation: Literal["gelu", "relu"] = "gelu"
     rnn_cell: Literal["gru", "lstm"] = "gru"  # gru4rec only
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; parameters stay float32
+    # Item representation (``ecomjax.models.item_embedding``): id | add | gated | text_only. The
+    # last three read one title per item from ``item_text`` (tab-separated, header, first column
+    # the item id as in the data file, last column the title), embedded once with ``text_encoder``.
+    item_fusion: Literal["id", "add", "gated", "text_only"] = "id"
+    item_text: str | None = None  # titles file; relative paths also tried under $ECOMJAX_DATA_DIR
+    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # directory, weights package or hub id
+    item_id_init: Literal["normal", "zeros"] = "normal"  # zeros: IDs start as residuals on the title vector
+    item_id_dropout: float = 0.0  # training: drop whole ID vectors with this probability (add / gated)
+    text_adapter_size: int = 0  # 0: title vector -> linear map; N: GELU MLP with N hidden units
+    text_normalization: Literal["center", "whiten", "none"] = "center"  # catalogue mean off (+ PCA whitening), unit norm
+
+    def __post_init__(self) -> None:
+        if self.item_fusion != "id" and not self.item_text:
+            raise ConfigError(f"model.item_fusion={self.item_fusion!r} needs model.item_text "
+                              "(a file with one title per item)")
+        if self.item_id_init == "zeros" and self.item_fusion not in ("add", "gated"):
+            raise ConfigError("model.item_id_init='zeros' makes IDs residuals on title vectors: "
+                              "it needs model.item_fusion add or gated")
+        if self.item_id_dropout and self.item_fusion not in ("add", "gated"):
+            raise ConfigError("model.item_id_dropout needs model.item_fusion add or gated: an item "
+                              "whose ID is dropped must keep its title vector")
+        if not 0 <= self.item_id_dropout < 1:
+            raise ConfigError(f"model.item_id_dropout: {self.item_id_dropout} is out of range; allowed: [0, 1)")
+        if self.item_fusion == "id" and self.item_text:
+            raise ConfigError("model.item_text is set but model.item_fusion is 'id', so the titles "
+                              "would be ignored; choose add, gated or text_only")
 
 
 @dataclass

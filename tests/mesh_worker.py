@@ -34,7 +34,7 @@ def table(data: int, model: int, loss: str, num_items: int) -> dict:
         batch["segments"] = np.ones((rows, length), np.int32)
         batch["positions"] = np.broadcast_to(np.arange(length)[::-1], (rows, length)).astype(np.int32).copy()
         compiled = step.step_fn.lower(state, batch).compile()
-    table = state["params"]["item_embedding"]["embedding"][...]
+    table = state["params"]["item_embedding"]["ids"]["embedding"][...]
     adam = state["opt_state"][1][0]  # chain(clip, adamw) -> adamw -> ScaleByAdamState
     gathered = re.findall(r"= (\S+) all-gather\(", compiled.as_text())
     memory = compiled.memory_analysis()
@@ -43,8 +43,8 @@ def table(data: int, model: int, loss: str, num_items: int) -> dict:
         "table_spec": [str(axis) for axis in table.sharding.spec],
         "table_bytes": table.nbytes,
         "table_bytes_per_device": per_device_bytes(table),
-        "mu_bytes_per_device": per_device_bytes(adam.mu["item_embedding"]["embedding"][...]),
-        "nu_bytes_per_device": per_device_bytes(adam.nu["item_embedding"]["embedding"][...]),
+        "mu_bytes_per_device": per_device_bytes(adam.mu["item_embedding"]["ids"]["embedding"][...]),
+        "nu_bytes_per_device": per_device_bytes(adam.nu["item_embedding"]["ids"]["embedding"][...]),
         "all_gather_shapes": gathered,
         "argument_bytes_per_device": memory.argument_size_in_bytes,
     }
@@ -58,7 +58,7 @@ def dump(workdir: str, out: str, *mesh: str) -> dict:
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             arrays[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
     np.savez(out, **arrays)
-    table = run.state["params"]["item_embedding"]["embedding"][...]
+    table = run.state["params"]["item_embedding"]["ids"]["embedding"][...]
     return {"devices": jax.device_count(), "step": run.step,
             "table_spec": [str(axis) for axis in table.sharding.spec],
             "table_shard_shape": list(table.sharding.shard_shape(table.shape)),

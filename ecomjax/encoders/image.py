@@ -358,6 +358,13 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
     return features, model.classify(features)
 
 
+@partial(jax.jit, static_argnums=(0, 2))
+def _feature_map(graphdef: nnx.GraphDef, state: nnx.State, image_size: int, images: jax.Array):
+    from ecomjax.models.fusion import image_feature_map
+
+    return image_feature_map(nnx.merge(graphdef, state), preprocess(images, image_size))
+
+
 class ImageEncoder:
     """Product photos -> 1280-d EfficientNet-Lite0 features (or ImageNet logits), in batches.
 
@@ -417,3 +424,21 @@ class ImageEncoder:
         features = np.concatenate([np.asarray(f) for f, _ in outputs])[:total]
         logits = np.concatenate([np.asarray(g) for _, g in outputs])[:total]
         return features, logits
+
+    def feature_maps(self, images: np.ndarray, batch_size: int = 64,
+                     image_size: int = IMAGE_SIZE) -> np.ndarray:
+        """The unpooled 1280-channel maps ``[N, h, w, 1280]`` float32 (7x7 at 224 px, 4x4 at 128).
+
+        ``image_size`` below 224 runs the network at that resolution (no upsampling): a 128 px
+        catalogue photo then costs a third of the compute, for a coarser map.
+        """
+        check_images(images)
+        total = images.shape[0]
+        size = min(batch_size, total)
+        maps = []
+        for start in range(0, total, size):
+            chunk = np.asarray(images[start:start + size])
+            if chunk.shape[0] < size:
+                chunk = np.concatenate([chunk, np.zeros((size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)])
+            maps.append(np.asarray(_feature_map(self._graphdef, self._state, image_size, jnp.asarray(chunk))))
+        return np.concatenate(maps)[:total]

@@ -121,6 +121,10 @@ def _embed(graphdef, state, input_ids, attention_mask, *, pooling: Pooling, norm
     return l2_normalize(pooled) if normalize else pooled
 
 
+def _tokens(graphdef, state, input_ids, attention_mask):
+    return nnx.merge(graphdef, state)(input_ids, attention_mask).astype(jnp.float32)
+
+
 class TextEncoder:
     """A pretrained sentence encoder: ``encode(texts) -> [N, D]`` float32 numpy embeddings."""
 
@@ -133,6 +137,7 @@ class TextEncoder:
         graphdef, self._state = nnx.split(model)
         self._forward = jax.jit(partial(_embed, graphdef, pooling=head.pooling,
                                         normalize=head.normalize))
+        self._token_forward = jax.jit(partial(_tokens, graphdef))
 
     @classmethod
     def from_pretrained(
@@ -193,3 +198,29 @@ class TextEncoder:
             embeddings = self._forward(self._state, ids, mask)
             out[chunk] = np.asarray(embeddings[:len(chunk)], dtype=np.float32)
         return out
+
+    def token_states(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Unpooled last-layer states ``[N, L, dim]`` float32 and the token mask ``[N, L]`` int32.
+
+        ``L`` is the longest text's token count (after truncation to ``head.max_length``), the
+        same for every row, so the result can be cached and batched as one array; padding
+        positions hold zeros. What fusion by cross-attention reads (one vector per word).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        token_ids = self.tokenize(texts)
+        length = max(len(ids) for ids in token_ids)
+        ids = np.zeros((len(token_ids), length), dtype=np.int32)
+        mask = np.zeros((len(token_ids), length), dtype=np.int32)
+        for row, tokens in enumerate(token_ids):
+            ids[row, :len(tokens)] = tokens
+            mask[row, :len(tokens)] = 1
+        states = np.zeros((len(token_ids), length, self.dim), dtype=np.float32)
+        for start in range(0, len(token_ids), batch_size):
+            chunk = slice(start, min(start + batch_size, len(token_ids)))
+            rows = chunk.stop - chunk.start
+            batch_ids, batch_mask = np.zeros((batch_size, length), np.int32), np.zeros((batch_size, length), np.int32)
+            batch_ids[:rows], batch_mask[:rows] = ids[chunk], mask[chunk]  # fixed shape: one compile
+            out = np.asarray(self._token_forward(self._state, batch_ids, batch_mask))[:rows]
+            states[chunk] = out * mask[chunk, :, None]
+        return states, mask

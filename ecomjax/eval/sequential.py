@@ -20,12 +20,16 @@ from ecomjax.eval.ranking import full_ranking_scores, rank_metric_sums, sampled_
 
 
 def make_evaluator(graphdef: nnx.GraphDef, config: EvalConfig, sampled: bool):
-    """A jitted ``(params, batch arrays) -> metric sums`` for one model architecture."""
+    """A jitted ``(variables, batch arrays) -> metric sums`` for one model architecture.
+
+    ``variables`` is what ``nnx.merge(graphdef, *variables)`` needs: ``(params, buffers)`` from the
+    train state (buffers hold fixed item features; an empty state for ID-only models).
+    """
     ks = tuple(config.ks)
 
     @jax.jit
-    def evaluate_batch(params, items, positions, segments, history, targets, negatives, valid):
-        model = nnx.merge(graphdef, params)
+    def evaluate_batch(variables, items, positions, segments, history, targets, negatives, valid):
+        model = nnx.merge(graphdef, *variables)
         hidden = model.encode(items, positions, segments, deterministic=True)[:, -1]
         table = model.item_table()
         scores = jnp.einsum("bd,nd->bn", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)

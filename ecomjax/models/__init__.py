@@ -10,6 +10,7 @@ scored) and a ``num_items`` attribute. Parameters carry logical axis names
 
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
 
 from ecomjax.config import ModelConfig
@@ -20,9 +21,10 @@ SEQUENTIAL_MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
 
 
 def build_sequential_model(
-    config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs
+    config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs, item_features: np.ndarray | None = None
 ) -> SASRec | GRU4Rec:
-    return SEQUENTIAL_MODELS[config.name](config, num_items, max_len, rngs=rngs)
+    """``item_features``: ``[num_items + 1, D]`` content vectors for ``config.item_fusion != "id"``."""
+    return SEQUENTIAL_MODELS[config.name](config, num_items, max_len, rngs=rngs, item_features=item_features)
 
 
 __all__ = ["SEQUENTIAL_MODELS", "GRU4Rec", "SASRec", "build_sequential_model"]

@@ -1,7 +1,9 @@
 """Text + image -> one product vector: four ways to fuse, and which encoder weights may train.
 
 ``FusionHead`` fuses the outputs of the pretrained encoders (``ecomjax.encoders``); its
-``fusion`` switch picks the mechanism, so experiments compare them with everything else equal:
+``fusion`` switch picks the mechanism, so experiments compare them with everything else equal
+(``text`` and ``image`` are the single-modality baselines: the same projection and MLP on one
+input, so an ablation changes only what is fused):
 
 - ``concat``: both projections side by side, then an MLP; the baseline every paper reports;
 - ``gated``: per-example softmax weights over the two modalities, computed from both, so the
@@ -30,9 +32,10 @@ from ecomjax.encoders.bert import BertModel
 from ecomjax.encoders.image import EfficientNetLite
 from ecomjax.models.axes import logical_init
 
-FUSION_MODES = ("concat", "gated", "cross_attention", "product")
+FUSION_MODES = ("text", "image", "concat", "gated", "cross_attention", "product")
+SINGLE_MODALITY = ("text", "image")
 BACKBONE_MODES = ("frozen", "partial", "full")
-Fusion = Literal["concat", "gated", "cross_attention", "product"]
+Fusion = Literal["text", "image", "concat", "gated", "cross_attention", "product"]
 Backbone = Literal["frozen", "partial", "full"]
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -43,7 +46,7 @@ _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
 class FusionConfig:
     """The fusion head and how much of the encoders trains; a task config embeds it."""
 
-    fusion: Fusion = "gated"  # concat | gated | cross_attention | product
+    fusion: Fusion = "gated"  # text | image (baselines) | concat | gated | cross_attention | product
     text_dim: int = 384  # text encoder width (MiniLM-L6 token states / sentence embedding)
     image_dim: int = 1280  # image encoder channels (EfficientNet-Lite0 feature map / pooled)
     hidden_size: int = 256  # width both modalities are projected to before they meet
@@ -145,10 +148,13 @@ class FusionHead(nnx.Module):
                              f"{list(FUSION_MODES)}")
         self.fusion = config.fusion
         dtype, width = jnp.dtype(config.compute_dtype), config.hidden_size
-        self.text_norm = _layer_norm(config.text_dim, rngs)
-        self.image_norm = _layer_norm(config.image_dim, rngs)
-        self.text_proj = _linear(config.text_dim, width, ("embed", "embed"), dtype, rngs)
-        self.image_proj = _linear(config.image_dim, width, ("embed", "embed"), dtype, rngs)
+        uses_text, uses_image = config.fusion != "image", config.fusion != "text"
+        self.text_norm = _layer_norm(config.text_dim, rngs) if uses_text else None
+        self.text_proj = (_linear(config.text_dim, width, ("embed", "embed"), dtype, rngs)
+                          if uses_text else None)
+        self.image_norm = _layer_norm(config.image_dim, rngs) if uses_image else None
+        self.image_proj = (_linear(config.image_dim, width, ("embed", "embed"), dtype, rngs)
+                           if uses_image else None)
         self.dropout = nnx.Dropout(config.dropout)
         if config.fusion == "cross_attention":
             self.attention = CrossAttention(width, config.num_heads, dtype, rngs=rngs)
@@ -175,8 +181,10 @@ class FusionHead(nnx.Module):
             if text.ndim == 2:
                 text, text_mask = text[:, None], None
             image = image[:, None] if image.ndim == 2 else image
-        t = self.text_proj(self.text_norm(text.astype(jnp.float32)))
-        i = self.image_proj(self.image_norm(image.astype(jnp.float32)))
+        t = (None if self.text_proj is None
+             else self.text_proj(self.text_norm(text.astype(jnp.float32))))
+        i = (None if self.image_proj is None
+             else self.image_proj(self.image_norm(image.astype(jnp.float32))))
         return t, i, text_mask
 
     def modality_weights(self, text: jax.Array, image: jax.Array,
@@ -203,7 +211,9 @@ class FusionHead(nnx.Module):
             x = self.attention_norm(t + drop(self.attention(t, drop(i))))
             x = self.ffn_norm(x + drop(self.ffn(x, deterministic=deterministic, rngs=rngs)))
             return self.out(masked_mean(x, text_mask)).astype(jnp.float32)
-        if self.fusion == "concat":
+        if self.fusion in SINGLE_MODALITY:
+            fused = t if self.fusion == "text" else i
+        elif self.fusion == "concat":
             fused = jnp.concatenate([t, i], axis=-1)
         elif self.fusion == "gated":
             weights = self._weights(t, i).astype(t.dtype)

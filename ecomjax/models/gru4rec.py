@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ecomjax.config import ModelConfig
-from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
+from ecomjax.models.axes import logical_init
+from ecomjax.models.item_embedding import ItemEmbedding
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -74,20 +76,23 @@ class RecurrentLayer(nnx.Module):
 class GRU4Rec(nnx.Module):
     """Embedding -> dropout -> stacked GRU/LSTM -> dropout; ``encode`` as in SASRec."""
 
-    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
+                 item_features: np.ndarray | None = None):
         del max_len  # recurrent models need no position table
         self.dtype = jnp.dtype(config.compute_dtype)
         self.num_items = num_items
         width = config.hidden_size
-        table_init = logical_init(zero_padded_rows(_INIT, num_items + 1), "vocab", "embed")
-        self.item_embedding = nnx.Embed(padded_vocab(num_items + 1), width, embedding_init=table_init, rngs=rngs)
+        self.item_embedding = ItemEmbedding(num_items, width, fusion=config.item_fusion, features=item_features,
+                                            id_init=config.item_id_init, id_dropout=config.item_id_dropout,
+                                            text_adapter_size=config.text_adapter_size,
+                                            rngs=rngs)
         self.layers = nnx.List(
             [RecurrentLayer(config.rnn_cell, width, self.dtype, rngs=rngs) for _ in range(config.num_layers)]
         )
         self.dropout = nnx.Dropout(config.dropout)
 
-    def item_table(self) -> jax.Array:
-        return self.item_embedding.embedding[...]
+    def item_table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return self.item_embedding.table(deterministic=deterministic, rngs=rngs)
 
     def encode(
         self,
@@ -101,7 +106,7 @@ class GRU4Rec(nnx.Module):
         del positions
         previous = jnp.pad(segments[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
         resets = segments != previous
-        x = self.dropout(self.item_embedding(items), deterministic=deterministic, rngs=rngs)
+        x = self.dropout(self.item_embedding(items, deterministic=deterministic, rngs=rngs), deterministic=deterministic, rngs=rngs)
         x = x.astype(self.dtype)
         for layer in self.layers:
             x = layer(x, resets)

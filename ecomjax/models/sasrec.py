@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ecomjax.config import ModelConfig
-from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
+from ecomjax.models.axes import logical_init
+from ecomjax.models.item_embedding import ItemEmbedding
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
@@ -99,12 +101,15 @@ class TransformerBlock(nnx.Module):
 class SASRec(nnx.Module):
     """Causal transformer recommender; ``encode`` gives one hidden state per input position."""
 
-    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
+                 item_features: np.ndarray | None = None):
         self.dtype = jnp.dtype(config.compute_dtype)
         self.num_items = num_items
         width = config.hidden_size
-        table_init = logical_init(zero_padded_rows(_INIT, num_items + 1), "vocab", "embed")
-        self.item_embedding = nnx.Embed(padded_vocab(num_items + 1), width, embedding_init=table_init, rngs=rngs)
+        self.item_embedding = ItemEmbedding(num_items, width, fusion=config.item_fusion, features=item_features,
+                                            id_init=config.item_id_init, id_dropout=config.item_id_dropout,
+                                            text_adapter_size=config.text_adapter_size,
+                                            rngs=rngs)
         self.position_embedding = nnx.Embed(max_len, width, embedding_init=logical_init(_INIT, "positions", "embed"),
                                             rngs=rngs)
         self.embedding_norm = None if config.norm_first else _layer_norm(width, 1e-12, rngs)
@@ -112,10 +117,10 @@ class SASRec(nnx.Module):
         self.dropout = nnx.Dropout(config.dropout)
         self.blocks = nnx.List([TransformerBlock(config, self.dtype, rngs=rngs) for _ in range(config.num_layers)])
 
-    def item_table(self) -> jax.Array:
+    def item_table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """``[padded_vocab(num_items + 1), D]`` output embeddings; only rows 1..num_items are items
         (row 0 is padding; the rows past ``num_items`` only make the table divide over devices)."""
-        return self.item_embedding.embedding[...]
+        return self.item_embedding.table(deterministic=deterministic, rngs=rngs)
 
     def encode(
         self,
@@ -126,7 +131,7 @@ class SASRec(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        x = self.item_embedding(items) + self.position_embedding(positions)
+        x = self.item_embedding(items, deterministic=deterministic, rngs=rngs) + self.position_embedding(positions)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.dropout(x, deterministic=deterministic, rngs=rngs).astype(self.dtype)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ecomjax.bench.flops import compiled_flops
 from ecomjax.config import Config, save_config
 from ecomjax.data import load_sequences
+from ecomjax.data.item_text import model_item_features
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
 from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
@@ -154,7 +155,12 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     # --- Model, state and update step ------------------------------------------------------------
     num_items = dataset.num_items
     log_prior = jnp.asarray(item_log_prior(item_counts, config.loss.sampler))
-    trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh)
+    item_text = model_item_features(config.model, dataset)
+    if item_text is not None and primary and len(item_text.missing):
+        print(f"model.item_text: {len(item_text.missing)} of {num_items} items have no title; "
+              "their text vector is zero")
+    trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh,
+                                   None if item_text is None else item_text.features)
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
     state = init_next_item_state(trainer)
@@ -163,7 +169,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
 
     def evaluate(params, which: str) -> dict[str, Any]:
         batches, users = eval_sets[which]
-        return evaluate_split(evaluator, params, batches, users)
+        return evaluate_split(evaluator, (params, state["buffers"]), batches, users)
 
     # --- Resume --------------------------------------------------------------------------------
     checkpoints = RunCheckpoints(workdir / "checkpoints")
@@ -221,7 +227,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
                     meta["flops_per_step"] = compiled_flops(
                         jax.jit(lambda s, b: train_step(s, b)).lower(state, batches[0])
                     )
-                warm_up_evaluator(evaluator, state["params"], eval_sets["valid"][0] + eval_sets["test"][0])
+                warm_up_evaluator(evaluator, (state["params"], state["buffers"]), eval_sets["valid"][0] + eval_sets["test"][0])
                 meta["compile_seconds"] = time.perf_counter() - t0
             bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.train.epochs}",
                        disable=not (config.train.progress and primary), leave=False, dynamic_ncols=True)
@@ -336,7 +342,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     })
     if primary:
         (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    model = nnx.merge(graphdef, final_params)
+    model = nnx.merge(graphdef, final_params, state["buffers"])
     return TrainResult(metrics=metrics, model=model, workdir=workdir)
 
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from ecomjax.config import Config, load_config
 from ecomjax.data import load_sequences
+from ecomjax.data.item_text import model_item_features
 from ecomjax.train.checkpoint import RunCheckpoints
 from ecomjax.train.sharding import make_mesh
 from ecomjax.train.step import abstract_next_item_state, build_next_item_step
@@ -27,13 +28,14 @@ class RestoredRun:
     config: Config
     mesh: jax.sharding.Mesh
     step: int
-    state: dict[str, Any]  # params, opt_state, step: as saved, laid out for ``mesh``
+    state: dict[str, Any]  # params, buffers, opt_state, step: as saved, laid out for ``mesh``
     best_params: Any  # parameters of the best validation epoch
     meta: dict[str, Any]
     graphdef: nnx.GraphDef
 
     def model(self, best: bool = True) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.best_params if best else self.state["params"])
+        params = self.best_params if best else self.state["params"]
+        return nnx.merge(self.graphdef, params, self.state["buffers"])
 
 
 def restore_run(workdir: str | Path, devices: list[jax.Device] | None = None, **mesh_overrides: Any) -> RestoredRun:
@@ -53,7 +55,10 @@ def restore_run(workdir: str | Path, devices: list[jax.Device] | None = None, **
         mesh = make_mesh(config.mesh, devices)
         with jax.set_mesh(mesh):
             # The schedule length and sampler prior shape the update, not the state: placeholders do.
-            step = build_next_item_step(config, dataset.num_items, 1, jnp.zeros(dataset.num_items + 1), mesh)
+            # Item features only fix shapes here; their values come from the checkpoint.
+            item_text = model_item_features(config.model, dataset)
+            step = build_next_item_step(config, dataset.num_items, 1, jnp.zeros(dataset.num_items + 1), mesh,
+                                        None if item_text is None else item_text.features)
             abstract = abstract_next_item_state(step)
             state, best_params, meta = checkpoints.restore(abstract, abstract["params"])
     finally:

@@ -12,11 +12,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from ecomjax.config import Config
 from ecomjax.models import build_sequential_model
+from ecomjax.models.item_embedding import ItemFeatures
 from ecomjax.tasks.next_item import next_item_loss
 from ecomjax.train.optimizer import make_optimizer
 from ecomjax.train.sharding import batch_sharding, replicated, tree_shardings
@@ -38,15 +40,21 @@ class NextItemStep:
 
 
 def build_next_item_step(
-    config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh
+    config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh,
+    item_features: np.ndarray | None = None,
 ) -> NextItemStep:
-    """Model definition, optimizer and the sharded, donated, jitted update step (no state yet)."""
+    """Model definition, optimizer and the sharded, donated, jitted update step (no state yet).
+
+    ``item_features`` (``[num_items + 1, D]``, see ``ecomjax.data.item_text``) become the model's
+    fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated.
+    """
 
     def build_model() -> nnx.Module:
-        return build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed))
+        return build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
+                                      item_features=item_features)
 
     tx, schedule = make_optimizer(config.train, total_steps)
-    graphdef, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param)
+    graphdef, _, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param, ItemFeatures)
     state_sharding = tree_shardings(jax.eval_shape(lambda: _init_state(build_model, tx)), config.mesh.rules, mesh)
     base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
 
@@ -55,19 +63,22 @@ def build_next_item_step(
         dropout_key, loss_key = jax.random.split(key)
 
         def loss_fn(params):
-            net = nnx.merge(graphdef, params)
+            net = nnx.merge(graphdef, params, state["buffers"])
             hidden = net.encode(
                 batch["items"], batch["positions"], batch["segments"],
                 deterministic=False, rngs=nnx.Rngs(dropout=dropout_key),
             )
             return next_item_loss(
-                hidden, batch["targets"], net.item_table(), config.loss, loss_key, log_prior, num_items
+                hidden, batch["targets"],
+                net.item_table(deterministic=False, rngs=nnx.Rngs(dropout=jax.random.fold_in(dropout_key, 1))),
+                config.loss, loss_key, log_prior, num_items,
             )
 
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
+            "buffers": state["buffers"],
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
@@ -84,8 +95,8 @@ def build_next_item_step(
 
 
 def _init_state(build_model, tx) -> dict[str, Any]:
-    params = nnx.state(build_model(), nnx.Param)
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    _, params, buffers = nnx.split(build_model(), nnx.Param, ItemFeatures)
+    return {"params": params, "buffers": buffers, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
 def init_next_item_state(step: NextItemStep) -> dict[str, Any]:

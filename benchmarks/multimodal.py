@@ -1,0 +1,178 @@
+"""Multimodal ablations: what text, images and their fusion buy on real catalogue data.
+
+Three experiments, written to ``benchmarks/results/multimodal.json`` and printed as tables:
+
+1. **Fashion attributes** (Myntra catalogue, ``$ECOMJAX_DATA_DIR/fashion-products``): article type,
+   colour, usage, season and gender predicted from the colour-free title (``text``), the photo
+   (``image``) or both (``concat``, ``gated``, ``cross_attention``, ``product``); frozen MiniLM-L6
+   token states and EfficientNet-Lite0 feature maps (128 px photos at native size), one trained
+   head per mode, product-disjoint split stratified by article type; test accuracy per attribute.
+2. **Fashion retrieval**: attribute queries ("navy tee for him") against held-out products, a
+   query tower and a product tower per mode, in-batch softmax; test NDCG@10 and recall@10.
+3. **Beauty**: SASRec ID-only vs text-fused (item = ID embedding + projected MiniLM title
+   embedding), full ranking, history excluded, same config otherwise; read from the runs'
+   ``metrics.json`` (``--beauty-id`` / ``--beauty-text``), or trained here with ``--train-beauty``.
+
+Plus encoder throughput at batch 64 (sentences/s, images/s) measured here, alone.
+
+    python benchmarks/multimodal.py                                  # everything (features cached)
+    python benchmarks/multimodal.py --train-beauty                   # also retrain both Beauty runs
+    python benchmarks/multimodal.py --modes text image gated --skip-beauty
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from ecomjax.bench.report import print_table, write_results  # noqa: E402
+from ecomjax.models.fusion import FUSION_MODES  # noqa: E402
+
+BEAUTY_CONFIGS = {"id": "configs/sasrec_beauty.yaml", "text": "configs/sasrec_beauty_text.yaml"}
+
+
+def fashion_experiments(modes: list[str], setup_overrides: dict) -> dict:
+    from ecomjax.data.fashion import read_fashion_catalog
+    from ecomjax.data.fashion_features import encode_catalog
+    from ecomjax.tasks.fashion import FashionExperiment, FashionSetup
+
+    catalog = read_fashion_catalog()
+    t0 = time.perf_counter()
+    features = encode_catalog(catalog, progress=True)
+    feature_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    experiment = FashionExperiment(catalog, features, FashionSetup(**setup_overrides))
+    setup_seconds = time.perf_counter() - t0
+    attributes, retrieval = {}, {}
+    for mode in modes:
+        result = experiment.attributes(mode)
+        attributes[mode] = {"test": result.accuracy["test"], "test_mean": result.mean_accuracy["test"],
+                            "valid_mean": result.mean_accuracy["valid"], "best_epoch": result.fit.best_epoch,
+                            "epochs_run": result.fit.epochs_run, "seconds": round(result.fit.seconds, 1),
+                            "params": result.num_params}
+        print(f"attributes {mode}: test mean {result.mean_accuracy['test']:.4f}", flush=True)
+        found = experiment.retrieval(mode)
+        retrieval[mode] = {**found.metrics, "best_epoch": found.fit.best_epoch,
+                           "epochs_run": found.fit.epochs_run, "seconds": round(found.fit.seconds, 1),
+                           "params": found.num_params}
+        print(f"retrieval {mode}: test {found.metrics['test']}", flush=True)
+    return {"setup": experiment.summary(), "feature_seconds_incl_cache": round(feature_seconds, 1),
+            "setup_seconds": round(setup_seconds, 1), "feature_shapes": {
+                "text_tokens": list(features.text_tokens.shape), "image_map": list(features.image_map.shape)},
+            "attributes": attributes, "retrieval": retrieval}
+
+
+def beauty(paths: dict[str, Path], train: bool) -> dict:
+    out = {}
+    for name, config in BEAUTY_CONFIGS.items():
+        workdir = paths[name]
+        command = [sys.executable, "-m", "ecomjax", "train", config, f"workdir={workdir}",
+                   "train.progress=false"]
+        if train:
+            subprocess.run(command, check=True, cwd=ROOT)
+        metrics_path = workdir / "metrics.json"
+        if not metrics_path.is_file():
+            raise FileNotFoundError(f"{metrics_path} not found: run `{' '.join(command[1:])}` or pass "
+                                    "--train-beauty")
+        metrics = json.loads(metrics_path.read_text())
+        out[name] = {"config": config, "workdir": str(workdir), "test": metrics["test"],
+                     "valid": metrics["valid"], "best_epoch": metrics["best_epoch"],
+                     "epochs_run": metrics["epochs_run"], "train_seconds": metrics["train_seconds"],
+                     "seconds_per_epoch": metrics["seconds_per_epoch"], "num_params": metrics["num_params"]}
+    gain = out["text"]["test"]["ndcg@10"] / out["id"]["test"]["ndcg@10"] - 1
+    out["relative_ndcg@10_gain"] = gain
+    return out
+
+
+def throughput(batch_size: int = 64) -> dict:
+    """Sentences/s and images/s at ``batch_size``, end to end from host data to host features."""
+    from benchmarks.text_encoder_throughput import beauty_titles
+    from benchmarks.text_encoder_throughput import throughput as text_throughput
+    from ecomjax.bench.timing import time_callable
+    from ecomjax.encoders import ImageEncoder, TextEncoder
+
+    text = text_throughput(TextEncoder.from_pretrained(), beauty_titles(1024), batch_size, 3)
+    encoder = ImageEncoder()
+    photos = np.random.default_rng(0).integers(0, 256, (batch_size, 128, 128, 3), dtype=np.uint8)
+    images = {}
+    for name, call in (("images_native_128px", lambda: encoder.feature_maps(photos, batch_size, 128)),
+                       ("images_224px", lambda: encoder.encode(photos, batch_size))):
+        timing = time_callable(call, warmup=1, iters=5)
+        images[name] = {"images_per_second": timing.throughput(batch_size), "p50_batch_seconds": timing.p50,
+                        "first_call_seconds": timing.first_call_seconds, "input": "128x128 uint8 photos",
+                        "network_resolution": 128 if "128" in name else 224}
+    return {"text": text, **images}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", nargs="+", default=list(FUSION_MODES), choices=FUSION_MODES)
+    parser.add_argument("--skip-fashion", action="store_true")
+    parser.add_argument("--skip-beauty", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--train-beauty", action="store_true", help="retrain both Beauty configs here")
+    parser.add_argument("--beauty-id", type=Path, default=ROOT / "runs" / "sasrec_beauty")
+    parser.add_argument("--beauty-text", type=Path, default=ROOT / "runs" / "sasrec_beauty_text")
+    parser.add_argument("--setup", type=json.loads, default={},
+                        help='FashionSetup overrides as JSON, e.g. \'{"train_queries": 2000}\'')
+    args = parser.parse_args(argv)
+
+    # Sections not rerun keep their previous values (each carries its own measured_utc).
+    previous = ROOT / "benchmarks" / "results" / "multimodal.json"
+    results: dict = json.loads(previous.read_text())["results"] if previous.is_file() else {}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if not args.skip_throughput:  # first, while nothing else of ours runs
+        results["throughput_batch64"] = {**throughput(), "measured_utc": stamp}
+    if not args.skip_fashion:
+        results["fashion"] = {**fashion_experiments(args.modes, args.setup), "measured_utc": stamp}
+    if not args.skip_beauty:
+        results["beauty"] = {**beauty({"id": args.beauty_id, "text": args.beauty_text}, args.train_beauty),
+                             "measured_utc": stamp}
+
+    if "fashion" in results:
+        fashion = results["fashion"]
+        attrs = fashion["attributes"]
+        best_single = {a: max(attrs[m]["test"][a] for m in ("text", "image") if m in attrs)
+                       for a in next(iter(attrs.values()))["test"]}
+        rows = []
+        for mode, r in attrs.items():
+            row = {"mode": mode, **{a: r["test"][a] for a in r["test"]}, "mean": r["test_mean"]}
+            rows.append(row)
+        if best_single:
+            rows.append({"mode": "best single", **best_single,
+                         "mean": max(attrs[m]["test_mean"] for m in ("text", "image") if m in attrs)})
+        print_table(rows, list(rows[0]), title="Fashion attribute accuracy, held-out products (test)")
+        rows = [{"mode": m, "ndcg@10": r["test"]["ndcg@10"], "recall@10": r["test"]["recall@10"],
+                 "valid ndcg@10": r["valid"]["ndcg@10"], "epochs": r["epochs_run"], "s": r["seconds"]}
+                for m, r in fashion["retrieval"].items()]
+        print_table(rows, list(rows[0]), title="Fashion attribute-query retrieval, held-out products and queries")
+    if "beauty" in results:
+        b = results["beauty"]
+        rows = [{"items": name, "test ndcg@10": b[name]["test"]["ndcg@10"], "test hr@10": b[name]["test"]["hr@10"],
+                 "valid ndcg@10": b[name]["valid"]["ndcg@10"], "s/epoch": b[name]["seconds_per_epoch"]}
+                for name in ("id", "text")]
+        print_table(rows, list(rows[0]), title=f"Beauty SASRec, full ranking (text vs ID: "
+                                                f"{100 * b['relative_ndcg@10_gain']:+.1f}% NDCG@10)")
+    if "throughput_batch64" in results:
+        t = results["throughput_batch64"]
+        print_table([{"encoder": "MiniLM-L6 (Beauty titles)", "per second": t["text"]["sentences_per_second"]},
+                     {"encoder": "EfficientNet-Lite0 128 px", "per second": t["images_native_128px"]["images_per_second"]},
+                     {"encoder": "EfficientNet-Lite0 224 px", "per second": t["images_224px"]["images_per_second"]}],
+                    ["encoder", "per second"], title="Encoder throughput, batch 64")
+    results.pop("numpy", None)
+    path = write_results("multimodal", results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

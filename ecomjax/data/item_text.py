@@ -1,0 +1,125 @@
+"""Item titles for text-enhanced recommenders: read, align with the dataset's ids, embed once.
+
+A sequence dataset renumbers items densely (``SequenceDataset.item_ids`` maps back to the file's
+ids); a titles file speaks the file's ids. ``item_text_features`` joins the two and returns one
+row per dense id, ready to become a model's fixed item features. An item without a title gets a
+zero row and is *reported* (``ItemText.missing``), never silently given some other item's text;
+a malformed line or a duplicated id is an error naming file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ecomjax.data.sequences import DataFormatError
+
+TextNormalization = Literal["center", "whiten", "none"]
+
+
+@dataclass(frozen=True)
+class ItemText:
+    features: np.ndarray  # [num_items + 1, D] float32; row 0 (padding) and missing items are zero
+    missing: np.ndarray  # dense ids (1..num_items) that the titles file does not name
+    unused: int  # titles of ids the dataset never mentions (other catalogue items)
+
+
+def read_item_titles(path: str | Path) -> dict[int, str]:
+    """``{item id: title}`` from a tab-separated file with a header: first column the item id,
+    last column the title (``s3rec_item_id  asin  title`` in the Beauty release)."""
+    path = Path(path)
+    titles: dict[int, str] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or len(header) < 2:
+            raise DataFormatError(f"{path}:1: expected a header with an id and a title column, got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(f"{path}:{line}: expected {len(header)} tab-separated fields "
+                                      f"({', '.join(header)}), got {len(row)}")
+            try:
+                item = int(row[0])
+            except ValueError:
+                raise DataFormatError(f"{path}:{line}: item id {row[0]!r} is not an integer") from None
+            if item in titles:
+                raise DataFormatError(f"{path}:{line}: item id {item} appears twice")
+            title = row[-1].strip()
+            if not title:
+                raise DataFormatError(f"{path}:{line}: item {item} has an empty title")
+            titles[item] = title
+    if not titles:
+        raise DataFormatError(f"{path}: no titles")
+    return titles
+
+
+def normalize_features(features: np.ndarray, rows: np.ndarray,
+                       how: TextNormalization = "center") -> np.ndarray:
+    """Remove the direction every sentence embedding shares, then rescale rows to unit norm.
+
+    Sentence embeddings are anisotropic: all titles of a catalogue share a large common
+    component, so raw cosine similarities of unrelated products sit well above zero. ``center``
+    subtracts the catalogue mean (over ``rows``, the items that have text), leaving what tells
+    items apart; ``whiten`` also rotates onto the principal axes and equalises their variance
+    (PCA whitening, as WhitenRec does), so the few dominant directions stop drowning the rest.
+    """
+    if how == "none":
+        return features
+    if how not in ("center", "whiten"):
+        raise ValueError(f"unknown text normalization {how!r}; choose 'center', 'whiten' or 'none'")
+    centered = features[rows] - features[rows].mean(axis=0, keepdims=True)
+    if how == "whiten":
+        covariance = np.cov(centered.astype(np.float64), rowvar=False)
+        values, vectors = np.linalg.eigh(covariance)
+        keep = values > values.max() * 1e-6  # drop null directions instead of dividing by ~0
+        centered = (centered @ (vectors[:, keep] / np.sqrt(values[keep]))).astype(np.float32)
+    norms = np.linalg.norm(centered, axis=1, keepdims=True)
+    out = np.zeros((features.shape[0], centered.shape[1]), dtype=np.float32)
+    out[rows] = centered / np.maximum(norms, 1e-12)
+    return out
+
+
+def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
+                       normalization: TextNormalization = "center", batch_size: int = 64,
+                       cache: bool = True) -> ItemText:
+    """Embed the title of every dataset item with a pretrained sentence encoder (cached).
+
+    ``item_ids`` is ``SequenceDataset.item_ids``: entry ``d`` is the file id of dense item ``d``
+    (entry 0 is padding).
+    """
+    from ecomjax.encoders.feature_cache import cached_text_embeddings
+
+    titles = read_item_titles(path)
+    dense = np.arange(1, len(item_ids))
+    has_title = np.array([int(item_ids[d]) in titles for d in dense], dtype=bool)
+    rows = dense[has_title]
+    if len(rows) == 0:
+        raise DataFormatError(f"{path}: none of the dataset's {len(dense)} items has a title "
+                              f"(ids are matched to the first column)")
+    texts = [titles[int(item_ids[d])] for d in rows]
+    embeddings = cached_text_embeddings(texts, encoder, batch_size=batch_size, enabled=cache)
+    features = np.zeros((len(item_ids), embeddings.shape[1]), dtype=np.float32)
+    features[rows] = embeddings
+    features = normalize_features(features, rows, normalization)
+    used = {int(i) for i in item_ids[1:]}
+    return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used))
+
+
+def model_item_features(config, dataset) -> ItemText | None:
+    """The fixed item features a ``ModelConfig`` asks for (``None`` for ID-only models)."""
+    if config.item_fusion == "id":
+        return None
+    from ecomjax.data.sequences import resolve_data_path
+
+    try:
+        path = resolve_data_path(config.item_text)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(str(error).replace("data.path", "model.item_text")) from None
+    return item_text_features(path, dataset.item_ids, encoder=config.text_encoder,
+                              normalization=config.text_normalization)

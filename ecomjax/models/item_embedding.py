@@ -1,0 +1,137 @@
+"""Item representations: a learned ID embedding, fixed content features (title embeddings), or both.
+
+An ID embedding only knows what the interaction log taught it: an item seen twice has a
+near-random vector and a new item none at all. A title embedding from a pretrained sentence
+encoder knows that two serums are alike before anyone bought either. ``ItemEmbedding`` combines
+the two into the one table a recommender reads its inputs from and scores its outputs against:
+
+- ``id``: the classic table (no content);
+- ``add``: ID vector + a learned projection of the text vector;
+- ``gated``: a learned per-item gate mixes the two, so well-observed items may lean on their ID
+  and rare ones on their text;
+- ``text_only``: the projection alone: every item, however cold, gets a content vector.
+
+Content features are ``ItemFeatures`` variables: part of the model (and of its checkpoints, so
+a restored run needs no encoder), never trained, laid out along ``vocab`` like the ID table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
+
+ItemFusion = Literal["id", "add", "gated", "text_only"]
+ITEM_FUSIONS = ("id", "add", "gated", "text_only")
+
+_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+_ZEROS = nnx.initializers.zeros_init()
+
+
+class ItemFeatures(nnx.Variable):
+    """Fixed per-item content vectors: carried in the model state, excluded from training."""
+
+
+class ItemEmbedding(nnx.Module):
+    """``table() -> [padded_vocab(num_items + 1), width]``; ``__call__(items)`` looks rows up.
+
+    Rows past ``num_items`` are zero in every parameter and feature they are built from; row 0
+    (the padding id) has no text. Losses and ranking mask both regardless.
+    """
+
+    def __init__(self, num_items: int, width: int, *, fusion: ItemFusion = "id",
+                 features: np.ndarray | None = None, id_init: str = "normal", id_dropout: float = 0.0,
+                 text_adapter_size: int = 0, rngs: nnx.Rngs):
+        if fusion not in ITEM_FUSIONS:
+            raise ValueError(f"unknown item fusion {fusion!r}; choose one of {list(ITEM_FUSIONS)}")
+        if (fusion == "id") != (features is None):
+            raise ValueError("item features are required for item fusion "
+                             f"{fusion!r}" if features is None else
+                             "item features were given but item fusion is 'id'; choose add, "
+                             "gated or text_only to use them")
+        self.num_items, self.fusion = num_items, fusion
+        rows = padded_vocab(num_items + 1)
+        if id_init not in ("normal", "zeros"):
+            raise ValueError(f"unknown id_init {id_init!r}; choose 'normal' or 'zeros'")
+        # zeros: with text, an item starts as its title's vector and its ID learns a residual;
+        # an item seen rarely then keeps a clean content vector instead of init noise added to it
+        base = _INIT if id_init == "normal" else _ZEROS
+        table_init = logical_init(zero_padded_rows(base, num_items + 1), "vocab", "embed")
+        self.ids = (nnx.Embed(rows, width, embedding_init=table_init, rngs=rngs)
+                    if fusion != "text_only" else None)
+        if id_dropout and fusion not in ("add", "gated"):
+            raise ValueError(f"id_dropout needs item fusion add or gated (an item must keep its text "
+                             f"vector when its ID is dropped), not {fusion!r}")
+        # Training drops an item's whole ID vector with this probability (inputs per token, the
+        # output table per row), so its title vector must carry it: IDs cannot memorise alone.
+        self.id_dropout = nnx.Dropout(id_dropout, broadcast_dims=(-1,)) if id_dropout else None
+        if features is None:
+            self.features = self.text_proj = self.text_adapter = self.gate = None
+            return
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] != num_items + 1:
+            raise ValueError(f"item features must be [num_items + 1, D] = [{num_items + 1}, D], "
+                             f"got {list(features.shape)}")
+        if not np.isfinite(features).all():
+            raise ValueError("item features contain NaN or infinite values")
+        padded = np.zeros((rows, features.shape[1]), dtype=np.float32)
+        padded[: num_items + 1] = features
+        padded[0] = 0.0
+        self.features = ItemFeatures(jnp.asarray(padded), **{"logical_axes": ("vocab", None)})
+        # text_adapter_size > 0: a GELU MLP adapter (as LLM-ESR / UniSRec put between a frozen
+        # text encoder and the recommender) instead of one linear map
+        d_in = features.shape[1]
+        self.text_adapter = (nnx.Linear(d_in, text_adapter_size, kernel_init=logical_init(_INIT, None, "mlp"),
+                                        bias_init=logical_init(_ZEROS, "mlp"), rngs=rngs)
+                             if text_adapter_size else None)
+        d_in = text_adapter_size or d_in
+        self.text_proj = nnx.Linear(d_in, width, kernel_init=logical_init(_INIT, "mlp" if text_adapter_size else None, "embed"),
+                                    bias_init=logical_init(_ZEROS, "embed"), rngs=rngs)
+        # gated: one logit per item from both views; starts near an even mix
+        self.gate = (nnx.Linear(2 * width, 1, kernel_init=logical_init(_INIT, "embed", None),
+                                bias_init=logical_init(_ZEROS, None), rngs=rngs)
+                     if fusion == "gated" else None)
+
+    def text_vectors(self, items: jax.Array | None = None) -> jax.Array:
+        """Projected content vectors of ``items`` (default: every row); rows without text stay
+        zero, so no projection bias leaks into them."""
+        features = self.features[...]
+        if items is not None:
+            features = jnp.take(features, items, axis=0)
+        has_text = jnp.any(features != 0, axis=-1, keepdims=True)
+        if self.text_adapter is not None:
+            features = jax.nn.gelu(self.text_adapter(features))
+        return jnp.where(has_text, self.text_proj(features), 0.0)
+
+    def _combine(self, ids: jax.Array | None, text: jax.Array) -> jax.Array:
+        if self.fusion == "text_only":
+            return text
+        if self.fusion == "add":
+            return ids + text
+        weight = jax.nn.sigmoid(self.gate(jnp.concatenate([ids, text], axis=-1)))
+        return weight * ids + (1.0 - weight) * text
+
+    def _drop(self, ids: jax.Array | None, deterministic: bool, rngs) -> jax.Array | None:
+        if self.id_dropout is None or ids is None:
+            return ids
+        return self.id_dropout(ids, deterministic=deterministic, rngs=rngs)
+
+    def table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        if self.fusion == "id":
+            return self.ids.embedding[...]
+        ids = None if self.ids is None else self.ids.embedding[...]
+        return self._combine(self._drop(ids, deterministic, rngs), self.text_vectors())
+
+    def __call__(self, items: jax.Array, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Rows of ``table()`` for ``items``, computed for those rows only (a batch's inputs
+        need a few hundred projections, not the whole catalogue's)."""
+        if self.fusion == "id":
+            return self.ids(items)
+        ids = None if self.ids is None else self.ids(items)
+        return self._combine(self._drop(ids, deterministic, rngs), self.text_vectors(items))
