@@ -92,3 +92,34 @@ def test_short_real_runs_learn_attributes_and_retrieval(catalog):
     assert results["text"]["article_type"] > majority("article_type") + 0.3
     found = experiment.retrieval("concat")
     assert 0.0 < found.metrics["test"]["ndcg@10"] <= 1.0 and found.fit.epochs_run == 2
+
+
+def test_fit_keeps_the_best_epoch_and_refuses_nan():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ecomjax.tasks.fit import fit
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 2)), jnp.float32)
+    y = x @ jnp.array([[1.0], [-2.0]])
+
+    def loss(model, data, rows, key):
+        return jnp.mean((model(data["x"][rows]) - data["y"][rows]) ** 2)
+
+    scores = []
+
+    def validate(model):  # a score that peaks at epoch 3, then gets worse
+        scores.append(float(model.kernel[...].sum()))
+        return [0.1, 0.5, 0.9, 0.4, 0.3, 0.2][len(scores) - 1]
+
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    result = fit(model, loss, {"x": x, "y": y}, np.arange(64), validate,
+                 FitConfig(epochs=6, batch_size=16, learning_rate=5e-2, patience=3))
+    assert (result.best_epoch, result.epochs_run, result.best_score) == (3, 6, 0.9)
+    np.testing.assert_allclose(float(model.kernel[...].sum()), scores[2], rtol=1e-6)  # epoch 3's weights
+    with pytest.raises(FloatingPointError, match="validation score is nan after epoch 1"):
+        fit(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), loss, {"x": x, "y": y}, np.arange(64),
+            lambda m: float("nan"), FitConfig(epochs=2, batch_size=16))
+    with pytest.raises(ValueError, match="8 training rows are fewer than one batch of 16"):
+        fit(model, loss, {"x": x, "y": y}, np.arange(8), validate, FitConfig(batch_size=16))

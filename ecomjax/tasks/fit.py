@@ -97,6 +97,8 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
             raise FloatingPointError(f"training loss is {loss} in epoch {epoch}; lower the "
                                      "learning rate or check the features for NaN")
         score = float(evaluate(model))
+        if not np.isfinite(score):
+            raise FloatingPointError(f"validation score is {score} after epoch {epoch}")
         result.history.append({"epoch": epoch, "loss": loss, "valid": score})
         result.epochs_run = epoch
         if score > result.best_score:
