@@ -21,18 +21,17 @@ Standard library only: the driver may run this from any Python.
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.peers.venv import ensure_venv  # noqa: E402
+
 REQUIREMENTS = Path(__file__).resolve().with_name("recbole.txt")
 DEFAULT_VENV = REPO_ROOT / ".peers" / "recbole-venv"
-MARKER = ".ecomjax-recbole-installed"  # sha256 of recbole.txt's requirements, once installed
+MARKER = ".ecomjax-recbole-installed"  # sha256 of the install steps, once installed
 PY_VERSION = (3, 11)
 
 
@@ -65,55 +64,6 @@ def install_steps(path: Path = REQUIREMENTS) -> list[tuple[list[str], list[str]]
     return [([by_name["torch"]], []), ([by_name["recbole"]], constraints), (rest, [])]
 
 
-def _version_of(python: str) -> tuple[int, int] | None:
-    try:
-        out = subprocess.run(
-            [python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.split()
-        return int(out[0]), int(out[1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def find_python311(explicit: str | None = None) -> str:
-    """A Python 3.11 interpreter: --python, $ECOMJAX_PEERS_PYTHON, PATH, or pyenv's versions."""
-    candidates: list[str] = []
-    if explicit:
-        candidates.append(explicit)
-    if os.environ.get("ECOMJAX_PEERS_PYTHON"):
-        candidates.append(os.environ["ECOMJAX_PEERS_PYTHON"])
-    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.11*", "bin", "python")))
-    candidates += [p for p in (shutil.which("python3.11"),) if p]
-    candidates += ["/usr/bin/python3.11", "/usr/local/bin/python3.11"]
-    for cand in candidates:
-        if cand and _version_of(cand) == PY_VERSION:
-            return cand
-    raise RuntimeError(
-        "no Python 3.11 found (tried --python, $ECOMJAX_PEERS_PYTHON, pyenv versions, PATH); "
-        "RecBole 1.2.1 needs one"
-    )
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _digest(path: Path) -> str:
-    """Hash of the requirement lines (comments and blank lines do not count)."""
-    return hashlib.sha256("\n".join(_requirement_lines(path)).encode()).hexdigest()
-
-
-def _run(cmd: list[str], quiet: bool) -> None:
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    # pip's own output goes to stderr: stdout carries only the resulting path.
-    subprocess.run(cmd, check=True, stdout=sys.stderr if not quiet else subprocess.DEVNULL)
-
-
 def ensure_recbole_env(
     venv: Path | str = DEFAULT_VENV,
     *,
@@ -123,31 +73,8 @@ def ensure_recbole_env(
     quiet: bool = False,
 ) -> Path:
     """Create the venv and install the requirements unless already done; return its python."""
-    venv = Path(venv)
-    requirements = Path(requirements)
-    py = venv_python(venv)
-    marker = venv / MARKER
-    if recreate and venv.exists():
-        shutil.rmtree(venv)
-    if py.exists() and _version_of(str(py)) != PY_VERSION:
-        shutil.rmtree(venv)  # broken or of the wrong Python: build it again
-    if marker.exists() and marker.read_text().strip() == _digest(requirements):
-        return py
-    if not py.exists():
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        _run([find_python311(python), "-m", "venv", str(venv)], quiet)
-    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
-    if quiet:
-        pip.append("--quiet")
-    for i, (group, constraints) in enumerate(install_steps(requirements), start=1):
-        extra: list[str] = []
-        if constraints:
-            cfile = venv / f".constraints-step{i}.txt"
-            cfile.write_text("\n".join(constraints) + "\n")
-            extra = ["-c", str(cfile)]
-        _run([*pip, *extra, *group], quiet)
-    marker.write_text(_digest(requirements) + "\n")
-    return py
+    steps = [(tuple(group), tuple(constraints), False) for group, constraints in install_steps(Path(requirements))]
+    return ensure_venv(venv, steps, MARKER, python=python, recreate=recreate, quiet=quiet, pythons=(PY_VERSION,))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,22 +34,24 @@ def _version_of(python: str) -> tuple[int, int] | None:
         return None
 
 
-def find_python(explicit: str | None = None) -> str:
-    """A Python 3.11 (else 3.12): --python, $ECOMJAX_PEERS_PYTHON, pyenv's versions, PATH."""
+def find_python(explicit: str | None = None, pythons: Sequence[tuple[int, int]] = PYTHONS) -> str:
+    """A Python of ``pythons``, in that order of preference: --python, $ECOMJAX_PEERS_PYTHON,
+    pyenv's versions, PATH."""
     candidates = [c for c in (explicit, os.environ.get("ECOMJAX_PEERS_PYTHON")) if c]
     pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    for major, minor in PYTHONS:
+    for major, minor in pythons:
         candidates += sorted(glob.glob(f"{pyenv_root}/versions/{major}.{minor}.*/bin/python"))
         candidates += [p for p in (shutil.which(f"python{major}.{minor}"),) if p]
     by_version: dict[tuple[int, int] | None, str] = {}
     for cand in candidates:
         by_version.setdefault(_version_of(cand), cand)
-    for version in PYTHONS:
+    for version in pythons:
         if version in by_version:
             return by_version[version]
+    wanted = " or ".join(f"{major}.{minor}" for major, minor in pythons)
     raise RuntimeError(
-        "no Python 3.11 or 3.12 found (tried --python, $ECOMJAX_PEERS_PYTHON, pyenv versions, "
-        f"PATH: {candidates}); the peer venv needs one for its torch wheel"
+        f"no Python {wanted} found (tried --python, $ECOMJAX_PEERS_PYTHON, pyenv versions, "
+        f"PATH: {candidates}); the peer venv needs one"
     )
 
 
@@ -67,21 +69,23 @@ def ensure_venv(
     python: str | None = None,
     recreate: bool = False,
     quiet: bool = False,
+    pythons: Sequence[tuple[int, int]] = PYTHONS,
 ) -> Path:
-    """Create ``venv`` and run the install ``steps`` unless already done; return its python."""
+    """Create ``venv`` with a Python of ``pythons`` and run the install ``steps`` unless already
+    done; return its python."""
     venv = Path(venv)
     py = venv / "bin" / "python"
     marker = venv / marker_name
     digest = hashlib.sha256(json.dumps(list(steps)).encode()).hexdigest()  # tuples dump as lists
     if recreate and venv.exists():
         shutil.rmtree(venv)
-    if py.exists() and _version_of(str(py)) not in PYTHONS:
+    if py.exists() and _version_of(str(py)) not in pythons:
         shutil.rmtree(venv)  # broken, or of a Python we cannot use: build it again
     if marker.exists() and marker.read_text().strip() == digest:
         return py
     if not py.exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
-        run([find_python(python), "-m", "venv", str(venv)], quiet)
+        run([find_python(python, pythons), "-m", "venv", str(venv)], quiet)
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("--quiet")

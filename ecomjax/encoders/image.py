@@ -411,19 +411,8 @@ class ImageEncoder:
         return features, logits
 
     def _encode_array(self, images: np.ndarray | jax.Array, batch_size: int):
-        check_images(images)
-        total = images.shape[0]
-        size = min(batch_size, total)
-        outputs = []
-        for start in range(0, total, size):
-            chunk = images[start:start + size]
-            if chunk.shape[0] < size:  # same shape as the other batches: no recompilation
-                pad = np.zeros((size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([np.asarray(chunk), pad])
-            outputs.append(_forward(self._graphdef, self._state, jnp.asarray(chunk)))
-        features = np.concatenate([np.asarray(f) for f, _ in outputs])[:total]
-        logits = np.concatenate([np.asarray(g) for _, g in outputs])[:total]
-        return features, logits
+        return self._in_batches(images, batch_size,
+                                lambda chunk: _forward(self._graphdef, self._state, chunk))
 
     def feature_maps(self, images: np.ndarray, batch_size: int = 64,
                      image_size: int = IMAGE_SIZE) -> np.ndarray:
@@ -432,13 +421,23 @@ class ImageEncoder:
         ``image_size`` below 224 runs the network at that resolution (no upsampling): a 128 px
         catalogue photo then costs a third of the compute, for a coarser map.
         """
+        return self._in_batches(images, batch_size,
+                                lambda chunk: _feature_map(self._graphdef, self._state, image_size, chunk))
+
+    @staticmethod
+    def _in_batches(images: np.ndarray | jax.Array, batch_size: int, call):
+        """``call`` on batches of ``batch_size`` images, outputs (any pytree) joined along rows.
+
+        A short last batch is padded to the same shape (no recompilation), padding cut off after.
+        """
         check_images(images)
         total = images.shape[0]
         size = min(batch_size, total)
-        maps = []
+        outputs = []
         for start in range(0, total, size):
-            chunk = np.asarray(images[start:start + size])
+            chunk = images[start:start + size]
             if chunk.shape[0] < size:
-                chunk = np.concatenate([chunk, np.zeros((size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)])
-            maps.append(np.asarray(_feature_map(self._graphdef, self._state, image_size, jnp.asarray(chunk))))
-        return np.concatenate(maps)[:total]
+                pad = np.zeros((size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([np.asarray(chunk), pad])
+            outputs.append(call(jnp.asarray(chunk)))
+        return jax.tree.map(lambda *parts: np.concatenate([np.asarray(x) for x in parts])[:total], *outputs)

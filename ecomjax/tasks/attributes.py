@@ -22,7 +22,7 @@ from ecomjax.data.fashion import MISSING
 from ecomjax.data.fashion_features import FashionFeatures
 from ecomjax.models.axes import logical_init
 from ecomjax.models.fusion import FusionConfig, FusionHead
-from ecomjax.tasks.fit import FitConfig, FitResult, fit
+from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -81,13 +81,7 @@ def _predict_batch(model, data, batch):
 def predict(model: AttributeClassifier, data: dict, rows: np.ndarray,
             batch_size: int = 512) -> dict[str, np.ndarray]:
     """Predicted class per attribute for ``rows`` (padded to whole batches: one compilation)."""
-    out: dict[str, list[np.ndarray]] = {name: [] for name in model.names}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])
-        for name, value in _predict_batch(model, data, jnp.asarray(padded)).items():
-            out[name].append(np.asarray(value)[:len(chunk)])
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+    return map_row_batches(_predict_batch, model, data, rows, batch_size)
 
 
 def accuracies(model, data, rows: np.ndarray, labels: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -28,6 +28,7 @@ from ecomjax.models.fusion import FusionConfig
 from ecomjax.tasks.attributes import AttributeResult, train_attribute_classifier
 from ecomjax.tasks.fit import FitConfig
 from ecomjax.tasks.retrieval import (
+    CODE_FIELDS,
     RetrievalResult,
     attribute_codes,
     paraphrased,
@@ -68,8 +69,7 @@ class FashionExperiment:
         self.labels = {name: vocab.encode(products) for name, vocab in self.vocabularies.items()}
         self.num_classes = {name: len(v.classes) for name, v in self.vocabularies.items()}
 
-        values: dict[str, dict[str, int]] = {f: {} for f in ("article_type", "gender", "season",
-                                                            "usage", "base_colour")}
+        values: dict[str, dict[str, int]] = {f: {} for f in CODE_FIELDS}
         self.product_codes = attribute_codes(products, values)
         train_set = paraphrased(compose_queries(train_products, setup.train_queries, setup.seed + 1),
                                 setup.paraphrases, setup.seed + 2)

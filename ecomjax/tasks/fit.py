@@ -109,3 +109,17 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
     nnx.update(model, best_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def map_row_batches(fn: Callable[..., Any], model: nnx.Module, data: Any, rows: np.ndarray,
+                    batch_size: int = 512) -> Any:
+    """``fn(model, data, batch_rows)`` over ``rows`` in fixed-size batches (the last padded with
+    row 0 and cut back: one compilation), outputs (any pytree of arrays) joined along rows."""
+    outputs = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])
+        real = len(chunk)
+        outputs.append(jax.tree.map(lambda x, real=real: np.asarray(x)[:real],
+                                    fn(model, data, jnp.asarray(padded))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

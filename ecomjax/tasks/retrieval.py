@@ -30,7 +30,7 @@ from ecomjax.data.fashion import QUERY_FIELDS, AttributeQuery, Product, render_q
 from ecomjax.data.fashion_features import FashionFeatures
 from ecomjax.models.fusion import MLP, FusionConfig, FusionHead
 from ecomjax.tasks.attributes import device_features, gather
-from ecomjax.tasks.fit import FitConfig, FitResult, fit
+from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
 
 CODE_FIELDS = ("article_type", *QUERY_FIELDS)  # article type first: near misses must share it
 UNKNOWN, UNSPECIFIED = -1, -2  # product value missing; attribute not named by the query
@@ -144,20 +144,11 @@ def _embed_queries(model, data, rows):
     return model.embed_queries(data["queries"][rows])
 
 
-def _embed(fn, model, data, rows: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])
-        out.append(np.asarray(fn(model, data, jnp.asarray(padded)))[:len(chunk)])
-    return np.concatenate(out)
-
-
 def evaluate_retrieval(model: TwoTower, data: dict, query_rows: np.ndarray,
                        product_rows: np.ndarray, k: int = 10) -> dict[str, float]:
     """Rank ``product_rows`` for each of ``query_rows``; grades from the attribute codes."""
-    q = _embed(_embed_queries, model, data, query_rows)
-    p = _embed(_embed_products, model, data, product_rows)
+    q = map_row_batches(_embed_queries, model, data, query_rows)
+    p = map_row_batches(_embed_products, model, data, product_rows)
     grades = relevance_grades(np.asarray(data["query_codes"])[query_rows],
                               np.asarray(data["product_codes"])[product_rows])
     return ranking_metrics(q @ p.T, grades, k)
