@@ -10,8 +10,10 @@ Three experiments, written to ``benchmarks/results/multimodal.json`` and printed
 2. **Fashion retrieval**: attribute queries ("navy tee for him") against held-out products, a
    query tower and a product tower per mode, in-batch softmax; test NDCG@10 and recall@10.
 3. **Beauty**: SASRec ID-only vs text-fused (item = ID embedding + projected MiniLM title
-   embedding), full ranking, history excluded, same config otherwise; read from the runs'
-   ``metrics.json`` (``--beauty-id`` / ``--beauty-text``), or trained here with ``--train-beauty``.
+   embedding (``sentence``), + the mean of learned title-word embeddings (``text``, the shipped
+   config)), full ranking, history excluded, same config otherwise; read from the runs'
+   ``metrics.json`` (``--beauty-id`` / ``--beauty-sentence`` / ``--beauty-text``), or trained here
+   with ``--train-beauty``.
 
 Plus encoder throughput at batch 64 (sentences/s, images/s) measured here, alone.
 
@@ -37,7 +39,11 @@ import numpy as np  # noqa: E402
 from ecomjax.bench.report import print_table, write_results  # noqa: E402
 from ecomjax.models.fusion import FUSION_MODES  # noqa: E402
 
-BEAUTY_CONFIGS = {"id": "configs/sasrec_beauty.yaml", "text": "configs/sasrec_beauty_text.yaml"}
+# name -> (config, overrides): ID-only; ID + projected MiniLM title vector; the shipped text config
+# (that + learned title-word embeddings)
+BEAUTY_RUNS = {"id": ("configs/sasrec_beauty.yaml", []),
+               "sentence": ("configs/sasrec_beauty_text.yaml", ["model.title_word_min_items=0"]),
+               "text": ("configs/sasrec_beauty_text.yaml", [])}
 
 
 def fashion_experiments(modes: list[str], setup_overrides: dict) -> dict:
@@ -73,9 +79,9 @@ def fashion_experiments(modes: list[str], setup_overrides: dict) -> dict:
 
 def beauty(paths: dict[str, Path], train: bool) -> dict:
     out = {}
-    for name, config in BEAUTY_CONFIGS.items():
+    for name, (config, overrides) in BEAUTY_RUNS.items():
         workdir = paths[name]
-        command = [sys.executable, "-m", "ecomjax", "train", config, f"workdir={workdir}",
+        command = [sys.executable, "-m", "ecomjax", "train", config, *overrides, f"workdir={workdir}",
                    "train.progress=false"]
         if train:
             subprocess.run(command, check=True, cwd=ROOT)
@@ -84,12 +90,13 @@ def beauty(paths: dict[str, Path], train: bool) -> dict:
             raise FileNotFoundError(f"{metrics_path} not found: run `{' '.join(command[1:])}` or pass "
                                     "--train-beauty")
         metrics = json.loads(metrics_path.read_text())
-        out[name] = {"config": config, "workdir": str(workdir), "test": metrics["test"],
+        out[name] = {"config": " ".join([config, *overrides]), "workdir": str(workdir), "test": metrics["test"],
                      "valid": metrics["valid"], "best_epoch": metrics["best_epoch"],
                      "epochs_run": metrics["epochs_run"], "train_seconds": metrics["train_seconds"],
                      "seconds_per_epoch": metrics["seconds_per_epoch"], "num_params": metrics["num_params"]}
     gain = out["text"]["test"]["ndcg@10"] / out["id"]["test"]["ndcg@10"] - 1
     out["relative_ndcg@10_gain"] = gain
+    out["relative_ndcg@10_gain_sentence_only"] = out["sentence"]["test"]["ndcg@10"] / out["id"]["test"]["ndcg@10"] - 1
     return out
 
 
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-beauty", action="store_true", help="retrain both Beauty configs here")
     parser.add_argument("--beauty-id", type=Path, default=ROOT / "runs" / "sasrec_beauty")
     parser.add_argument("--beauty-text", type=Path, default=ROOT / "runs" / "sasrec_beauty_text")
+    parser.add_argument("--beauty-sentence", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_sentence")
     parser.add_argument("--setup", type=json.loads, default={},
                         help='FashionSetup overrides as JSON, e.g. \'{"train_queries": 2000}\'')
     args = parser.parse_args(argv)
@@ -135,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_fashion:
         results["fashion"] = {**fashion_experiments(args.modes, args.setup), "measured_utc": stamp}
     if not args.skip_beauty:
-        results["beauty"] = {**beauty({"id": args.beauty_id, "text": args.beauty_text}, args.train_beauty),
+        results["beauty"] = {**beauty({"id": args.beauty_id, "text": args.beauty_text,
+                                     "sentence": args.beauty_sentence}, args.train_beauty),
                              "measured_utc": stamp}
 
     if "fashion" in results:
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         b = results["beauty"]
         rows = [{"items": name, "test ndcg@10": b[name]["test"]["ndcg@10"], "test hr@10": b[name]["test"]["hr@10"],
                  "valid ndcg@10": b[name]["valid"]["ndcg@10"], "s/epoch": b[name]["seconds_per_epoch"]}
-                for name in ("id", "text")]
+                for name in ("id", "sentence", "text")]
         print_table(rows, list(rows[0]), title=f"Beauty SASRec, full ranking (text vs ID: "
                                                 f"{100 * b['relative_ndcg@10_gain']:+.1f}% NDCG@10)")
     if "throughput_batch64" in results:

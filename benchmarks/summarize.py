@@ -140,12 +140,17 @@ def multimodal_tables() -> str:
     if beauty:
         lines += ["", "| SASRec items | config | test NDCG@10 | test HR@10 | valid NDCG@10 | best epoch | s / epoch |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, label in (("id", "ID embedding"), ("text", "ID + MiniLM title")):
+        for name, label in (("id", "ID embedding"), ("sentence", "ID + MiniLM title"),
+                            ("text", "ID + MiniLM title + title words")):
+            if name not in beauty:
+                continue
             r = beauty[name]
             lines.append(f"| {label} | `{r['config']}` | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} "
                          f"| {r['valid']['ndcg@10']:.4f} | {r['best_epoch']} | {r['seconds_per_epoch']:.1f} |")
-        lines += ["", f"Text vs ID: {100 * beauty['relative_ndcg@10_gain']:+.1f}% test NDCG@10 "
-                      f"(measured {beauty['measured_utc']})."]
+        sentence = beauty.get("relative_ndcg@10_gain_sentence_only")
+        lines += ["", f"Text vs ID: {100 * beauty['relative_ndcg@10_gain']:+.1f}% test NDCG@10"
+                      + (f" ({100 * sentence:+.1f}% with the MiniLM vector alone)" if sentence is not None else "")
+                      + f" (measured {beauty['measured_utc']})."]
     speed = res.get("throughput_batch64")
     if speed:
         lines += ["", "| encoder, batch 64 | per second |", "| --- | ---: |",

@@ -29,12 +29,31 @@ def train(config_or_path: str | Path | dict[str, Any] | Config | None = None, **
     """
     dotted = dict(overrides.pop("overrides", {}) or {})
     dotted.update(overrides)
+    from ecomjax.search.config import is_search_config, load_search_config
+
+    if is_search_config(config_or_path):  # ``task: search``: relevance models + search pipeline
+        from ecomjax.search.train import train_search
+
+        return train_search(load_search_config(config_or_path, dotted))
     return _loop.train_next_item(load_config(config_or_path, dotted))
 
 
 def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
-    """Re-evaluate a finished run from its checkpoint (resolved config + best parameters)."""
+    """Re-evaluate a finished run from its checkpoint (resolved config + best parameters).
+
+    A search workdir takes ``data.test_path=FILE`` (a relevance file of the same format) and
+    writes ``WORKDIR/eval/metrics.json``.
+    """
     workdir = Path(workdir)
+    from ecomjax.search.config import is_search_config
+
+    if is_search_config(workdir / "config.yaml"):
+        from ecomjax.search.train import evaluate_search
+
+        unknown = set(overrides) - {"data.test_path", "data__test_path"}
+        if unknown:
+            raise ConfigError(f"a search workdir takes only data.test_path=FILE, not {sorted(unknown)}")
+        return evaluate_search(workdir, overrides.get("data.test_path") or overrides.get("data__test_path"))
     dotted = {"train.progress": False, **{k.replace("__", "."): v for k, v in overrides.items()}}
     return _loop.train_next_item(load_config(workdir / "config.yaml", dotted)).metrics
 

@@ -1,4 +1,5 @@
-"""Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data``."""
+"""Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data``,
+``ecomjax search WORKDIR "query"``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ecomjax.config import ConfigError, load_config
+from ecomjax.config import ConfigError, load_config, parse_override
 from ecomjax.data.sequences import DataFormatError
 
 _SUMMARY_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
@@ -22,6 +23,16 @@ def _summary(metrics: dict) -> str:
         f"train {metrics.get('train_seconds', 0):.1f}s over {metrics.get('epochs_run')} epochs "
         f"(best epoch {metrics.get('best_epoch')}, stop: {metrics.get('stop_reason')})"
     )
+    return "\n".join(lines)
+
+
+def _search_summary(metrics: dict) -> str:
+    lines = [f"{'model':14s} {'RMSE':>7s} {'NDCG@10':>8s}"]
+    for name, values in metrics.items():
+        if isinstance(values, dict) and ("rmse" in values or "ndcg@10" in values):
+            rmse = f"{values['rmse']:.4f}" if "rmse" in values else "-"
+            ndcg = f"{values['ndcg@10']:.4f}" if "ndcg@10" in values else "-"
+            lines.append(f"{name:14s} {rmse:>7s} {ndcg:>8s}")
     return "\n".join(lines)
 
 
@@ -45,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     data_p = sub.add_parser("data", help="describe the dataset a config resolves to")
     data_p.add_argument("config", nargs="?")
     data_p.add_argument("overrides", nargs="*")
+    search_p = sub.add_parser("search", help="answer a query with a trained search workdir")
+    search_p.add_argument("workdir")
+    search_p.add_argument("query", nargs="+")
+    search_p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    search_p.add_argument("--reranker", choices=["gbdt_fast", "gbdt", "cross_encoder", "bi_encoder"],
+                          help="override the workdir's serve.reranker")
+    search_p.add_argument("--recommender", help="workdir of a trained next-item model (personalisation)")
+    search_p.add_argument("--history", help="comma-separated product ids the user interacted with, oldest first")
+    search_p.add_argument("--personalization-weight", type=float, default=0.5,
+                          help="weight of the z-scored recommender score (default 0.5)")
     args = parser.parse_args(argv)
 
     try:
@@ -53,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
                 args.overrides.insert(0, config_path)  # `ecomjax train key=value` with no config
                 config_path = None
+            from ecomjax.search.config import is_search_config
+
+            if is_search_config(config_path):
+                import ecomjax
+
+                run = ecomjax.train(config_path, overrides=dict(parse_override(o) for o in args.overrides))
+                print(_search_summary(run.metrics))
+                print(f"wrote {run.workdir}/metrics.json")
+                return 0
             config = load_config(config_path, args.overrides)
             from ecomjax.train.distributed import initialize
 
@@ -66,10 +96,38 @@ def main(argv: list[str] | None = None) -> int:
                 print(_summary(result.metrics))
                 print(f"wrote {result.workdir}/metrics.json")
         elif args.command == "eval":
-            import ecomjax
+            from pathlib import Path
 
-            overrides = dict(item.split("=", 1) for item in args.overrides)
-            print(_summary(ecomjax.evaluate(args.workdir, **overrides)))
+            import ecomjax
+            from ecomjax.search.config import is_search_config
+
+            overrides = dict(parse_override(o) for o in args.overrides)
+            metrics = ecomjax.evaluate(args.workdir, **overrides)
+            if is_search_config(Path(args.workdir) / "config.yaml"):
+                print(_search_summary(metrics))
+                print(f"wrote {args.workdir}/eval/metrics.json")
+            else:
+                print(_summary(metrics))
+        elif args.command == "search":
+            from ecomjax.serve import SearchPipeline
+
+            if bool(args.recommender) != bool(args.history):
+                raise ValueError("--recommender and --history go together: personalisation needs both")
+            personalizer = None
+            if args.recommender:
+                from ecomjax.serve import HistoryPersonalizer
+
+                personalizer = HistoryPersonalizer(args.recommender)
+            pipeline = SearchPipeline.load(args.workdir, personalizer=personalizer)
+            history = args.history.split(",") if args.history else None
+            if history:
+                pipeline.config.serve.personalization_weight = args.personalization_weight
+            result = pipeline.search(" ".join(args.query), user=history, k=args.k, reranker=args.reranker)
+            for rank, (pid, title, score) in enumerate(zip(result.product_ids, result.titles, result.scores,
+                                                           strict=True), start=1):
+                print(f"{rank:2d}. {score:6.3f}  {pid:>10s}  {title}")
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())
+            print(f"ms: {stages} (first query: includes warm-up)")
         elif args.command == "data":
             from ecomjax.data import load_sequences
 

@@ -73,6 +73,9 @@ class ModelConfig:
     item_id_dropout: float = 0.0  # training: drop whole ID vectors with this probability (add / gated)
     text_adapter_size: int = 0  # 0: title vector -> linear map; N: GELU MLP with N hidden units
     text_normalization: Literal["center", "whiten", "none"] = "center"  # catalogue mean off (+ PCA whitening), unit norm
+    # > 0: also learn an embedding per title word used by at least this many items; an item's
+    # content vector adds the mean of its words' (brands, product lines carry co-purchase signal)
+    title_word_min_items: int = 0
 
     def __post_init__(self) -> None:
         if self.item_fusion != "id" and not self.item_text:
@@ -86,6 +89,11 @@ class ModelConfig:
                               "whose ID is dropped must keep its title vector")
         if not 0 <= self.item_id_dropout < 1:
             raise ConfigError(f"model.item_id_dropout: {self.item_id_dropout} is out of range; allowed: [0, 1)")
+        if self.title_word_min_items < 0:
+            raise ConfigError(f"model.title_word_min_items: {self.title_word_min_items} must be >= 0 (0: off)")
+        if self.title_word_min_items and self.item_fusion == "id":
+            raise ConfigError("model.title_word_min_items needs titles: set model.item_fusion to add, "
+                              "gated or text_only and model.item_text")
         if self.item_fusion == "id" and self.item_text:
             raise ConfigError("model.item_text is set but model.item_fusion is 'id', so the titles "
                               "would be ignored; choose add, gated or text_only")

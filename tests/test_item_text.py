@@ -11,7 +11,13 @@ from flax import nnx
 import ecomjax
 from ecomjax.config import ConfigError, load_config
 from ecomjax.data import load_sequences
-from ecomjax.data.item_text import item_text_features, normalize_features, read_item_titles
+from ecomjax.data.item_text import (
+    item_text_features,
+    normalize_features,
+    read_item_titles,
+    title_word_ids,
+    title_words,
+)
 from ecomjax.data.sequences import DataFormatError
 from ecomjax.encoders.feature_cache import cached_array, content_key
 from ecomjax.models.axes import padded_vocab
@@ -145,6 +151,37 @@ def test_adapter_and_zero_id_init_change_the_table_as_documented():
         ItemEmbedding(5, 4, fusion="text_only", features=features, id_dropout=0.2, rngs=nnx.Rngs(0))
 
 
+def test_title_words_vocabulary_and_ids():
+    ids, vocabulary = title_word_ids(["OPI Nail Lacquer, Red", "OPI Nail Polish", "L'Oreal Paris Lipstick Red",
+                                      "Unique Thing"], min_items=2, max_words=3)
+    assert vocabulary == ("nail", "opi", "red")  # words of one title only are left out
+    index = {w: i + 1 for i, w in enumerate(vocabulary)}
+    assert ids.tolist() == [[index["opi"], index["nail"], index["red"]], [index["opi"], index["nail"], 0],
+                            [index["red"], 0, 0], [0, 0, 0]]
+    assert title_words("L'Oreal e.l.f. Anti-Aging 0.5 oz, 0.5 OZ") == ["l'oreal", "e.l.f", "anti-aging", "0.5", "oz"]
+    with pytest.raises(ValueError, match="min_items and max_words must be >= 1"):
+        title_word_ids(["a"], min_items=0)
+
+
+def test_item_embedding_adds_the_mean_of_learned_title_word_vectors():
+    features = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
+    words = np.array([[0, 0], [1, 2], [2, 0], [0, 0], [1, 1], [3, 0]], dtype=np.int32)
+    emb = ItemEmbedding(5, 4, fusion="add", features=features, words=words, rngs=nnx.Rngs(0))
+    table = np.asarray(emb.word_embedding.embedding[...])
+    expected = np.stack([np.zeros(4), (table[1] + table[2]) / 2, table[2], np.zeros(4), table[1], table[3]])
+    np.testing.assert_allclose(emb.word_vectors()[:6], expected, rtol=1e-6, atol=1e-7)
+    without = ItemEmbedding(5, 4, fusion="add", features=features, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(emb.text_vectors()[:6] - emb.word_vectors()[:6],
+                               jnp.where(jnp.any(emb.features[:6] != 0, axis=1, keepdims=True),
+                                         emb.text_proj(emb.features[:6]), 0.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb(jnp.array([[1, 5]])), emb.table()[jnp.array([[1, 5]])], rtol=1e-5, atol=1e-7)
+    assert emb.words[...].shape == (padded_vocab(6), 2) and without.words is None
+    with pytest.raises(ValueError, match="title words need the title features"):
+        ItemEmbedding(5, 4, fusion="id", words=words, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"title words must be integer ids \[num_items \+ 1, max_words\]"):
+        ItemEmbedding(5, 4, fusion="add", features=features, words=words[:5], rngs=nnx.Rngs(0))
+
+
 def test_config_requires_titles_for_text_fusion_and_fusion_for_titles():
     with pytest.raises(ConfigError, match=r"model.item_fusion='add' needs model.item_text"):
         load_config(None, ["model.item_fusion=add"])
@@ -156,6 +193,10 @@ def test_config_requires_titles_for_text_fusion_and_fusion_for_titles():
         load_config(None, ["model.item_id_dropout=0.3"])
     with pytest.raises(ConfigError, match=r"item_id_init='zeros' .* needs model.item_fusion add or gated"):
         load_config(None, ["model.item_id_init=zeros", "model.item_fusion=text_only", "model.item_text=t.tsv"])
+    with pytest.raises(ConfigError, match=r"title_word_min_items needs titles"):
+        load_config(None, ["model.title_word_min_items=2"])
+    with pytest.raises(ConfigError, match=r"title_word_min_items: -1 must be >= 0"):
+        load_config(None, ["model.title_word_min_items=-1", "model.item_fusion=add", "model.item_text=t.tsv"])
     with pytest.raises(ConfigError, match=r"item_id_dropout: 1.0 is out of range"):
         load_config(None, ["model.item_id_dropout=1.0", "model.item_fusion=add", "model.item_text=t.tsv"])
 
@@ -177,17 +218,21 @@ def test_text_fused_sasrec_trains_keeps_features_fixed_and_restores(tmp_path, be
     titles = beauty_path.parent / "Beauty_titles.tsv"
     result = ecomjax.train(None, overrides={
         **TINY, "data.path": str(slice_path), "workdir": str(tmp_path / "run"),
-        "model.item_fusion": "gated", "model.item_text": str(titles)})
+        "model.item_fusion": "gated", "model.item_text": str(titles), "model.title_word_min_items": 2})
     m = result.metrics
     assert m["test"]["users"] == 600 and 0 < m["test"]["hr@10"] <= 1
     model = result.model
     dataset = load_sequences(load_config(tmp_path / "run" / "config.yaml").data)
-    expected = item_text_features(titles, dataset.item_ids,
-                                  encoder="sentence-transformers/all-MiniLM-L6-v2").features
+    expected = item_text_features(titles, dataset.item_ids, encoder="sentence-transformers/all-MiniLM-L6-v2",
+                                  word_min_items=2)
     stored = np.asarray(model.item_embedding.features[...])
-    np.testing.assert_array_equal(stored[: dataset.num_items + 1], expected)  # untouched by training
+    np.testing.assert_array_equal(stored[: dataset.num_items + 1], expected.features)  # untouched by training
+    words = np.asarray(model.item_embedding.words[...])
+    np.testing.assert_array_equal(words[: dataset.num_items + 1], expected.words)
+    assert len(expected.vocabulary) > 50 and (words > 0).any()
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in history if "loss" in r)
     run = restore_run(tmp_path / "run")
     np.testing.assert_array_equal(np.asarray(run.model().item_embedding.features[...]), stored)
+    np.testing.assert_array_equal(np.asarray(run.model().item_embedding.words[...]), words)
     np.testing.assert_array_equal(np.asarray(run.model().item_table()), np.asarray(model.item_table()))

@@ -10,6 +10,8 @@ a malformed line or a duplicated id is an error naming file and line.
 from __future__ import annotations
 
 import csv
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +28,35 @@ class ItemText:
     features: np.ndarray  # [num_items + 1, D] float32; row 0 (padding) and missing items are zero
     missing: np.ndarray  # dense ids (1..num_items) that the titles file does not name
     unused: int  # titles of ids the dataset never mentions (other catalogue items)
+    words: np.ndarray | None = None  # [num_items + 1, max_words] int32 title-word ids, 0 = none
+    vocabulary: tuple[str, ...] = ()  # word of id i + 1
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:['&.\-][a-z0-9]+)*")  # "l'oreal", "e.l.f", "anti-aging", "0.5"
+
+
+def title_words(title: str) -> list[str]:
+    """Lower-cased words of a title, each once, in order of first appearance."""
+    return list(dict.fromkeys(_WORD.findall(title.lower())))
+
+
+def title_word_ids(titles: list[str], min_items: int, max_words: int = 32) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``[len(titles), max_words]`` word ids (1-based, 0 = padding) and the vocabulary.
+
+    A word names a group of items only if at least ``min_items`` titles use it; rarer words would
+    be one more per-item ID. Titles keep their first ``max_words`` known words (brand first).
+    """
+    if min_items < 1 or max_words < 1:
+        raise ValueError(f"min_items and max_words must be >= 1, got {min_items} and {max_words}")
+    per_title = [title_words(t) for t in titles]
+    counts = Counter(w for words in per_title for w in words)
+    vocabulary = tuple(sorted(w for w, c in counts.items() if c >= min_items))
+    index = {w: i + 1 for i, w in enumerate(vocabulary)}
+    ids = np.zeros((len(titles), max_words), dtype=np.int32)
+    for row, words in enumerate(per_title):
+        known = [index[w] for w in words if w in index][:max_words]
+        ids[row, : len(known)] = known
+    return ids, vocabulary
 
 
 def read_item_titles(path: str | Path) -> dict[int, str]:
@@ -86,12 +117,13 @@ def normalize_features(features: np.ndarray, rows: np.ndarray,
 
 
 def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
-                       normalization: TextNormalization = "center", batch_size: int = 64,
-                       cache: bool = True) -> ItemText:
+                       normalization: TextNormalization = "center", word_min_items: int = 0,
+                       batch_size: int = 64, cache: bool = True) -> ItemText:
     """Embed the title of every dataset item with a pretrained sentence encoder (cached).
 
     ``item_ids`` is ``SequenceDataset.item_ids``: entry ``d`` is the file id of dense item ``d``
-    (entry 0 is padding).
+    (entry 0 is padding). ``word_min_items > 0`` also returns title-word ids (``title_word_ids``)
+    counted over the dataset's items.
     """
     from ecomjax.encoders.feature_cache import cached_text_embeddings
 
@@ -108,7 +140,11 @@ def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
     features[rows] = embeddings
     features = normalize_features(features, rows, normalization)
     used = {int(i) for i in item_ids[1:]}
-    return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used))
+    words, vocabulary = None, ()
+    if word_min_items:
+        words = np.zeros((len(item_ids), 32), dtype=np.int32)
+        words[rows], vocabulary = title_word_ids(texts, word_min_items, max_words=32)
+    return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used), words, vocabulary)
 
 
 def model_item_features(config, dataset) -> ItemText | None:
@@ -122,4 +158,5 @@ def model_item_features(config, dataset) -> ItemText | None:
     except FileNotFoundError as error:
         raise FileNotFoundError(str(error).replace("data.path", "model.item_text")) from None
     return item_text_features(path, dataset.item_ids, encoder=config.text_encoder,
-                              normalization=config.text_normalization)
+                              normalization=config.text_normalization,
+                              word_min_items=config.title_word_min_items)

@@ -114,15 +114,15 @@ def _bucket(size: int, buckets: Sequence[int]) -> int:
     return next(b for b in buckets if b >= size)
 
 
-def _embed(graphdef, state, input_ids, attention_mask, *, pooling: Pooling, normalize: bool):
-    model = nnx.merge(graphdef, state)
+def _embed(graphdef, treedef, params, input_ids, attention_mask, *, pooling: Pooling, normalize: bool):
+    model = nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
     hidden = model(input_ids, attention_mask)
     pooled = mean_pool(hidden, attention_mask) if pooling == "mean" else cls_pool(hidden)
     return l2_normalize(pooled) if normalize else pooled
 
 
-def _tokens(graphdef, state, input_ids, attention_mask):
-    return nnx.merge(graphdef, state)(input_ids, attention_mask).astype(jnp.float32)
+def _tokens(graphdef, treedef, params, input_ids, attention_mask):
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, params))(input_ids, attention_mask).astype(jnp.float32)
 
 
 class TextEncoder:
@@ -134,10 +134,13 @@ class TextEncoder:
         self.head = head
         self.length_buckets = tuple(sorted({b for b in LENGTH_BUCKETS if b < head.max_length}
                                            | {head.max_length}))
-        graphdef, self._state = nnx.split(model)
-        self._forward = jax.jit(partial(_embed, graphdef, pooling=head.pooling,
+        graphdef, state = nnx.split(model)
+        # the jitted functions take the parameters as a flat list of arrays: flattening NNX
+        # Variables happens in Python and costs ~3 ms per call, as much as encoding one query
+        self._state, treedef = jax.tree.flatten(state)
+        self._forward = jax.jit(partial(_embed, graphdef, treedef, pooling=head.pooling,
                                         normalize=head.normalize))
-        self._token_forward = jax.jit(partial(_tokens, graphdef))
+        self._token_forward = jax.jit(partial(_tokens, graphdef, treedef))
 
     @classmethod
     def from_pretrained(

@@ -11,6 +11,13 @@ the two into the one table a recommender reads its inputs from and scores its ou
   and rare ones on their text;
 - ``text_only``: the projection alone: every item, however cold, gets a content vector.
 
+The content vector is the projected sentence embedding of the title, plus (with ``words``) the
+mean of learned embeddings of the title's words. A frozen sentence encoder says what a product
+*is*; it cannot learn what the log shows about a word: that buyers of one OPI polish come back
+for another (a fifth of Beauty's test targets share a brand with the user's history). Word
+embeddings are trained with the recommender, so a brand or product-line word gathers the
+co-purchase signal of every item that names it, and a rarely bought item inherits it.
+
 Content features are ``ItemFeatures`` variables: part of the model (and of its checkpoints, so
 a restored run needs no encoder), never trained, laid out along ``vocab`` like the ID table.
 """
@@ -46,7 +53,7 @@ class ItemEmbedding(nnx.Module):
 
     def __init__(self, num_items: int, width: int, *, fusion: ItemFusion = "id",
                  features: np.ndarray | None = None, id_init: str = "normal", id_dropout: float = 0.0,
-                 text_adapter_size: int = 0, rngs: nnx.Rngs):
+                 text_adapter_size: int = 0, words: np.ndarray | None = None, rngs: nnx.Rngs):
         if fusion not in ITEM_FUSIONS:
             raise ValueError(f"unknown item fusion {fusion!r}; choose one of {list(ITEM_FUSIONS)}")
         if (fusion == "id") != (features is None):
@@ -70,6 +77,12 @@ class ItemEmbedding(nnx.Module):
         # Training drops an item's whole ID vector with this probability (inputs per token, the
         # output table per row), so its title vector must carry it: IDs cannot memorise alone.
         self.id_dropout = nnx.Dropout(id_dropout, broadcast_dims=(-1,)) if id_dropout else None
+        if words is None:
+            self.words = self.word_embedding = None
+        elif features is None:
+            raise ValueError("title words need the title features too (item fusion add, gated or text_only)")
+        else:
+            self._init_words(np.asarray(words), num_items, rows, width, rngs)
         if features is None:
             self.features = self.text_proj = self.text_adapter = self.gate = None
             return
@@ -97,16 +110,41 @@ class ItemEmbedding(nnx.Module):
                                 bias_init=logical_init(_ZEROS, None), rngs=rngs)
                      if fusion == "gated" else None)
 
+    def _init_words(self, words: np.ndarray, num_items: int, rows: int, width: int, rngs: nnx.Rngs) -> None:
+        if words.ndim != 2 or words.shape[0] != num_items + 1 or not np.issubdtype(words.dtype, np.integer):
+            raise ValueError(f"title words must be integer ids [num_items + 1, max_words] = "
+                             f"[{num_items + 1}, T], got {words.dtype} {list(words.shape)}")
+        if words.size and words.min() < 0:
+            raise ValueError("title word ids must be >= 0 (0 is padding)")
+        vocab = int(words.max(initial=0)) + 1
+        padded = np.zeros((rows, words.shape[1]), dtype=np.int32)
+        padded[: num_items + 1] = words
+        padded[0] = 0
+        self.words = ItemFeatures(jnp.asarray(padded), **{"logical_axes": ("vocab", None)})
+        word_init = logical_init(zero_padded_rows(_INIT, vocab), None, "embed")
+        # word 0 pads short titles: masked out of every mean, so its row never gets a gradient
+        self.word_embedding = nnx.Embed(padded_vocab(vocab), width, embedding_init=word_init, rngs=rngs)
+
+    def word_vectors(self, items: jax.Array | None = None) -> jax.Array:
+        """Mean learned embedding of each item's title words (zero for an item with none)."""
+        words = self.words[...]
+        if items is not None:
+            words = jnp.take(words, items, axis=0)
+        present = (words > 0)[..., None]
+        total = jnp.sum(jnp.where(present, self.word_embedding(words), 0.0), axis=-2)
+        return total / jnp.maximum(jnp.sum(present, axis=-2), 1)
+
     def text_vectors(self, items: jax.Array | None = None) -> jax.Array:
-        """Projected content vectors of ``items`` (default: every row); rows without text stay
-        zero, so no projection bias leaks into them."""
+        """Content vectors of ``items`` (default: every row): the projected title embedding (+ the
+        title-word mean); rows without text stay zero, so no projection bias leaks into them."""
         features = self.features[...]
         if items is not None:
             features = jnp.take(features, items, axis=0)
         has_text = jnp.any(features != 0, axis=-1, keepdims=True)
         if self.text_adapter is not None:
             features = jax.nn.gelu(self.text_adapter(features))
-        return jnp.where(has_text, self.text_proj(features), 0.0)
+        text = jnp.where(has_text, self.text_proj(features), 0.0)
+        return text if self.words is None else text + self.word_vectors(items)
 
     def _combine(self, ids: jax.Array | None, text: jax.Array) -> jax.Array:
         if self.fusion == "text_only":

@@ -160,7 +160,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
         print(f"model.item_text: {len(item_text.missing)} of {num_items} items have no title; "
               "their text vector is zero")
     trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh,
-                                   None if item_text is None else item_text.features)
+                                   *(() if item_text is None else (item_text.features, item_text.words)))
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
     state = init_next_item_state(trainer)

@@ -58,7 +58,7 @@ def restore_run(workdir: str | Path, devices: list[jax.Device] | None = None, **
             # Item features only fix shapes here; their values come from the checkpoint.
             item_text = model_item_features(config.model, dataset)
             step = build_next_item_step(config, dataset.num_items, 1, jnp.zeros(dataset.num_items + 1), mesh,
-                                        None if item_text is None else item_text.features)
+                                        *(() if item_text is None else (item_text.features, item_text.words)))
             abstract = abstract_next_item_state(step)
             state, best_params, meta = checkpoints.restore(abstract, abstract["params"])
     finally:

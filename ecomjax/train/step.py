@@ -41,17 +41,18 @@ class NextItemStep:
 
 def build_next_item_step(
     config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh,
-    item_features: np.ndarray | None = None,
+    item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
 ) -> NextItemStep:
     """Model definition, optimizer and the sharded, donated, jitted update step (no state yet).
 
     ``item_features`` (``[num_items + 1, D]``, see ``ecomjax.data.item_text``) become the model's
-    fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated.
+    fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated; so do
+    the title-word ids ``item_words``.
     """
 
     def build_model() -> nnx.Module:
         return build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
-                                      item_features=item_features)
+                                      item_features=item_features, item_words=item_words)
 
     tx, schedule = make_optimizer(config.train, total_steps)
     graphdef, _, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param, ItemFeatures)

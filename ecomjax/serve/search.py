@@ -1,0 +1,161 @@
+"""Online product search: ``SearchPipeline.search(query, user=None, k=10)``.
+
+Normalise the query -> sentence encoder -> query tower -> HNSW top-N over the product tower's
+vectors -> features of the N candidates (``SearchModels.fast_features``, the function the
+re-rankers were trained on) -> re-ranker -> optional blend with a user-history model's scores ->
+top k. Each stage is timed, so the latency benchmark can say where the time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ecomjax.search.features import lexical_features
+from ecomjax.search.models import SearchModels, embed_texts, tower_vectors
+from ecomjax.search.relevance import normalize_text
+
+
+@dataclass
+class SearchResult:
+    product_ids: list[str]
+    titles: list[str]
+    scores: np.ndarray
+    timings_ms: dict[str, float]
+
+
+class SearchPipeline:
+    """Online search over a trained workdir's catalogue.
+
+    ``personalizer(user, product_ids) -> scores`` (optional) is any user-history model whose
+    scores are comparable across products, e.g. ``HistoryPersonalizer`` over a trained
+    next-item recommender; its z-scored scores are added with ``serve.personalization_weight``.
+    """
+
+    def __init__(self, models: SearchModels, catalogue_ids: np.ndarray, catalogue_titles: np.ndarray, *,
+                 index=None, personalizer: Callable[[Any, Sequence[str]], np.ndarray] | None = None):
+        from ecomjax.encoders.text import TextEncoder
+        from ecomjax.serve.ann import HNSWIndex
+
+        self.models, self.config = models, models.config
+        self.ids = np.asarray(catalogue_ids, dtype=str)
+        self.titles = np.asarray([normalize_text(t) for t in catalogue_titles], dtype=object)
+        self.raw_titles = np.asarray(catalogue_titles, dtype=str)
+        self.encoder = TextEncoder.from_pretrained(self.config.encoder)
+        # queries are a few word pieces: an 8-token bucket halves the encoder's work against 16
+        # (padding is masked, so the embedding is the same whatever the bucket)
+        self.encoder.length_buckets = tuple(sorted({8, *self.encoder.length_buckets}))
+        vectors, index_of = embed_texts(list(self.titles), self.config.encoder)
+        self.frozen = vectors[index_of]
+        self.product_vectors = tower_vectors(models.bi_encoder, vectors, "product")[index_of]
+        s = self.config.serve
+        self.index = index or HNSWIndex(self.product_vectors, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction,
+                                        ef_search=max(s.hnsw_ef_search, s.candidates))
+        self.personalizer = personalizer
+        # the tower as a plain jitted function of pre-split parameters: nnx.jit would flatten the
+        # module graph on every call (~2 ms, more than the tower itself at batch 1)
+        graphdef, state = nnx.split(models.bi_encoder)
+        tower = jax.jit(lambda state, x: nnx.merge(graphdef, state).embed_queries(x))
+        self._query_tower = lambda x: tower(state, x)
+        # every title parsed once now, so a request parses only its query
+        lexical_features(list(self.titles), list(self.titles), cache=self.models._parse_cache)
+        self.models.bm25.text_scores(list(self.titles), list(self.titles))
+
+    @classmethod
+    def load(cls, workdir: str | Path, **kwargs) -> SearchPipeline:
+        workdir = Path(workdir)
+        models = SearchModels.load(workdir)
+        with np.load(workdir / "catalogue.npz") as archive:
+            ids, titles = archive["ids"], archive["titles"]
+        index = None
+        if (workdir / "hnsw.faiss").is_file():
+            import faiss
+
+            from ecomjax.serve.ann import HNSWIndex
+
+            index = HNSWIndex.__new__(HNSWIndex)
+            index.index = faiss.read_index(str(workdir / "hnsw.faiss"))
+            index.size = index.index.ntotal
+            index.ef_search = max(models.config.serve.hnsw_ef_search, models.config.serve.candidates)
+        return cls(models, ids, titles, index=index, **kwargs)
+
+    def save_index(self, workdir: str | Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index.index, str(Path(workdir) / "hnsw.faiss"))
+
+    def encode_queries(self, queries: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        normalized = [normalize_text(q) for q in queries]
+        for original, text in zip(queries, normalized, strict=True):
+            if not text:
+                raise ValueError(f"query {original!r} is empty after normalisation")
+        frozen = self.encoder.encode(normalized, batch_size=max(len(normalized), 1))
+        tower = np.asarray(self._query_tower(frozen))
+        return normalized, frozen, tower
+
+    def search(self, query: str, user: Any = None, k: int = 10, *, candidates: int | None = None,
+               reranker: str | None = None) -> SearchResult:
+        return self.search_batch([query], None if user is None else [user], k, candidates=candidates,
+                                 reranker=reranker)[0]
+
+    def search_batch(self, queries: Sequence[str], users: Sequence[Any] | None = None, k: int = 10, *,
+                     candidates: int | None = None, reranker: str | None = None) -> list[SearchResult]:
+        """Top-``k`` products for each query; timings per stage (ms, for the whole batch)."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of strings; use search() for one query")
+        n_candidates = candidates or self.config.serve.candidates
+        reranker = reranker or self.config.serve.reranker
+        if not 1 <= k <= n_candidates:
+            raise ValueError(f"k must be in [1, {n_candidates}] (the candidates re-ranked), got {k}")
+        t = {"start": time.perf_counter()}
+        normalized, frozen, tower = self.encode_queries(queries)
+        t["encode"] = time.perf_counter()
+        _, found = self.index.search(tower, n_candidates)
+        t["ann"] = time.perf_counter()
+        rows = found.reshape(-1)
+        rows = np.where(rows < 0, 0, rows)  # HNSW pads with -1 when it finds fewer (not at N=100)
+        repeat = np.repeat(np.arange(len(queries)), n_candidates)
+        features = self.models.fast_features(
+            [normalized[i] for i in repeat], list(self.titles[rows]), list(self.ids[rows]),
+            frozen[repeat], self.frozen[rows], tower[repeat], self.product_vectors[rows])
+        t["features"] = time.perf_counter()
+        if reranker == "gbdt_fast":
+            # one thread: for 100-3,200 rows, OpenMP start-up costs more than it saves
+            scores = self.models.gbdt_fast.predict(features, num_threads=1)
+        elif reranker == "bi_encoder":
+            scores = features[:, self.models.feature_names.index("bi_cosine")]
+        elif reranker in ("gbdt", "cross_encoder"):
+            if self.models.cross_encoder is None:
+                raise ValueError(f"reranker {reranker!r} needs the cross-encoder, which this run did not train")
+            cross = self.models.cross_scores([normalized[i] for i in repeat], list(self.titles[rows]))
+            scores = cross if reranker == "cross_encoder" else self.models.gbdt.predict(np.column_stack([features, cross]))
+        else:
+            raise ValueError(f"unknown reranker {reranker!r}; choose gbdt_fast, gbdt, cross_encoder or bi_encoder")
+        scores = np.asarray(scores, np.float64).reshape(len(queries), n_candidates)
+        t["rerank"] = time.perf_counter()
+        weight = self.config.serve.personalization_weight
+        if users is not None and self.personalizer is not None and weight:
+            for i, user in enumerate(users):
+                if user is None:
+                    continue
+                personal = np.asarray(self.personalizer(user, list(self.ids[found[i]])), np.float64)
+                scores[i] += weight * (personal - personal.mean()) / (personal.std() + 1e-9)
+        t["personalize"] = time.perf_counter()
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        stages = ("encode", "ann", "features", "rerank", "personalize")
+        marks = [t["start"], *(t[s] for s in stages)]
+        timings = {s: 1e3 * (marks[i + 1] - marks[i]) for i, s in enumerate(stages)}
+        timings["total"] = 1e3 * (time.perf_counter() - t["start"])
+        results = []
+        for i in range(len(queries)):
+            picked = found[i][order[i]]
+            results.append(SearchResult(list(self.ids[picked]), list(self.raw_titles[picked]),
+                                        scores[i][order[i]], timings))
+        return results
