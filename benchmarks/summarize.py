@@ -165,7 +165,33 @@ def multimodal_tables() -> str:
     return "\n".join(lines)
 
 
+def search_tables() -> str:
+    data = _load("search")
+    if data is None:
+        return ""
+    res = data["results"]
+    lines = ["| model | test RMSE | test NDCG@10 |", "| --- | ---: | ---: |"]
+    for row in res["quality"]:
+        rmse = f"{row['rmse']:.4f}" if row.get("rmse") is not None else "-"
+        ndcg = f"{row['ndcg@10']:.4f}" if row.get("ndcg@10") is not None else "-"
+        lines.append(f"| {row['model']} | {rmse} | {ndcg} |")
+    lines += ["", "| ef_search | recall@100 vs exact | HNSW p50 ms | HNSW p99 ms |", "| ---: | ---: | ---: | ---: |"]
+    for row in res["ann"]:
+        lines.append(f"| {row['ef_search']} | {row['recall@100']:.4f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} |")
+    if res.get("latency"):
+        lines += ["", "| batch | re-ranker | calls | encode | ANN | features | re-rank | total p50 | p95 | p99 "
+                      "| first call |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in res["latency"]:
+            lines.append(f"| {r['batch']} | {r['reranker']} | {r['calls']} | {r['encode_p50']:.2f} | {r['ann_p50']:.2f} "
+                         f"| {r['features_p50']:.2f} | {r['rerank_p50']:.2f} | {r['total_p50']:.2f} "
+                         f"| {r['total_p95']:.2f} | {r['total_p99']:.2f} | {r['first_call_ms']:.0f} |")
+    hw = data["hardware"]
+    lines += ["", f"`benchmarks/results/search.json`, {hw['cpu_count']}-core {hw['cpu_model']}, {data['timestamp_utc']}; "
+                  f"catalogue {res['catalogue']} products, {res['test_queries']} test queries."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables()):
+    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables(), search_tables()):
         print(table)
         print()

@@ -129,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())
             print(f"ms: {stages} (first query: includes warm-up)")
         elif args.command == "data":
+            from ecomjax.search.config import is_search_config
+
+            if is_search_config(args.config):
+                from ecomjax.search.config import load_search_config
+                from ecomjax.search.train import load_splits
+
+                data, splits = load_splits(load_search_config(args.config, args.overrides))
+                print(json.dumps({"source": data.source, "pairs": len(data), "queries": len(data.query_groups()[0]),
+                                  "products": len(data.catalogue()[0]),
+                                  "mean_relevance": round(float(data.relevance.mean()), 4),
+                                  "splits": {k: len(v) for k, v in splits.items()}}, indent=2))
+                return 0
             from ecomjax.data import load_sequences
 
             config = load_config(args.config, args.overrides)

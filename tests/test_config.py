@@ -69,7 +69,16 @@ def test_shipped_configs_load_and_roundtrip(tmp_path):
     assert {c.name for c in loaded} >= {
         "quickstart.yaml", "sasrec_beauty.yaml", "gru4rec_beauty.yaml", "sasrec_ml1m.yaml", "gru4rec_ml1m.yaml"
     }
-    for path in loaded:
+    from ecomjax.search.config import is_search_config, load_search_config
+
+    searches = [c for c in loaded if is_search_config(c)]
+    assert {c.name for c in searches} == {"search_homedepot.yaml"}
+    for path in searches:
+        config = load_search_config(path)
+        dumped = tmp_path / path.name
+        dumped.write_text(yaml.safe_dump(config.to_dict()))
+        assert load_search_config(dumped) == config
+    for path in (c for c in loaded if c not in searches):
         config = load_config(path)
         assert config.eval.exclude_history is True, path
         dumped = tmp_path / path.name

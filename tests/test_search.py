@@ -266,3 +266,17 @@ def test_history_personalizer_scores_products_by_the_recommenders_next_item_logi
         personalizer.user_scores(["3", "999"])
     with pytest.raises(ValueError, match="empty history"):
         personalizer.user_scores([])
+
+
+def test_cli_data_describes_a_search_config(capsys):
+    from pathlib import Path
+
+    from ecomjax.cli import main
+
+    real_data("homedepot/train.csv")
+    config = Path(__file__).parent.parent / "configs" / "search_homedepot.yaml"
+    assert main(["data", str(config), "data.test_fraction=0.25"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["pairs"] == 59179 and described["products"] == 45713
+    assert sum(described["splits"].values()) == 59179
+    assert 0.2 < described["splits"]["test"] / 59179 < 0.3
