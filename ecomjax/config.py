@@ -333,19 +333,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(
-    source: str | Path | dict[str, Any] | Config | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
-) -> Config:
-    """Resolve a config from a YAML path, a dict or a Config, then apply dotted overrides.
+def config_tree(source: str | Path | dict[str, Any] | Any | None,
+                overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plain nested mapping a config source describes, with dotted overrides applied.
 
-    ``overrides`` is either CLI-style ``["train.epochs=3"]`` or a mapping
-    ``{"train.epochs": 3}`` (keyword arguments of ``ecomjax.train`` arrive as the latter, with
-    ``__`` standing for ``.`` so that ``train__epochs=3`` works as a Python keyword).
+    ``source``: a YAML path, a mapping, a config dataclass (anything with ``to_dict``) or
+    ``None``; ``overrides``: CLI-style ``["train.epochs=3"]`` or a mapping ``{"train.epochs": 3}``
+    (keyword arguments arrive as the latter, with ``__`` standing for ``.``). Shared by every
+    config schema (``Config``, ``ecomjax.search.config.SearchConfig``).
     """
     if source is None:
         tree: dict[str, Any] = {}
-    elif isinstance(source, Config):
+    elif hasattr(source, "to_dict"):
         tree = source.to_dict()
     elif isinstance(source, dict):
         tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy, plain types only
@@ -365,7 +364,20 @@ def load_config(
         pairs = [parse_override(o) for o in overrides or []]
     for key, value in pairs:
         _set_dotted(tree, key, value)
-    return _build(Config, tree, "")
+    return tree
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a config from a YAML path, a dict or a Config, then apply dotted overrides.
+
+    ``overrides`` is either CLI-style ``["train.epochs=3"]`` or a mapping
+    ``{"train.epochs": 3}`` (keyword arguments of ``ecomjax.train`` arrive as the latter, with
+    ``__`` standing for ``.`` so that ``train__epochs=3`` works as a Python keyword).
+    """
+    return _build(Config, config_tree(source, overrides), "")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ecomjax.config import ConfigError, _build, _set_dotted, parse_override
+from ecomjax.config import ConfigError, _build, config_tree
 
 
 @dataclass
@@ -124,22 +124,7 @@ def is_search_config(source: Any) -> bool:
 
 def load_search_config(source: str | Path | dict | SearchConfig,
                        overrides: list[str] | dict[str, Any] | None = None) -> SearchConfig:
-    if isinstance(source, SearchConfig):
-        tree = source.to_dict()
-    elif isinstance(source, dict):
-        tree = yaml.safe_load(yaml.safe_dump(source))
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
-    if isinstance(overrides, dict):
-        pairs = [(k.replace("__", "."), v) for k, v in overrides.items()]
-    else:
-        pairs = [parse_override(o) for o in overrides or []]
-    for key, value in pairs:
-        _set_dotted(tree, key, value)
-    return _build(SearchConfig, tree, "")
+    return _build(SearchConfig, config_tree(source, overrides), "")
 
 
 def save_search_config(config: SearchConfig, path: str | Path) -> None:
