@@ -52,6 +52,20 @@ def test_read_relevance_names_the_bad_row(tmp_path, body, message):
         read_relevance(_write(tmp_path, body))
 
 
+def test_read_relevance_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rel.parquet"
+    pq.write_table(pa.table({"query": ["drill", "paint"], "product_id": ["p1", "p2"],
+                             "title": ["Cordless Drill", "Interior Paint"], "relevance": [3.0, 2.33]}), path)
+    data = read_relevance(path)
+    assert list(data.product_ids) == ["p1", "p2"] and data.relevance.tolist() == pytest.approx([3.0, 2.33])
+    pq.write_table(pa.table({"query": ["drill"], "product_id": ["p1"], "title": ["Drill"], "relevance": [7.0]}), path)
+    with pytest.raises(DataFormatError, match=r"rel.parquet:1: relevance 7.0 is outside"):
+        read_relevance(path)
+
+
 def test_read_relevance_missing_column(tmp_path):
     with pytest.raises(DataFormatError, match="no 'relevance' column"):
         read_relevance(_write(tmp_path, "1,2,3\n", header="search_term,product_uid,product_title\n"))
