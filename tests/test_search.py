@@ -152,7 +152,7 @@ def test_ndcg_and_rmse_by_hand():
         rmse(np.array([np.nan]), np.array([1.0]))
 
 
-def test_exact_top_k_and_hnsw_recall():
+def test_exact_top_k_and_hnsw_recall(tmp_path):
     rng = np.random.default_rng(0)
     products = rng.normal(size=(3000, 32)).astype(np.float32)
     products /= np.linalg.norm(products, axis=1, keepdims=True)
@@ -164,6 +164,10 @@ def test_exact_top_k_and_hnsw_recall():
     hnsw = HNSWIndex(products, m=16, ef_search=100)
     _, approx = hnsw.search(queries, 20)
     assert recall_at_k(approx, index) >= 0.95
+    hnsw.save(tmp_path / "index.faiss")
+    loaded = HNSWIndex.load(tmp_path / "index.faiss", ef_search=100)
+    np.testing.assert_array_equal(loaded.search(queries, 20)[1], approx)
+    assert loaded.size == 3000
     with pytest.raises(ValueError, match="ef_search"):
         HNSWIndex(products[:100], ef_search=10).search(queries[:1], 20)
 
@@ -232,6 +236,7 @@ def test_search_eval_on_another_file_and_pipeline(trained_search, capsys):
     pipeline = SearchPipeline.load(workdir)
     result = pipeline.search("angle bracket", k=5)
     assert len(result.product_ids) == 5 and np.all(np.diff(result.scores) <= 0)
+    assert all(type(p) is str for p in result.product_ids)
     assert set(result.timings_ms) == {"encode", "ann", "features", "rerank", "personalize", "total"}
     # the re-ranker's scores are the GBDT's on exactly these candidates' features
     batch = pipeline.search_batch(["angle bracket", "deck over"], k=5)

@@ -76,20 +76,17 @@ class SearchPipeline:
             ids, titles = archive["ids"], archive["titles"]
         index = None
         if (workdir / "hnsw.faiss").is_file():
-            import faiss
-
             from ecomjax.serve.ann import HNSWIndex
 
-            index = HNSWIndex.__new__(HNSWIndex)
-            index.index = faiss.read_index(str(workdir / "hnsw.faiss"))
-            index.size = index.index.ntotal
-            index.ef_search = max(models.config.serve.hnsw_ef_search, models.config.serve.candidates)
+            serve = models.config.serve
+            index = HNSWIndex.load(workdir / "hnsw.faiss", max(serve.hnsw_ef_search, serve.candidates))
+            if index.size != len(ids):
+                raise ValueError(f"{workdir}/hnsw.faiss indexes {index.size} products but the catalogue has "
+                                 f"{len(ids)}: the workdir is inconsistent; delete hnsw.faiss to rebuild it")
         return cls(models, ids, titles, index=index, **kwargs)
 
     def save_index(self, workdir: str | Path) -> None:
-        import faiss
-
-        faiss.write_index(self.index.index, str(Path(workdir) / "hnsw.faiss"))
+        self.index.save(Path(workdir) / "hnsw.faiss")
 
     def encode_queries(self, queries: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         normalized = [normalize_text(q) for q in queries]
@@ -156,6 +153,6 @@ class SearchPipeline:
         results = []
         for i in range(len(queries)):
             picked = found[i][order[i]]
-            results.append(SearchResult(list(self.ids[picked]), list(self.raw_titles[picked]),
+            results.append(SearchResult([str(p) for p in self.ids[picked]], [str(t) for t in self.raw_titles[picked]],
                                         scores[i][order[i]], timings))
         return results
