@@ -299,3 +299,22 @@ def test_cli_data_describes_a_search_config(capsys):
     assert described["pairs"] == 59179 and described["products"] == 45713
     assert sum(described["splits"].values()) == 59179
     assert 0.2 < described["splits"]["test"] / 59179 < 0.3
+
+
+def test_search_run_without_the_cross_encoder(tmp_path):
+    import ecomjax
+    from ecomjax.serve import SearchPipeline
+
+    source = real_data("homedepot/train.csv")
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    small = tmp_path / "hd.csv"
+    small.write_text("".join(lines[:801]), encoding="utf-8")
+    run = ecomjax.train({"task": "search", "workdir": str(tmp_path / "run"), "data": {"path": str(small)}},
+                        cross_encoder__enabled=False, bi_encoder__epochs=2, gbdt__max_rounds=50)
+    assert {"gbdt_fast", "bi_encoder", "bm25"} <= set(run.metrics)
+    assert "gbdt" not in run.metrics and "cross_encoder" not in run.metrics
+    assert not (run.workdir / "cross_encoder.npz").exists()
+    pipeline = SearchPipeline.load(run.workdir)
+    assert len(pipeline.search("angle bracket", k=3).product_ids) == 3
+    with pytest.raises(ValueError, match="needs the cross-encoder, which this run did not train"):
+        pipeline.search("angle bracket", reranker="gbdt")
