@@ -32,6 +32,7 @@ class ItemText:
     vocabulary: tuple[str, ...] = ()  # word of id i + 1
 
 
+MAX_TITLE_WORDS = 32  # first known words of a title (brand first); 98% of Beauty titles have no more
 _WORD = re.compile(r"[a-z0-9]+(?:['&.\-][a-z0-9]+)*")  # "l'oreal", "e.l.f", "anti-aging", "0.5"
 
 
@@ -40,7 +41,7 @@ def title_words(title: str) -> list[str]:
     return list(dict.fromkeys(_WORD.findall(title.lower())))
 
 
-def title_word_ids(titles: list[str], min_items: int, max_words: int = 32) -> tuple[np.ndarray, tuple[str, ...]]:
+def title_word_ids(titles: list[str], min_items: int, max_words: int = MAX_TITLE_WORDS) -> tuple[np.ndarray, tuple[str, ...]]:
     """``[len(titles), max_words]`` word ids (1-based, 0 = padding) and the vocabulary.
 
     A word names a group of items only if at least ``min_items`` titles use it; rarer words would
@@ -142,8 +143,8 @@ def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
     used = {int(i) for i in item_ids[1:]}
     words, vocabulary = None, ()
     if word_min_items:
-        words = np.zeros((len(item_ids), 32), dtype=np.int32)
-        words[rows], vocabulary = title_word_ids(texts, word_min_items, max_words=32)
+        words = np.zeros((len(item_ids), MAX_TITLE_WORDS), dtype=np.int32)
+        words[rows], vocabulary = title_word_ids(texts, word_min_items)
     return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used), words, vocabulary)
 
 
