@@ -26,13 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.encoders.bert import l2_normalize
 from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
 
 _ZEROS = nnx.initializers.zeros_init()
-
-
-def _unit(x: jax.Array) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class ResidualAdapter(nnx.Module):
@@ -45,7 +42,7 @@ class ResidualAdapter(nnx.Module):
 
     def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         h = self.dropout(jax.nn.gelu(self.up(x)), deterministic=deterministic, rngs=rngs)
-        return _unit(x + self.down(h))
+        return l2_normalize(x + self.down(h))
 
 
 class BiEncoder(nnx.Module):

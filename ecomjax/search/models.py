@@ -101,11 +101,6 @@ class SearchModels:
         return np.stack([self._vectors[t] for t in distinct]), index
 
     # --- features -----------------------------------------------------------------------------
-    @staticmethod
-    def row_queries(data: RelevanceData) -> np.ndarray:
-        """Query index per row (normalised text), for per-query metrics."""
-        return data.query_groups()[1]
-
     def fast_features(self, queries: Sequence[str], titles: Sequence[str], product_ids: Sequence[str],
                       q_frozen: np.ndarray, t_frozen: np.ndarray, q_tower: np.ndarray, t_tower: np.ndarray
                       ) -> np.ndarray:

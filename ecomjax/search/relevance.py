@@ -147,8 +147,10 @@ def read_relevance(path: str | Path, *, low: float = 1.0, high: float = 3.0) -> 
                          np.array(titles, dtype=object), np.array(grades, dtype=np.float32), str(path))
 
 
-def _fraction(key: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+def hash_fraction(key: str, salt: str | int) -> float:
+    """A stable pseudo-random number in [0, 1) for ``key``: split assignment that does not depend
+    on file order, machine or Python's hash seed."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -163,7 +165,7 @@ def split_by_query(data: RelevanceData, valid_fraction: float = 0.1, test_fracti
         raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must be "
                          "in [0, 1) and (0, 1) and sum to less than 1")
     distinct, index = data.query_groups()
-    u = np.array([_fraction(q, seed) for q in distinct])
+    u = np.array([hash_fraction(q, seed) for q in distinct])
     side = np.where(u < test_fraction, 2, np.where(u < test_fraction + valid_fraction, 1, 0))
     row_side = side[index]
     return {name: np.flatnonzero(row_side == i) for i, name in enumerate(("train", "valid", "test"))}

@@ -17,7 +17,6 @@ Data flow (``SearchConfig``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -29,17 +28,19 @@ import numpy as np
 from ecomjax.data.sequences import resolve_data_path
 from ecomjax.search.config import SearchConfig, save_search_config
 from ecomjax.search.metrics import relevance_metrics
-from ecomjax.search.relevance import RelevanceData, normalize_text, read_relevance, split_by_query
+from ecomjax.search.relevance import (
+    RelevanceData,
+    hash_fraction,
+    normalize_text,
+    read_relevance,
+    split_by_query,
+)
 
 
 @dataclass
 class SearchRun:
     metrics: dict[str, Any]
     workdir: Path
-
-
-def _hash_fraction(text: str, salt: str) -> float:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{text}".encode()).digest()[:8], "big") / 2**64
 
 
 def load_splits(config: SearchConfig) -> tuple[RelevanceData, dict[str, np.ndarray]]:
@@ -58,13 +59,23 @@ def load_splits(config: SearchConfig) -> tuple[RelevanceData, dict[str, np.ndarr
     else:
         splits = split_by_query(data, cfg.valid_fraction, test_fraction, config.seed)
     train = splits.pop("train")
-    stack = np.array([_hash_fraction(normalize_text(q), f"stack{config.seed}") < cfg.stack_fraction
+    stack = np.array([hash_fraction(normalize_text(q), f"stack{config.seed}") < cfg.stack_fraction
                       for q in data.queries[train]], dtype=bool)
     splits["base"], splits["stack"] = train[~stack], train[stack]
     for name, rows in splits.items():
         if not len(rows):
             raise ValueError(f"the {name} split is empty; adjust data.*_fraction")
     return data, splits
+
+
+def score_models(models, data: RelevanceData, rows: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """``({model: RMSE (grade predictors only) and per-query NDCG@10}, query index of the rows)``."""
+    query_index = data.query_groups()[1][rows]
+    grades = data.relevance[rows]
+    metrics = {name: relevance_metrics(values, grades, query_index, regression=name not in ("bm25", "cosine"),
+                                       low=models.config.data.low)
+               for name, values in models.score_rows(data, rows).items()}
+    return metrics, query_index
 
 
 def train_search(config: SearchConfig) -> SearchRun:
@@ -86,15 +97,11 @@ def train_search(config: SearchConfig) -> SearchRun:
     timings["index"] = time.perf_counter() - start
 
     test = splits["test"]
-    query_index = models.row_queries(data)[test]
-    grades = data.relevance[test]
-    scores = models.score_rows(data, test)
+    scores, query_index = score_models(models, data, test)
     metrics: dict[str, Any] = {"test_pairs": len(test), "test_queries": len(np.unique(query_index))}
     mean_grade = float(np.mean(data.relevance[np.concatenate([splits["base"], splits["stack"]])]))
-    metrics["mean_predictor"] = {"rmse": float(np.sqrt(np.mean((grades - mean_grade) ** 2)))}
-    for name, values in scores.items():
-        metrics[name] = relevance_metrics(values, grades, query_index, regression=name not in ("bm25", "cosine"),
-                                          low=config.data.low)
+    metrics["mean_predictor"] = {"rmse": float(np.sqrt(np.mean((data.relevance[test] - mean_grade) ** 2)))}
+    metrics.update(scores)
     metrics["seconds"] = timings
     metrics["gbdt_features"] = list(models.feature_names)
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -115,13 +122,9 @@ def evaluate_search(workdir: str | Path, test_path: str | None = None) -> dict[s
     else:
         data, splits = load_splits(config)
         rows = splits["test"]
-    query_index = models.row_queries(data)[rows]
-    grades = data.relevance[rows]
+    scores, query_index = score_models(models, data, rows)
     metrics: dict[str, Any] = {"source": str(test_path or f"{config.data.path} (test split)"),
-                               "pairs": len(rows), "queries": len(np.unique(query_index))}
-    for name, values in models.score_rows(data, rows).items():
-        metrics[name] = relevance_metrics(values, grades, query_index, regression=name not in ("bm25", "cosine"),
-                                          low=config.data.low)
+                               "pairs": len(rows), "queries": len(np.unique(query_index)), **scores}
     out = workdir / "eval"
     out.mkdir(exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

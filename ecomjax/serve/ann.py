@@ -59,7 +59,6 @@ class HNSWIndex:
         self.index.hnsw.efConstruction = ef_construction
         self.index.add(vectors)
         self.ef_search = ef_search
-        self.size = len(vectors)
 
     def save(self, path: str | Path) -> None:
         import faiss
@@ -73,9 +72,12 @@ class HNSWIndex:
 
         index = cls.__new__(cls)
         index.index = faiss.read_index(str(path))
-        index.size = index.index.ntotal
         index.ef_search = ef_search
         return index
+
+    @property
+    def size(self) -> int:
+        return self.index.ntotal
 
     @property
     def ef_search(self) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.search.features import lexical_features
-from ecomjax.search.models import SearchModels, embed_texts, tower_vectors
+from ecomjax.search.models import SearchModels, tower_vectors
 from ecomjax.search.relevance import normalize_text
 
 
@@ -52,7 +52,7 @@ class SearchPipeline:
         # queries are a few word pieces: an 8-token bucket halves the encoder's work against 16
         # (padding is masked, so the embedding is the same whatever the bucket)
         self.encoder.length_buckets = tuple(sorted({8, *self.encoder.length_buckets}))
-        vectors, index_of = embed_texts(list(self.titles), self.config.encoder)
+        vectors, index_of = models.frozen_vectors(list(self.titles))
         self.frozen = vectors[index_of]
         self.product_vectors = tower_vectors(models.bi_encoder, vectors, "product")[index_of]
         s = self.config.serve
