@@ -1,0 +1,148 @@
+"""The Taobao multi-behaviour purchase data in the EHCF preprocessing (Chen et al., AAAI 2020).
+
+Three tab-separated files with a header line, as published in ``chenchongthu/EHCF/data/Taobao``:
+
+* ``buy.train.txt`` (``uid  sid``): 211,022 purchases of 48,749 users, at least 3 per user;
+* ``buy.test.txt`` (``uid  sid``): one held-out purchase per user, never one of the user's
+  training purchases;
+* ``cart.csv`` (``uid  sid  3``, tab-separated despite the name; the third column is the
+  behaviour string ``cart``): 193,747 add-to-carts of 37,689 users.
+
+Ids are already contiguous from 0 (39,493 items: the largest ``sid`` is 39,492, and every id
+occurs in the purchase files), so they are kept as they are, unlike the 1-based remapping of the
+sequence files: a row index here is the ``sid`` of the file and of EHCF's code, which makes the
+numbers comparable line by line. EHCF counts items as the distinct ``sid`` values of
+train + test (``get_count`` in ``code/EHCF.py``); here that equals ``max sid + 1``.
+
+Parsing is strict because a silently skipped or mis-split row shifts every metric a little and
+is then never found: a malformed row raises ``DataFormatError`` (a ``ValueError``) naming the
+file, the line and the value. Repeated (user, item) pairs are dropped, and how many were dropped
+is kept in ``MultiBehaviorData.duplicates`` (the published files have none).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecomjax.data.sequences import DataFormatError
+
+BUY_TRAIN = "buy.train.txt"
+BUY_TEST = "buy.test.txt"
+CART = "cart.csv"
+DEFAULT_DIR = "taobao"  # under $ECOMJAX_DATA_DIR
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """(user, item) pairs of one behaviour, int32, deduplicated, sorted by user then item."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class MultiBehaviorData:
+    """Train behaviours (``buy``, ``cart``) and the test purchases over one id space."""
+
+    num_users: int
+    num_items: int
+    train: dict[str, Interactions]  # behaviour -> training pairs; "buy" is the target behaviour
+    test: Interactions  # buy.test: the purchases to predict
+    duplicates: dict[str, int] = field(default_factory=dict)  # file -> repeated pairs dropped
+    source: str = ""  # the directory read
+
+    def counts(self) -> dict[str, int]:
+        out = {"users": self.num_users, "items": self.num_items, "test_buy": len(self.test)}
+        out.update({f"train_{name}": len(pairs) for name, pairs in self.train.items()})
+        return out
+
+
+def resolve_data_dir(path: str | Path | None) -> Path:
+    """``None`` -> ``$ECOMJAX_DATA_DIR/taobao``; a relative path is looked up under
+    ``$ECOMJAX_DATA_DIR`` first, then as given (a checkout's own test fixtures)."""
+    data_dir = os.environ.get("ECOMJAX_DATA_DIR")
+    candidate = Path(path if path is not None else DEFAULT_DIR).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    if data_dir and (Path(data_dir) / candidate).is_dir():
+        return Path(data_dir) / candidate
+    if candidate.is_dir() or not data_dir:
+        return candidate
+    return Path(data_dir) / candidate  # reported as missing, with the hint, by load_taobao
+
+
+def _read_pairs(path: Path, behaviour: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one file; ``behaviour`` is the required third column (``cart.csv``) or None."""
+    expected = 2 if behaviour is None else 3
+    users: list[int] = []
+    items: list[int] = []
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+        if len(header) != expected or header[:2] != ["uid", "sid"]:
+            raise DataFormatError(f"{path}:1: header {header!r} is not uid<TAB>sid"
+                                  + ("<TAB><behaviour>" if behaviour else ""))
+        for number, line in enumerate(handle, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue  # a trailing blank line is harmless
+            fields = line.split("\t")
+            if len(fields) != expected:
+                raise DataFormatError(f"{path}:{number}: expected {expected} tab-separated fields, "
+                                      f"got {len(fields)}: {line!r}")
+            for name, value, out in (("uid", fields[0], users), ("sid", fields[1], items)):
+                if not value.isdigit():  # rejects '', '-1', '3.0', ' 7'
+                    raise DataFormatError(f"{path}:{number}: {name} {value!r} is not a "
+                                          "non-negative integer")
+                out.append(int(value))
+            if behaviour is not None and fields[2] != behaviour:
+                raise DataFormatError(f"{path}:{number}: behaviour {fields[2]!r} is not {behaviour!r}")
+    if not users:
+        raise DataFormatError(f"{path}: no rows after the header")
+    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+
+
+def _dedupe(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[Interactions, int]:
+    keys = np.unique(users * num_items + items)
+    pairs = Interactions((keys // num_items).astype(np.int32), (keys % num_items).astype(np.int32))
+    return pairs, len(users) - len(keys)
+
+
+def load_taobao(data_dir: str | Path | None = None) -> MultiBehaviorData:
+    """Read ``buy.train.txt``, ``buy.test.txt`` and ``cart.csv`` from ``data_dir``.
+
+    ``None`` reads ``$ECOMJAX_DATA_DIR/taobao``; a relative path that is not a directory as given
+    is taken relative to ``$ECOMJAX_DATA_DIR``.
+    """
+    root = resolve_data_dir(data_dir)
+    files = {"buy": (BUY_TRAIN, None), "test": (BUY_TEST, None), "cart": (CART, "cart")}
+    raw = {}
+    for key, (name, behaviour) in files.items():
+        path = root / name
+        if not path.is_file():
+            env = os.environ.get("ECOMJAX_DATA_DIR")
+            raise FileNotFoundError(
+                f"Taobao file {str(path)!r} not found (ECOMJAX_DATA_DIR={env!r}; the loader reads "
+                f"{BUY_TRAIN}, {BUY_TEST} and {CART} from $ECOMJAX_DATA_DIR/{DEFAULT_DIR} or from "
+                "the directory given)")
+        raw[key] = _read_pairs(path, behaviour)
+    num_users = 1 + max(int(u.max()) for u, _ in raw.values())
+    num_items = 1 + max(int(i.max()) for _, i in raw.values())
+    duplicates = {}
+    deduped = {}
+    for key, (name, _) in files.items():
+        deduped[key], duplicates[name] = _dedupe(*raw[key], num_items)
+    return MultiBehaviorData(
+        num_users=num_users,
+        num_items=num_items,
+        train={"buy": deduped["buy"], "cart": deduped["cart"]},
+        test=deduped["test"],
+        duplicates=duplicates,
+        source=str(root),
+    )
