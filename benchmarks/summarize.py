@@ -191,7 +191,36 @@ def search_tables() -> str:
     return "\n".join(lines)
 
 
+def _cell(value, fmt: str = ".4f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "-"
+
+
+def ranker_tables() -> str:
+    data = _load("ranker")
+    if data is None:
+        return ""
+    res = data["results"]
+    lines = ["| model | CTR AUC | GAUC | log loss | calib. | CTCVR AUC | CVR AUC (all) | CVR log loss (all) "
+             "| dwell RMSE | NDCG@10 | train s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in res["synthetic"]:
+        lines.append(f"| {r['model']} | {_cell(r['ctr_auc'])} | {_cell(r['ctr_gauc'])} | {_cell(r['ctr_logloss'])} "
+                     f"| {_cell(r['ctr_calibration'], '+.3f')} | {_cell(r['ctcvr_auc'])} | {_cell(r['cvr_auc_all'])} "
+                     f"| {_cell(r['cvr_logloss_all'])} | {_cell(r['dwell_rmse_log'])} | {_cell(r['ndcg@10_true'])} "
+                     f"| {_cell(r['train_seconds'], '.0f')} |")
+    lines += ["", "| model | batch | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
+    for r in res["latency"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+    if res.get("taobao"):
+        lines += ["", "| Taobao model | HR@10 | NDCG@10 | train s |", "| --- | ---: | ---: | ---: |"]
+        for r in res["taobao"]:
+            lines.append(f"| {r['model']} | {_cell(r['hr@10'])} | {_cell(r['ndcg@10'])} | {_cell(r['train_seconds'], '.0f')} |")
+    hw = data["hardware"]
+    lines += ["", f"`benchmarks/results/ranker.json`, {hw['cpu_count']}-core {hw['cpu_model']}, {data['timestamp_utc']}."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables(), search_tables()):
+    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables(), search_tables(),
+                  ranker_tables()):
         print(table)
         print()

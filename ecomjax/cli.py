@@ -36,6 +36,42 @@ def _search_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _ranker_summary(metrics: dict) -> str:
+    """One line per model: click AUC / GAUC / log loss, pCTCVR AUC, pCVR AUC, dwell RMSE, NDCG@10."""
+    rows = [("model", metrics["test"]), *(((name, m) for name, m in metrics.get("baselines", {}).items())),
+            *([("bayes (truth)", metrics["bayes"])] if "bayes" in metrics else [])]
+    lines = [f"{'':16s} {'ctr auc':>8s} {'gauc':>7s} {'logloss':>8s} {'ctcvr auc':>9s} {'cvr auc*':>8s} "
+             f"{'dwell rmse':>10s} {'ndcg@10':>8s}"]
+
+    def cell(m: dict, head: str, key: str, width: int) -> str:
+        value = m.get(head, {}).get(key)
+        return f"{value:{width}.4f}" if isinstance(value, float) else f"{'-':>{width}s}"
+
+    for name, m in rows:
+        ndcg_key = "ndcg@10_true" if "ndcg@10_true" in m.get("satisfaction", {}) else "ndcg@10_observed"
+        cvr_key = "auc_all" if "auc_all" in m.get("cvr", {}) else "auc_clicked"
+        lines.append(f"{(metrics['model'] if name == 'model' else name):16s} {cell(m, 'click', 'auc', 8)} "
+                     f"{cell(m, 'click', 'gauc', 7)} {cell(m, 'click', 'log_loss', 8)} "
+                     f"{cell(m, 'purchase', 'auc', 9)} {cell(m, 'cvr', cvr_key, 8)} "
+                     f"{cell(m, 'dwell', 'rmse_log', 10)} {cell(m, 'satisfaction', ndcg_key, 8)}")
+    lines.append("* cvr auc over all impressions against the counterfactual label where known, else on clicks")
+    if "train_seconds" in metrics:
+        lines.append(f"train {metrics['train_seconds']:.1f}s, best epoch {metrics.get('best_epoch')} "
+                     f"of {metrics.get('epochs_run')}")
+    return "\n".join(lines)
+
+
+def _multi_behavior_summary(metrics: dict) -> str:
+    rows = [("model", metrics.get("test", {})), *metrics.get("ablations", {}).items(),
+            *metrics.get("baselines", {}).items()]
+    lines = [f"{'':14s} {'hr@10':>7s} {'ndcg@10':>8s}"]
+    for name, m in rows:
+        m = m.get("test", m)
+        if "hr@10" in m:
+            lines.append(f"{name:14s} {m['hr@10']:7.4f} {m['ndcg@10']:8.4f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ecomjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,13 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
                 args.overrides.insert(0, config_path)  # `ecomjax train key=value` with no config
                 config_path = None
-            from ecomjax.search.config import is_search_config
+            from ecomjax.config import declared_task
 
-            if is_search_config(config_path):
+            task = declared_task(config_path)
+            if task in ("search", "ranker", "multi_behavior"):
                 import ecomjax
 
                 run = ecomjax.train(config_path, overrides=dict(parse_override(o) for o in args.overrides))
-                print(_search_summary(run.metrics))
+                summary = {"search": _search_summary, "ranker": _ranker_summary,
+                           "multi_behavior": _multi_behavior_summary}[task]
+                print(summary(run.metrics))
                 print(f"wrote {run.workdir}/metrics.json")
                 return 0
             config = load_config(config_path, args.overrides)
@@ -103,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = dict(parse_override(o) for o in args.overrides)
             metrics = ecomjax.evaluate(args.workdir, **overrides)
-            if is_search_config(Path(args.workdir) / "config.yaml"):
+            from ecomjax.config import declared_task
+
+            if declared_task(Path(args.workdir) / "config.yaml") == "ranker":
+                print(_ranker_summary({"model": "model", **metrics}))
+                print(f"wrote {args.workdir}/eval/metrics.json")
+            elif is_search_config(Path(args.workdir) / "config.yaml"):
                 print(_search_summary(metrics))
                 print(f"wrote {args.workdir}/eval/metrics.json")
             else:

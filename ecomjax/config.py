@@ -367,6 +367,29 @@ def config_tree(source: str | Path | dict[str, Any] | Any | None,
     return tree
 
 
+TASKS = ("multi_behavior", "ranker", "search")  # ``task:`` values beside the default next-item recommender
+
+
+def declared_task(source: Any) -> str | None:
+    """The ``task:`` a config source declares (``search``, ``ranker``, ...), or None for the
+    default next-item recommender. A config object answers with its ``task`` attribute; a
+    YAML file that does not parse answers None (loading it then reports the syntax error)."""
+    if isinstance(source, dict):
+        task = source.get("task")
+    elif isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            return None
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            return None
+        task = tree.get("task") if isinstance(tree, dict) else None
+    else:
+        task = getattr(source, "task", None)
+    return task if isinstance(task, str) else None
+
+
 def load_config(
     source: str | Path | dict[str, Any] | Config | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -377,7 +400,12 @@ def load_config(
     ``{"train.epochs": 3}`` (keyword arguments of ``ecomjax.train`` arrive as the latter, with
     ``__`` standing for ``.`` so that ``train__epochs=3`` works as a Python keyword).
     """
-    return _build(Config, config_tree(source, overrides), "")
+    tree = config_tree(source, overrides)
+    if "task" in tree:  # the other tasks have their own loaders (``ecomjax.train`` dispatches)
+        raise ConfigError(f"task: {tree['task']!r} is not a task; tasks: {sorted(TASKS)} (none: a next-item "
+                          "recommender)" if tree["task"] not in TASKS else
+                          f"task: {tree['task']!r} configs are loaded by ecomjax.train, not load_config")
+    return _build(Config, tree, "")
 
 
 def save_config(config: Config, path: str | Path) -> None:

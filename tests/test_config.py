@@ -69,21 +69,29 @@ def test_shipped_configs_load_and_roundtrip(tmp_path):
     assert {c.name for c in loaded} >= {
         "quickstart.yaml", "sasrec_beauty.yaml", "gru4rec_beauty.yaml", "sasrec_ml1m.yaml", "gru4rec_ml1m.yaml"
     }
-    from ecomjax.search.config import is_search_config, load_search_config
+    from ecomjax.config import declared_task
+    from ecomjax.ranking.config import load_ranker_config
+    from ecomjax.ranking.multi_behavior_config import load_multi_behavior_config
+    from ecomjax.search.config import load_search_config
 
-    searches = [c for c in loaded if is_search_config(c)]
-    assert {c.name for c in searches} == {"search_homedepot.yaml"}
-    for path in searches:
-        config = load_search_config(path)
+    loaders = {"search": load_search_config, "ranker": load_ranker_config,
+               "multi_behavior": load_multi_behavior_config, None: load_config}
+    tasks = {c.name: declared_task(c) for c in loaded}
+    assert {name for name, task in tasks.items() if task} == {"search_homedepot.yaml", "ranker_synthetic.yaml",
+                                                              "ranker_taobao.yaml"}
+    for path in loaded:
+        load = loaders[tasks[path.name]]
+        config = load(path)
+        if tasks[path.name] is None:
+            assert config.eval.exclude_history is True, path
         dumped = tmp_path / path.name
         dumped.write_text(yaml.safe_dump(config.to_dict()))
-        assert load_search_config(dumped) == config
-    for path in (c for c in loaded if c not in searches):
-        config = load_config(path)
-        assert config.eval.exclude_history is True, path
-        dumped = tmp_path / path.name
-        dumped.write_text(yaml.safe_dump(config.to_dict()))
-        assert load_config(dumped) == config
+        assert load(dumped) == config
+
+
+def test_an_unknown_task_is_named():
+    with pytest.raises(ConfigError, match=r"task: 'rankr' is not a task; tasks: \['multi_behavior', 'ranker', 'search'\]"):
+        load_config({"task": "rankr"})
 
 
 def test_parse_override_yaml_scalars():

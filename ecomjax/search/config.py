@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ecomjax.config import ConfigError, _build, config_tree
+from ecomjax.config import ConfigError, _build, config_tree, declared_task
 
 
 @dataclass
@@ -108,18 +108,8 @@ class SearchConfig:
 
 
 def is_search_config(source: Any) -> bool:
-    """Whether a YAML path or mapping declares ``task: search``."""
-    if isinstance(source, SearchConfig):
-        return True
-    if isinstance(source, dict):
-        return source.get("task") == "search"
-    if isinstance(source, str | Path) and Path(source).is_file():
-        try:
-            tree = yaml.safe_load(Path(source).read_text())
-        except yaml.YAMLError:
-            return False  # load_config reports the syntax error
-        return isinstance(tree, dict) and tree.get("task") == "search"
-    return False
+    """Whether a YAML path, mapping or config declares ``task: search``."""
+    return declared_task(source) == "search"
 
 
 def load_search_config(source: str | Path | dict | SearchConfig,

@@ -56,14 +56,16 @@ def epoch_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -
 
 
 def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_rows: np.ndarray,
-        evaluate: Callable[[nnx.Module], float], config: FitConfig) -> FitResult:
+        evaluate: Callable[[nnx.Module], float], config: FitConfig,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
     """Train ``model`` in place, leaving it at its best validation epoch.
 
     ``loss_fn(model, data, rows, key) -> scalar`` computes the training loss of one batch of
     row indices (dropout from ``key``). ``data`` (device arrays or an NNX module holding them) is
     passed into the compiled step as an argument: captured in a closure, hundreds of MB of
     features would be baked into the program as constants. ``evaluate(model) -> float`` is the
-    validation score (higher is better). Fewer rows than one batch is an error.
+    validation score (higher is better); ``on_epoch(record)`` sees each epoch's record as it
+    ends (progress logs). Fewer rows than one batch is an error.
     """
     if len(train_rows) < config.batch_size:
         raise ValueError(f"{len(train_rows)} training rows are fewer than one batch of "
@@ -100,6 +102,8 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
         if not np.isfinite(score):
             raise FloatingPointError(f"validation score is {score} after epoch {epoch}")
         result.history.append({"epoch": epoch, "loss": loss, "valid": score})
+        if on_epoch is not None:
+            on_epoch(result.history[-1])
         result.epochs_run = epoch
         if score > result.best_score:
             result.best_epoch, result.best_score = epoch, score

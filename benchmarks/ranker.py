@@ -1,0 +1,179 @@
+"""Satisfaction ranker: quality per model and head against the Bayes ceiling, the GBDT baseline,
+ESMM against a clicked-only CVR model, train time and inference latency; Taobao cart + buy.
+
+1. **Synthetic impressions** (``configs/ranker_synthetic.yaml``, true probabilities known):
+   AutoInt + MMoE + ESMM (with the LightGBM baseline and a clicked-only CVR model trained in the
+   same run, same splits), DCN-v2 + MMoE and AutoInt + shared bottom. Per head: AUC, GAUC, log
+   loss, calibration; CVR over all impressions against the counterfactual label; NDCG@10 of lists
+   re-ranked by the satisfaction score against the true expected satisfaction. The true
+   probabilities are scored the same way: the Bayes-optimal row.
+2. **Latency**: all heads of one model at batch 1 and 512 (p50 / p99 over warm calls; compile
+   apart), for the neural rankers (jitted forward) and the LightGBM heads.
+3. **Taobao** (``configs/ranker_taobao.yaml``): buy HR@10 / NDCG@10 on ``buy.test`` for
+   popularity, MF, the multi-behaviour model trained on buy alone and on cart + buy.
+
+Run it alone (2 cores: a second job doubles every number):
+
+    python benchmarks/ranker.py            # writes benchmarks/results/ranker.json
+    python benchmarks/ranker.py --reuse    # tables and latency from the workdirs trained before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from ecomjax.bench.report import print_table, write_results  # noqa: E402
+from ecomjax.bench.timing import percentiles  # noqa: E402
+
+VARIANTS = {  # name -> overrides of configs/ranker_synthetic.yaml
+    "autoint_mmoe_esmm": {},
+    "dcnv2_mmoe_esmm": {"model.interaction": "dcnv2", "baselines.gbdt": False, "baselines.clicked_only_cvr": False},
+    "autoint_shared_bottom_esmm": {"model.sharing": "shared_bottom", "baselines.gbdt": False,
+                                   "baselines.clicked_only_cvr": False},
+}
+
+
+def _row(name: str, m: dict, train_seconds: float | None) -> dict:
+    click, purchase, cvr = m.get("click", {}), m.get("purchase", {}), m.get("cvr", {})
+    return {"model": name, "ctr_auc": click.get("auc"), "ctr_gauc": click.get("gauc"),
+            "ctr_logloss": click.get("log_loss"), "ctr_calibration": click.get("calibration"),
+            "ctr_ece": click.get("ece"), "ctcvr_auc": purchase.get("auc"), "ctcvr_logloss": purchase.get("log_loss"),
+            "cvr_auc_all": cvr.get("auc_all"), "cvr_logloss_all": cvr.get("log_loss_all"),
+            "cvr_calibration_all": cvr.get("calibration_all"), "cvr_auc_clicked": cvr.get("auc_clicked"),
+            "dwell_rmse_log": m.get("dwell", {}).get("rmse_log"),
+            "ndcg@10_true": m.get("satisfaction", {}).get("ndcg@10_true"), "train_seconds": train_seconds}
+
+
+QUALITY_COLUMNS = ["model", "ctr_auc", "ctr_gauc", "ctr_logloss", "ctr_calibration", "ctcvr_auc", "cvr_auc_all",
+                   "cvr_logloss_all", "cvr_calibration_all", "dwell_rmse_log", "ndcg@10_true", "train_seconds"]
+
+
+def synthetic(runs: Path, epochs: int | None, reuse: bool) -> tuple[list[dict], dict]:
+    from ecomjax.ranking.config import load_ranker_config
+    from ecomjax.ranking.train import train_ranker
+
+    rows, workdirs = [], {}
+    bayes = None
+    for name, overrides in VARIANTS.items():
+        extra = {"workdir": str(runs / name), **overrides}
+        if epochs:
+            extra["train.epochs"] = epochs
+        config = load_ranker_config(ROOT / "configs/ranker_synthetic.yaml", extra)
+        saved = runs / name / "metrics.json"
+        if reuse and saved.is_file():  # same config, trained by an earlier run of this script
+            print(f"reusing {saved}", flush=True)
+            metrics = json.loads(saved.read_text())
+        else:
+            print(f"training {name} ...", flush=True)
+            metrics = train_ranker(config).metrics
+        workdirs[name] = runs / name
+        rows.append(_row(name, metrics["test"], metrics["train_seconds"]))
+        for base, m in metrics.get("baselines", {}).items():
+            rows.append(_row(f"{base}", m, m.get("train_seconds")))
+        bayes = metrics.get("bayes", bayes)
+    rows.append(_row("bayes_optimal (true p)", bayes, None))
+    return rows, workdirs
+
+
+def _timed(fn, calls: int) -> dict:
+    fn()  # warm
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    p = percentiles(samples)
+    return {"p50_ms": 1e3 * p[50.0], "p99_ms": 1e3 * p[99.0], "calls": calls}
+
+
+def latency(workdirs: dict[str, Path]) -> list[dict]:
+    """All heads for ``batch`` candidates: the features already on the device, one compiled call
+    (``RankerScorer``: split graph, ``jax.jit`` over the state), warm; LightGBM on host arrays."""
+    import jax
+    import lightgbm as lgb
+
+    from ecomjax.ranking.gbdt import tree_features
+    from ecomjax.ranking.train import load_impressions
+    from ecomjax.serve.ranker import RankerScorer
+
+    rows = []
+    data = None
+    for name, workdir in workdirs.items():
+        scorer = RankerScorer(workdir)
+        if data is None:
+            data, splits = load_impressions(scorer.config)
+            test = splits["test"]
+        for batch in (1, 512):
+            take = test[:batch]
+            args = [jax.device_put(a) for a in (data.categorical[take], data.numeric[take], data.sequences[take])]
+            start = time.perf_counter()
+            jax.block_until_ready(scorer(*args))
+            first = time.perf_counter() - start
+            timing = _timed(lambda args=args, scorer=scorer: jax.block_until_ready(scorer(*args)),
+                            2000 if batch == 1 else 300)
+            rows.append({"model": name, "batch": batch, **timing, "first_call_s": first})
+    gbdt_dir = workdirs["autoint_mmoe_esmm"] / "gbdt"
+    if gbdt_dir.is_dir():
+        boosters = [lgb.Booster(model_file=str(p)) for p in sorted(gbdt_dir.glob("*.txt"))]
+        x, _, _, _ = tree_features(data.take(test[:512]))
+        for batch in (1, 512):
+            rows.append({"model": f"gbdt ({len(boosters)} boosters)", "batch": batch,
+                         **_timed(lambda batch=batch: [b.predict(x[:batch]) for b in boosters],
+                                  500 if batch == 1 else 100), "first_call_s": None})
+    return rows
+
+
+def taobao(workdir: Path) -> list[dict]:
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.is_file():
+        import ecomjax
+
+        ecomjax.train(ROOT / "configs/ranker_taobao.yaml", workdir=str(workdir))
+    m = json.loads(metrics_path.read_text())
+    rows = []
+    for name, values in [*m.get("baselines", {}).items(), *m.get("ablations", {}).items(),
+                         ("multi_behavior (cart + buy)", m)]:
+        test = values.get("test", values)
+        rows.append({"model": name, "hr@10": test.get("hr@10"), "ndcg@10": test.get("ndcg@10"),
+                     "train_seconds": values.get("train_seconds")})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/bench_ranker", help="where the trained workdirs go")
+    parser.add_argument("--epochs", type=int, help="override train.epochs (quick checks)")
+    parser.add_argument("--taobao-workdir", default="runs/ranker_taobao")
+    parser.add_argument("--skip-taobao", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the metrics of workdirs already trained under --runs instead of training")
+    args = parser.parse_args()
+    runs = ROOT / args.runs
+    quality, workdirs = synthetic(runs, args.epochs, args.reuse)
+    print_table(quality, QUALITY_COLUMNS, title="Synthetic impressions: test quality per model and head")
+    timing = latency(workdirs)
+    print_table(timing, ["model", "batch", "p50_ms", "p99_ms", "calls", "first_call_s"],
+                title="Inference latency, all heads (ms)")
+    payload = {"synthetic": quality, "latency": timing,
+               "protocol": {"config": "configs/ranker_synthetic.yaml", "split": "by request 70/10/20",
+                            "cvr_auc_all": "pCVR over every test impression against the counterfactual would_buy"}}
+    if not args.skip_taobao:
+        payload["taobao"] = taobao(ROOT / args.taobao_workdir)
+        print_table(payload["taobao"], ["model", "hr@10", "ndcg@10", "train_seconds"],
+                    title="Taobao: buy HR@10 / NDCG@10 on buy.test (full ranking)")
+    path = write_results("ranker", payload)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

@@ -1,0 +1,228 @@
+"""Satisfaction ranker: impressions and their funnel, losses, model variants, file readers, runs."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import real_data
+from flax import nnx
+
+from ecomjax.config import ConfigError, SyntheticConfig
+from ecomjax.data.sequences import DataFormatError
+from ecomjax.models.ranker import MultiTaskRanker
+from ecomjax.ranking.config import load_ranker_config
+from ecomjax.ranking.ctr_files import read_ctr_files
+from ecomjax.ranking.impressions import ImpressionConfig, generate_impressions
+from ecomjax.ranking.losses import esmm_purchase_loss, log_ctcvr, ranker_losses
+from ecomjax.ranking.schema import split_by_group
+from ecomjax.ranking.train import device_data, load_impressions, load_ranker, predict, train_ranker
+
+SMALL_SHOP = SyntheticConfig(num_users=300, num_items=200, num_categories=8)
+
+
+@pytest.fixture(scope="module")
+def impressions():
+    return generate_impressions(SMALL_SHOP, ImpressionConfig(num_requests=3000, list_size=8, seed=1))
+
+
+def test_impressions_follow_the_funnel(impressions):
+    d = impressions
+    assert len(d) == 24000 and d.schema.num_fields == 12
+    assert not ((d.purchase > 0) & (d.click == 0)).any()  # no purchase without a click
+    assert not ((d.dwell > 0) & (d.click == 0)).any() and (d.dwell[d.click > 0] > 0).all()
+    np.testing.assert_array_equal(d.purchase, d.click * d.truth["would_buy"])
+    positions = d.categorical[:, d.schema.index("position")].reshape(-1, 8)
+    assert (np.sort(positions, axis=1) == np.arange(1, 9)).all()
+    items = d.categorical[:, d.schema.index("item")].reshape(-1, 8)
+    assert all(len(set(row)) == 8 for row in items)  # no item twice in a list
+    # position bias: the same impressions shown first are more likely clicked
+    assert (d.truth["p_click_top"] >= d.truth["p_click"] - 1e-12).all()
+    top = positions.reshape(-1) == 1
+    assert d.click[top].mean() > d.click[positions.reshape(-1) == 8].mean()
+    again = generate_impressions(SMALL_SHOP, ImpressionConfig(num_requests=3000, list_size=8, seed=1))
+    np.testing.assert_array_equal(again.click, d.click)
+
+
+def test_validate_refuses_a_purchase_without_click(impressions):
+    d = impressions.take(np.arange(100))
+    d.purchase = d.purchase.copy()
+    row = int(np.flatnonzero(d.click == 0)[0])
+    d.purchase[row] = 1
+    with pytest.raises(ValueError, match=f"purchase without a click \\(first: row {row}\\)"):
+        d.validate()
+
+
+def test_drop_fields_removes_a_feature_and_names_unknown_ones(impressions):
+    from ecomjax.ranking.schema import drop_fields
+
+    dropped = drop_fields(impressions, ["user", "log_price"])
+    assert [f.name for f in dropped.schema.categorical][:2] == ["segment", "device"]
+    assert dropped.schema.numeric == ("log_popularity",) and dropped.categorical.shape[1] == 8
+    np.testing.assert_array_equal(dropped.users, impressions.users)  # GAUC still groups by user
+    with pytest.raises(ValueError, match="no field"):
+        drop_fields(impressions, ["usr"])
+    with pytest.raises(ValueError, match="holds the table of sequence"):
+        drop_fields(impressions, ["category"])
+
+
+def test_split_keeps_requests_whole(impressions):
+    splits = split_by_group(impressions, 0.1, 0.2, seed=0)
+    sides = [set(impressions.groups[rows]) for rows in splits.values()]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert sum(len(r) for r in splits.values()) == len(impressions)
+
+
+def test_esmm_loss_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=64) * 3, rng.normal(size=64) * 3
+    y = (rng.random(64) < 0.2).astype(np.float32)
+    p = 1 / (1 + np.exp(-a)) / (1 + np.exp(-b))
+    expected = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    got = esmm_purchase_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(y))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    log_p, log_not_p = log_ctcvr(jnp.array([40.0, -40.0]), jnp.array([40.0, -40.0]))
+    assert np.isfinite(np.asarray(log_p)).all() and np.isfinite(np.asarray(log_not_p)).all()
+
+
+def test_dwell_and_clicked_only_losses_ignore_unclicked_rows():
+    click = jnp.array([1.0, 0.0, 1.0, 0.0])
+    batch = {"click": click, "purchase": jnp.array([1.0, 0.0, 0.0, 0.0]), "log_dwell": jnp.array([3.0, 0.0, 4.0, 0.0])}
+    outputs = {"click": jnp.zeros(4), "purchase": jnp.zeros(4), "dwell": jnp.array([3.5, 9.0, 4.0, -9.0])}
+    losses = ranker_losses(outputs, batch, "clicked_only")
+    assert float(losses["dwell"]) == pytest.approx((0.5 ** 2 + 0.0) / 2)  # mean over the 2 clicked rows
+
+    def cvr_loss(logits):
+        return ranker_losses({**outputs, "purchase": logits}, batch, "clicked_only")["purchase"]
+
+    grad = jax.grad(cvr_loss)(jnp.zeros(4))
+    assert float(grad[1]) == 0.0 and float(grad[3]) == 0.0 and float(grad[0]) != 0.0
+    esmm_grad = jax.grad(lambda z: ranker_losses({**outputs, "purchase": z}, batch, "esmm")["purchase"])(jnp.zeros(4))
+    assert float(esmm_grad[1]) != 0.0  # ESMM learns pCVR from every impression
+
+
+@pytest.mark.parametrize("interaction", ["autoint", "dcnv2"])
+@pytest.mark.parametrize("sharing", ["shared_bottom", "mmoe"])
+def test_ranker_variants_give_one_output_per_task(impressions, interaction, sharing):
+    model = MultiTaskRanker(impressions.schema, ("click", "purchase", "dwell"), interaction=interaction,
+                            sharing=sharing, embed_dim=8, attention_dim=8, deep=(16,), expert_hidden=(16,),
+                            tower_hidden=(8,), cross_rank=4 if sharing == "mmoe" else 0,
+                            initial_bias={"dwell": 3.0}, rngs=nnx.Rngs(0))
+    d = device_data(impressions)
+    out = model(d["categorical"][:5], d["numeric"][:5], d["sequences"][:5])
+    assert set(out) == {"click", "purchase", "dwell"} and all(v.shape == (5,) for v in out.values())
+    # the history field shares the category table: one table, no separate sequence table
+    assert len(model.embedding.sequence_tables) == 0
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.interation'"):
+        load_ranker_config({"task": "ranker", "model": {"interation": "dcnv2"}})
+    with pytest.raises(ConfigError, match=r"model\.sharing"):
+        load_ranker_config({"task": "ranker"}, ["model.sharing=moe"])
+    with pytest.raises(ConfigError, match=r"needs data\.path"):
+        load_ranker_config({"task": "ranker"}, ["data.source=criteo"])
+
+
+def _tiny(tmp_path, **extra):
+    overrides = {"workdir": str(tmp_path / "run"), "data.synthetic.num_users": 300, "data.synthetic.num_items": 200,
+                 "data.synthetic.num_categories": 8, "data.impressions.num_requests": 2500,
+                 "model.embed_dim": 8, "model.attention_dim": 16, "model.attention_layers": 1,
+                 "model.expert_hidden": [32], "model.tower_hidden": [16], "train.epochs": 3,
+                 "train.batch_size": 512, "baselines.gbdt_rounds": 100, **extra}
+    return load_ranker_config("configs/ranker_synthetic.yaml", overrides)
+
+
+def test_train_ranker_end_to_end_and_reload(tmp_path):
+    run = train_ranker(_tiny(tmp_path))
+    m = json.loads((run.workdir / "metrics.json").read_text())
+    assert m["tasks"] == ["click", "purchase", "dwell"]
+    assert 0.6 < m["test"]["click"]["auc"] <= m["bayes"]["click"]["auc"] + 0.02
+    assert set(m["baselines"]) == {"gbdt", "cvr_clicked_only"}
+    assert "auc_all" in m["baselines"]["cvr_clicked_only"]["cvr"]
+    assert 0 < m["test"]["satisfaction"]["ndcg@10_true"] <= 1
+    lines = (run.workdir / "history.jsonl").read_text().splitlines()
+    assert len(lines) == m["epochs_run"]
+    model, schema, config, sigma = load_ranker(run.workdir)
+    assert "user" not in [f.name for f in schema.categorical]  # the config drops it
+    d = device_data(load_impressions(config)[0])
+    rows = np.arange(64)
+    a, b = predict(run.model, d, schema, rows), predict(model, d, schema, rows)
+    np.testing.assert_allclose(a.click, b.click, rtol=1e-6)
+    assert sigma > 0
+    from ecomjax.serve.ranker import RankerScorer
+
+    scorer = RankerScorer(run.workdir)  # the serving path gives the evaluation's probabilities
+    data = load_impressions(config)[0]
+    served = scorer(data.categorical[rows], data.numeric[rows], data.sequences[rows])
+    np.testing.assert_allclose(np.asarray(served["click"]), b.click, rtol=1e-5)
+    satisfaction = scorer.satisfaction(data.categorical[rows], data.numeric[rows], data.sequences[rows])
+    assert satisfaction.shape == (64,) and (satisfaction > 0).all()
+    import ecomjax
+
+    again = ecomjax.evaluate(run.workdir)  # re-scored from the workdir alone
+    assert again["test"]["click"]["auc"] == pytest.approx(m["test"]["click"]["auc"], abs=1e-6)
+    assert (run.workdir / "eval" / "metrics.json").is_file()
+
+
+def test_cli_trains_a_ranker_config(tmp_path, capsys):
+    from ecomjax.cli import main
+
+    config = _tiny(tmp_path, **{"train.epochs": 1, "baselines.gbdt": False, "baselines.clicked_only_cvr": False,
+                                "model.interaction": "dcnv2", "model.sharing": "shared_bottom"})
+    path = tmp_path / "ranker.yaml"
+    from ecomjax.ranking.config import save_ranker_config
+
+    save_ranker_config(config, path)
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "dcnv2_shared_bottom_esmm" in out and "bayes (truth)" in out
+
+
+def test_ctr_sample_formats_read(tmp_path):
+    ali = real_data("ctr-samples/ali_ccp_train_sample.csv")
+    data, splits = read_ctr_files("ali_ccp", ali, {"valid": ali.with_name("ali_ccp_val_sample.csv"),
+                                                   "test": ali.with_name("ali_ccp_test_sample.csv")})
+    assert {k: len(v) for k, v in splits.items()} == {"train": 100, "valid": 50, "test": 50}
+    assert len(data.schema.categorical) == 23 and len(data.schema.numeric) == 8
+    assert data.purchase is not None and not ((data.purchase > 0) & (data.click == 0)).any()
+    assert (data.categorical[splits["train"]] > 0).any() and (data.categorical[splits["test"]] == 0).any()
+    mtl = real_data("ctr-samples/data_tiny_mtl_train.csv")
+    data, splits = read_ctr_files("aliexpress", mtl, {"test": mtl.with_name("data_tiny_mtl_test.csv")})
+    assert len(data.schema.categorical) == 16 and len(data.schema.numeric) == 63
+    assert len(np.unique(data.groups)) > 50  # search_id groups
+    criteo = real_data("ctr-samples/criteo_sample.txt")
+    data, _ = read_ctr_files("criteo", criteo, {})
+    assert data.purchase is None and len(data.schema.categorical) == 26 and np.isfinite(data.numeric).all()
+
+
+def test_ctr_file_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("click,purchase,101,D1\n1,0,5,0.5\n0,1,6,0.1\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:3: purchase=1 with click=0"):
+        read_ctr_files("ali_ccp", bad, {})
+    bad.write_text("click,purchase,101,D1\n1,0,5,0.5\n0,0,6\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:3: 3 fields, the header has 4"):
+        read_ctr_files("ali_ccp", bad, {})
+    bad.write_text("click,purchase,101,D1\n1,0,5,abc\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:2: numeric field 'D1' is not a number: 'abc'"):
+        read_ctr_files("ali_ccp", bad, {})
+    bad.write_text("click,purchase,101,D1\n2,0,5,1\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:2: label 'click' must be 0 or 1, got '2'"):
+        read_ctr_files("ali_ccp", bad, {})
+
+
+def test_ranker_trains_on_the_ali_ccp_sample(tmp_path):
+    ali = real_data("ctr-samples/ali_ccp_train_sample.csv")
+    config = load_ranker_config({"task": "ranker"}, {
+        "workdir": str(tmp_path / "ali"), "data.source": "ali_ccp", "data.path": str(ali),
+        "data.valid_path": str(ali.with_name("ali_ccp_val_sample.csv")),
+        "data.test_path": str(ali.with_name("ali_ccp_test_sample.csv")), "train.batch_size": 32,
+        "train.epochs": 2, "model.embed_dim": 4, "model.attention_dim": 8, "baselines.gbdt": False,
+        "baselines.clicked_only_cvr": False})
+    run = train_ranker(config)
+    assert run.metrics["tasks"] == ["click", "purchase"]
+    assert np.isfinite(run.metrics["test"]["click"]["log_loss"])
