@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from ecomjax.bench.report import print_table, write_results  # noqa: E402
-from ecomjax.bench.timing import percentiles  # noqa: E402
+from ecomjax.bench.timing import time_callable  # noqa: E402
 
 VARIANTS = {  # name -> overrides of configs/ranker_synthetic.yaml
     "autoint_mmoe_esmm": {},
@@ -95,14 +95,9 @@ def synthetic(runs: Path, epochs: int | None, reuse: bool) -> tuple[list[dict], 
 
 
 def _timed(fn, calls: int) -> dict:
-    fn()  # warm
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    p = percentiles(samples)
-    return {"p50_ms": 1e3 * p[50.0], "p99_ms": 1e3 * p[99.0], "calls": calls}
+    """p50 / p99 ms of warm calls (``ecomjax.bench.timing.time_callable``; ``fn`` blocks itself)."""
+    timing = time_callable(fn, warmup=1, iters=calls)
+    return {"p50_ms": 1e3 * timing.p50, "p99_ms": 1e3 * timing.p99, "calls": calls}
 
 
 def latency(workdirs: dict[str, Path]) -> list[dict]:

@@ -408,5 +408,7 @@ def load_config(
     return _build(Config, tree, "")
 
 
-def save_config(config: Config, path: str | Path) -> None:
+def save_config(config: Any, path: str | Path) -> None:
+    """Write any config schema (``Config``, ``SearchConfig``, ``RankerConfig``, ...) as the YAML
+    its loader reads back."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

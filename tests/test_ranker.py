@@ -174,9 +174,9 @@ def test_cli_trains_a_ranker_config(tmp_path, capsys):
     config = _tiny(tmp_path, **{"train.epochs": 1, "baselines.gbdt": False, "baselines.clicked_only_cvr": False,
                                 "model.interaction": "dcnv2", "model.sharing": "shared_bottom"})
     path = tmp_path / "ranker.yaml"
-    from ecomjax.ranking.config import save_ranker_config
+    from ecomjax.config import save_config
 
-    save_ranker_config(config, path)
+    save_config(config, path)
     assert main(["train", str(path)]) == 0
     out = capsys.readouterr().out
     assert "dcnv2_shared_bottom_esmm" in out and "bayes (truth)" in out

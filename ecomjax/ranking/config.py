@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ecomjax.config import ConfigError, SyntheticConfig, _build, config_tree, declared_task
 from ecomjax.ranking.impressions import ImpressionConfig
 from ecomjax.tasks.fit import FitConfig
@@ -128,6 +126,3 @@ def load_ranker_config(source: str | Path | dict | RankerConfig,
                        overrides: list[str] | dict[str, Any] | None = None) -> RankerConfig:
     return _build(RankerConfig, config_tree(source, overrides), "")
 
-
-def save_ranker_config(config: RankerConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -81,12 +81,12 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ecomjax.config import save_config
 from ecomjax.models.multi_behavior import MultiBehaviorRecommender
 from ecomjax.ranking.multi_behavior_config import (
     TARGET_BEHAVIOR,
     MultiBehaviorConfig,
     load_multi_behavior_config,
-    save_multi_behavior_config,
 )
 from ecomjax.ranking.multi_behavior_eval import (
     ValidationSplit,
@@ -357,7 +357,7 @@ def train_multi_behavior(config: MultiBehaviorConfig | str | Path | dict,
         config = load_multi_behavior_config(config)
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_multi_behavior_config(config, workdir / "config.yaml")
+    save_config(config, workdir / "config.yaml")
     if data is None:
         data = load_taobao(config.data.path)
     split = split_validation(data, config.data.valid_users, config.seed)

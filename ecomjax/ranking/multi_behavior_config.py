@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ecomjax.config import ConfigError, _build, config_tree, declared_task
 
 Behavior = Literal["cart", "buy"]
@@ -159,7 +157,3 @@ def load_multi_behavior_config(source: str | Path | dict | MultiBehaviorConfig |
                                ) -> MultiBehaviorConfig:
     """Resolve a config from a YAML path, a mapping or a config, then apply dotted overrides."""
     return _build(MultiBehaviorConfig, config_tree(source, overrides), "")
-
-
-def save_multi_behavior_config(config: MultiBehaviorConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

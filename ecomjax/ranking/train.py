@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.config import save_config
 from ecomjax.eval.classification import log_loss
 from ecomjax.models.ranker import MultiTaskRanker
-from ecomjax.ranking.config import RankerConfig, TaskWeights, save_ranker_config
+from ecomjax.ranking.config import RankerConfig, TaskWeights
 from ecomjax.ranking.evaluate import Predictions, evaluate_predictions, true_predictions
 from ecomjax.ranking.impressions import generate_impressions
 from ecomjax.ranking.losses import ranker_losses, weighted_total
@@ -106,10 +107,14 @@ def _forward(model: MultiTaskRanker, data: dict, rows: jax.Array) -> dict[str, j
     return model(data["categorical"][rows], data["numeric"][rows], data["sequences"][rows])
 
 
+def head_probabilities(outputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Click / purchase logits -> probabilities; dwell stays the mean log seconds."""
+    return {k: (jax.nn.sigmoid(v) if k != "dwell" else v) for k, v in outputs.items()}
+
+
 @nnx.jit
 def _predict_batch(model: MultiTaskRanker, data: dict, rows: jax.Array) -> dict[str, jax.Array]:
-    out = _forward(model, data, rows)
-    return {k: (jax.nn.sigmoid(v) if k != "dwell" else v) for k, v in out.items()}
+    return head_probabilities(_forward(model, data, rows))
 
 
 def top_position(data: dict[str, jax.Array], schema: FeatureSchema) -> dict[str, jax.Array]:
@@ -121,12 +126,16 @@ def top_position(data: dict[str, jax.Array], schema: FeatureSchema) -> dict[str,
 
 
 def predict(model: MultiTaskRanker, data: dict[str, jax.Array], schema: FeatureSchema, rows: np.ndarray,
-            dwell_sigma: float = 0.0, batch_size: int = 4096) -> Predictions:
+            dwell_sigma: float = 0.0, batch_size: int = 4096, position_free: bool = True) -> Predictions:
+    """Head probabilities of ``rows``; ``position_free`` also scores them as if shown first
+    (``click_top``, what satisfaction ranking needs: a second pass, skipped for losses)."""
     out = map_row_batches(_predict_batch, model, data, rows, batch_size)
-    top = map_row_batches(_predict_batch, model, top_position(data, schema), rows, batch_size) if "click" in out else {}
+    position_free = position_free and "click" in out
+    top = map_row_batches(_predict_batch, model, top_position(data, schema), rows, batch_size) if position_free else {}
     pred = Predictions(dwell_sigma=dwell_sigma)
     if "click" in out:
-        pred.click, pred.click_top = out["click"].astype(np.float64), top["click"].astype(np.float64)
+        pred.click = out["click"].astype(np.float64)
+        pred.click_top = top["click"].astype(np.float64) if position_free else None
     if "purchase" in out:
         pred.cvr = out["purchase"].astype(np.float64)
         if pred.click is not None:
@@ -178,8 +187,8 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
         valid = valid[data.click[valid] > 0]
 
     def evaluate(model) -> float:
-        return -validation_loss(predict(model, device, data.schema, valid), data, valid, config.loss.weights,
-                                cvr_mode)
+        return -validation_loss(predict(model, device, data.schema, valid, position_free=False), data, valid,
+                                config.loss.weights, cvr_mode)
 
     if history_path is not None:
         history_path.write_text("")
@@ -207,7 +216,7 @@ def dwell_spread(pred: Predictions, data: ImpressionData, rows: np.ndarray) -> f
 def train_ranker(config: RankerConfig) -> RankerRun:
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_ranker_config(config, workdir / "config.yaml")
+    save_config(config, workdir / "config.yaml")
     data, splits = load_impressions(config)
     device = device_data(data)
     tasks = heads_of(data)
@@ -215,8 +224,8 @@ def train_ranker(config: RankerConfig) -> RankerRun:
     dwell_noise = config.data.impressions.dwell_noise if data.truth else None
 
     model, info = train_heads(config, data, device, splits, tasks, workdir / "history.jsonl")
-    sigma = dwell_spread(predict(model, device, data.schema, splits["train"][:200_000]), data,
-                         splits["train"][:200_000])
+    sample = splits["train"][:200_000]
+    sigma = dwell_spread(predict(model, device, data.schema, sample, position_free=False), data, sample)
     start = time.perf_counter()
     pred = predict(model, device, data.schema, test, sigma)
     predict_seconds = time.perf_counter() - start

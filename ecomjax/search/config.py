@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ecomjax.config import ConfigError, _build, config_tree, declared_task
 
 
@@ -115,7 +113,3 @@ def is_search_config(source: Any) -> bool:
 def load_search_config(source: str | Path | dict | SearchConfig,
                        overrides: list[str] | dict[str, Any] | None = None) -> SearchConfig:
     return _build(SearchConfig, config_tree(source, overrides), "")
-
-
-def save_search_config(config: SearchConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

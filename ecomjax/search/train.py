@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ecomjax.config import save_config
 from ecomjax.data.sequences import resolve_data_path
-from ecomjax.search.config import SearchConfig, save_search_config
+from ecomjax.search.config import SearchConfig
 from ecomjax.search.metrics import relevance_metrics
 from ecomjax.search.relevance import (
     RelevanceData,
@@ -84,7 +85,7 @@ def train_search(config: SearchConfig) -> SearchRun:
 
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_search_config(config, workdir / "config.yaml")
+    save_config(config, workdir / "config.yaml")
     data, splits = load_splits(config)
     print(f"relevance: {len(data)} pairs; " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     timings: dict[str, float] = {}

@@ -22,15 +22,14 @@ class RankerScorer:
     """``scorer(categorical, numeric, sequences) -> {"click", "cvr", "dwell_log", "satisfaction"}``."""
 
     def __init__(self, workdir: str | Path):
-        from ecomjax.ranking.train import load_ranker
+        from ecomjax.ranking.train import head_probabilities, load_ranker
 
         model, self.schema, self.config, self.dwell_sigma = load_ranker(workdir)
         graphdef, self.state = nnx.split(model)
         self.tasks = model.tasks
 
         def forward(state, categorical, numeric, sequences):
-            outputs = nnx.merge(graphdef, state)(categorical, numeric, sequences)
-            return {k: (jax.nn.sigmoid(v) if k != "dwell" else v) for k, v in outputs.items()}
+            return head_probabilities(nnx.merge(graphdef, state)(categorical, numeric, sequences))
 
         self._forward = jax.jit(forward)
 
