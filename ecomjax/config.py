@@ -165,6 +165,49 @@ class MeshConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """Post-training int8 quantization (``ecomjax.efficiency.quantize``): after training the run
+    evaluates the quantized model beside the float one and saves it for serving."""
+
+    weights: Literal["none", "int8"] = "none"  # int8: dense kernels (scale per output channel) + tables (scale per row)
+    activations: Literal["none", "int8"] = "int8"  # int8: matmul inputs quantized per row at run time (int8 kernels); none: weight-only
+    tables: bool = True  # int8 embedding tables (the item table: lookups and catalogue scores)
+    min_table_rows: int = 256  # smaller tables (positions) stay float32: a rounding error of the bytes
+    module_path: str = ".*"  # regex of the module paths whose dense layers qwix quantizes
+
+
+@dataclass
+class PruneConfig:
+    """Pruning during training (``ecomjax.efficiency.prune``): an optax transformation after the
+    optimizer keeps pruned weights at zero; sparsity follows Zhu & Gupta's cubic schedule."""
+
+    sparsity: float = 0.0  # final fraction pruned in every targeted tensor; 0 = off
+    method: Literal["magnitude", "neurons"] = "magnitude"  # neurons: whole feed-forward units (structured)
+    begin_fraction: float = 0.1  # of the planned steps: first pruning step
+    end_fraction: float = 0.6  # of the planned steps: target sparsity reached (checkpoints are selected after)
+    frequency: int = 50  # steps between mask updates
+    targets: str = r"(kernel|embedding)$"  # magnitude: regex of the parameter paths pruned
+    scope: Literal["tensor", "global"] = "tensor"  # magnitude: sparsity per tensor, or one threshold over all
+
+
+@dataclass
+class DistillConfig:
+    """Teacher -> student training (``ecomjax.efficiency.distill``): the run's model learns from
+    the next-item labels and from a finished run's catalogue distribution."""
+
+    teacher: str | None = None  # workdir of a finished recommender run on the same data; null = off
+    weight: float = 0.5  # loss = (1 - weight) * cross-entropy + weight * T^2 * KL(teacher || student)
+    temperature: float = 2.0  # softens both distributions: the teacher's near-misses carry weight
+
+
+@dataclass
+class EfficiencyConfig:
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
 class Config:
     """A whole run: what to train on, what to train, how, and where to write."""
 
@@ -176,6 +219,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,6 +258,13 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.ks": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.sampled_negatives": (lambda v: v >= 0, "an integer >= 0"),
+    "efficiency.quantize.min_table_rows": (lambda v: v >= 1, "an integer >= 1"),
+    "efficiency.prune.sparsity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "efficiency.prune.begin_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "efficiency.prune.end_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "efficiency.prune.frequency": (lambda v: v >= 1, "an integer >= 1"),
+    "efficiency.distill.weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "efficiency.distill.temperature": (lambda v: v > 0, "a number > 0"),
 }
 
 

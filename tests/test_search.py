@@ -191,7 +191,8 @@ def test_search_config_rejects_unknown_keys(tmp_path):
 @pytest.fixture(scope="module")
 def trained_search(tmp_path_factory):
     """A full search run (all models, cross-encoder included) on 1,500 real Home Depot rows,
-    trained through the CLI with dotted overrides."""
+    trained through the CLI with dotted overrides; the cross-encoder through LoRA adapters,
+    merged into a plain encoder when saved (what serving then loads)."""
     from ecomjax.cli import main
 
     source = real_data("homedepot/train.csv")
@@ -205,7 +206,8 @@ def trained_search(tmp_path_factory):
     config.write_text(f"task: search\nworkdir: {root / 'run'}\ndata:\n  path: {small}\n"
                       "bi_encoder:\n  epochs: 3\n  batch_size: 64\n")
     assert main(["train", str(config), "cross_encoder.batch_size=16", "gbdt.max_rounds=100",
-                 "gbdt.early_stopping_rounds=20"]) == 0
+                 "gbdt.early_stopping_rounds=20", "cross_encoder.lora_rank=4",
+                 "cross_encoder.learning_rate=0.0005"]) == 0
     return root / "run", other
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -31,8 +30,7 @@ def make_evaluator(graphdef: nnx.GraphDef, config: EvalConfig, sampled: bool):
     def evaluate_batch(variables, items, positions, segments, history, targets, negatives, valid):
         model = nnx.merge(graphdef, *variables)
         hidden = model.encode(items, positions, segments, deterministic=True)[:, -1]
-        table = model.item_table()
-        scores = jnp.einsum("bd,nd->bn", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        scores = model.catalogue_scores(hidden)
         ranked = full_ranking_scores(scores, history if config.exclude_history else None, model.num_items)
         sums = rank_metric_sums(target_rank(ranked, targets), valid, ks)
         if sampled:

@@ -3,7 +3,8 @@
 Sequential recommenders share one interface: ``encode(items, positions, segments, *,
 deterministic, rngs) -> [B, L, D]`` hidden states, ``item_table() -> [R, D]`` output embeddings
 (``R = padded_vocab(num_items + 1)``: row 0 and rows past ``num_items`` are padding, never
-scored) and a ``num_items`` attribute. Parameters carry logical axis names
+scored), ``catalogue_scores(hidden) -> [B, R]`` (inference scores of every row; int8 after
+quantization) and a ``num_items`` attribute. Parameters carry logical axis names
 (``ecomjax.models.axes``) so any mesh can place them. New model = one module + one line in
 ``SEQUENTIAL_MODELS``.
 """

@@ -94,6 +94,10 @@ class GRU4Rec(nnx.Module):
     def item_table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         return self.item_embedding.table(deterministic=deterministic, rngs=rngs)
 
+    def catalogue_scores(self, hidden: jax.Array) -> jax.Array:
+        """``hidden [B, D] -> [B, R]`` float32 scores of every item-table row (inference)."""
+        return self.item_embedding.scores(hidden)
+
     def encode(
         self,
         items: jax.Array,

@@ -159,11 +159,26 @@ class ItemEmbedding(nnx.Module):
             return ids
         return self.id_dropout(ids, deterministic=deterministic, rngs=rngs)
 
+    def _id_table(self) -> jax.Array | None:
+        if self.ids is None:
+            return None
+        # an int8 table (ecomjax.efficiency.quantize.Int8Table) after post-training quantization
+        return self.ids.dequantize() if hasattr(self.ids, "dequantize") else self.ids.embedding[...]
+
     def table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         if self.fusion == "id":
-            return self.ids.embedding[...]
-        ids = None if self.ids is None else self.ids.embedding[...]
-        return self._combine(self._drop(ids, deterministic, rngs), self.text_vectors())
+            return self._id_table()
+        return self._combine(self._drop(self._id_table(), deterministic, rngs), self.text_vectors())
+
+    def scores(self, hidden: jax.Array) -> jax.Array:
+        """``hidden [..., D] -> [..., R]`` float32 scores of every table row (inference).
+
+        An int8 ID table scores in int8 itself (``Int8Table.scores``): the catalogue matmul is
+        most of a recommender's inference FLOPs."""
+        if self.fusion == "id" and hasattr(self.ids, "scores"):
+            return self.ids.scores(hidden)
+        table = self.table()
+        return jnp.einsum("...d,nd->...n", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
 
     def __call__(self, items: jax.Array, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -122,6 +122,10 @@ class SASRec(nnx.Module):
         (row 0 is padding; the rows past ``num_items`` only make the table divide over devices)."""
         return self.item_embedding.table(deterministic=deterministic, rngs=rngs)
 
+    def catalogue_scores(self, hidden: jax.Array) -> jax.Array:
+        """``hidden [B, D] -> [B, R]`` float32 scores of every item-table row (inference)."""
+        return self.item_embedding.scores(hidden)
+
     def encode(
         self,
         items: jax.Array,

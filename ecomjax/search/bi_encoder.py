@@ -72,6 +72,10 @@ class BiEncoderConfig:
     contrastive_weight: float = 0.5  # 0: regression only
     positive_grade: float = 2.5  # pairs at or above this grade are in-batch softmax positives
     fit: FitConfig | None = None
+    # distillation from a cross-encoder (data["teacher"]: its predicted grade per pair row): the
+    # regression loss becomes (1 - w) * MSE(grade) + w * MSE(teacher); the same gradient as
+    # regressing on the mixed target (1 - w) * grade + w * teacher, which is how it is computed
+    distill_weight: float = 0.0
 
 
 def bi_encoder_loss(config: BiEncoderConfig):
@@ -80,7 +84,10 @@ def bi_encoder_loss(config: BiEncoderConfig):
         q = model.embed_queries(data["query_vectors"][data["query_index"][rows]], deterministic=False, rngs=rngs)
         p = model.embed_products(data["product_vectors"][data["product_index"][rows]], deterministic=False, rngs=rngs)
         relevance = data["relevance"][rows]
-        regression = jnp.mean((model.grade(jnp.sum(q * p, axis=-1)) - relevance) ** 2)
+        target = relevance
+        if config.distill_weight:
+            target = (1.0 - config.distill_weight) * relevance + config.distill_weight * data["teacher"][rows]
+        regression = jnp.mean((model.grade(jnp.sum(q * p, axis=-1)) - target) ** 2)
         if not config.contrastive_weight:
             return regression
         logits = (q @ p.T) / jnp.exp(model.log_temperature[...])
@@ -111,7 +118,10 @@ def predict_pairs(model: BiEncoder, data: dict, rows: np.ndarray) -> np.ndarray:
 def train_bi_encoder(data: dict, train_rows: np.ndarray, valid_rows: np.ndarray,
                      config: BiEncoderConfig, seed: int = 0) -> tuple[BiEncoder, FitResult]:
     """``data``: ``query_vectors [Q, D]``, ``product_vectors [P, D]`` (frozen encoder outputs),
-    ``query_index``/``product_index``/``relevance`` per pair row. Early-stopped on validation RMSE."""
+    ``query_index``/``product_index``/``relevance`` per pair row (+ ``teacher`` scores to distil
+    from, with ``config.distill_weight``). Early-stopped on validation RMSE against the labels."""
+    if config.distill_weight and "teacher" not in data:
+        raise ValueError("bi-encoder distill_weight > 0 needs data['teacher']: the teacher's score per pair row")
     width = data["query_vectors"].shape[1]
     model = BiEncoder(width, config.hidden, config.dropout, rngs=nnx.Rngs(seed))
     relevance = np.asarray(data["relevance"])

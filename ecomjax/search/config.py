@@ -66,6 +66,12 @@ class CrossEncoderSection:
     batch_size: int = 32
     learning_rate: float = 5e-5
     patience: int = 1
+    # LoRA (ecomjax.efficiency.lora): 0 = full fine-tuning; N = rank-N adapters on the layers
+    # matching lora_targets, only adapters and head trained, merged into the weights when saved
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = r".*(attention/(query|key|value|output)|intermediate|output)"
+    lora_quantize_base: bool = False  # QLoRA: the frozen encoder in int8 while the adapters train
 
 
 @dataclass

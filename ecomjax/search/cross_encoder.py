@@ -81,13 +81,14 @@ def predict_pairs(model: CrossEncoder, data: dict, rows: np.ndarray, batch_size:
 
 
 def train_cross_encoder(data: dict, train_rows: np.ndarray, valid_rows: np.ndarray, model: CrossEncoder,
-                        fit_config: FitConfig) -> FitResult:
+                        fit_config: FitConfig, trainable: nnx.filterlib.Filter = nnx.Param) -> FitResult:
     """Fine-tune ``model`` in place on ``data`` (``tokenize_pairs`` + ``relevance``), early-stopped
-    on validation RMSE."""
+    on validation RMSE. ``trainable``: every parameter (full fine-tuning), or the adapters and the
+    head of a LoRA model (``ecomjax.efficiency.lora``)."""
     relevance = np.asarray(data["relevance"])
 
     def validate(m: CrossEncoder) -> float:
         predicted = predict_pairs(m, data, valid_rows)
         return -float(np.sqrt(np.mean((predicted - relevance[valid_rows]) ** 2)))
 
-    return fit(model, _loss, data, train_rows, validate, fit_config)
+    return fit(model, _loss, data, train_rows, validate, fit_config, trainable=trainable)

@@ -216,9 +216,19 @@ class SearchModels:
                                               self.config.seed)
         pairs = {k: jnp.asarray(v) for k, v in tokenize_pairs(tokenizer, queries, titles, c.max_length).items()}
         pairs["relevance"] = jnp.asarray(data.relevance)
-        result = train_cross_encoder(pairs, splits["base"], splits["valid"], model,
-                                     FitConfig(c.epochs, c.batch_size, c.learning_rate, weight_decay=0.01,
-                                               warmup_fraction=0.1, patience=c.patience, seed=self.config.seed))
+        fit_config = FitConfig(c.epochs, c.batch_size, c.learning_rate, weight_decay=0.01, warmup_fraction=0.1,
+                               patience=c.patience, seed=self.config.seed)
+        if c.lora_rank:
+            from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable, merge_lora
+
+            lora = LoraConfig(c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_quantize_base)
+            example = (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2])
+            adapted = apply_lora(model, lora, *example, seed=self.config.seed)
+            result = train_cross_encoder(pairs, splits["base"], splits["valid"], adapted, fit_config,
+                                         trainable=lora_trainable("head"))
+            model = merge_lora(adapted, model, lora)  # served (and saved) as a plain encoder
+        else:
+            result = train_cross_encoder(pairs, splits["base"], splits["valid"], model, fit_config)
         self.cross_encoder, self.cross_tokenizer = model, tokenizer
         scores = {name: predict_pairs(model, pairs, splits[name]) for name in ("stack", "valid")}
         timings["cross_encoder"] = time.perf_counter() - start

@@ -21,21 +21,33 @@ from flax import nnx
 
 
 class HistoryPersonalizer:
-    def __init__(self, workdir: str | Path):
-        from ecomjax.data import load_sequences
-        from ecomjax.train.restore import restore_run
+    """``quantized=True`` serves the int8 model the run saved (``efficiency.quantize``)."""
 
-        run = restore_run(workdir)
-        self.max_len = run.config.data.max_len
-        dataset = load_sequences(run.config.data)
+    def __init__(self, workdir: str | Path, quantized: bool = False):
+        from ecomjax.config import load_config
+        from ecomjax.data import load_sequences
+
+        if quantized:
+            from ecomjax.efficiency.quantize import load_quantized_recommender
+
+            config = load_config(Path(workdir) / "config.yaml")
+            graphdef, state = nnx.split(load_quantized_recommender(workdir))
+        else:
+            from ecomjax.train.restore import restore_run
+
+            run = restore_run(workdir)
+            config, graphdef = run.config, run.graphdef
+            state = (run.best_params, run.state["buffers"])
+            graphdef, state = nnx.split(nnx.merge(graphdef, *state))
+        self.max_len = config.data.max_len
+        dataset = load_sequences(config.data)
         self.index = {str(item): dense for dense, item in enumerate(dataset.item_ids) if dense > 0}
-        graphdef, params, buffers = run.graphdef, run.best_params, run.state["buffers"]
 
         @jax.jit
         def scores(items, positions, segments):
-            model = nnx.merge(graphdef, params, buffers)
+            model = nnx.merge(graphdef, state)
             hidden = model.encode(items, positions, segments)[:, -1]
-            return hidden @ model.item_table().T
+            return model.catalogue_scores(hidden)
 
         self._scores = scores
 

@@ -57,7 +57,8 @@ def epoch_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -
 
 def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_rows: np.ndarray,
         evaluate: Callable[[nnx.Module], float], config: FitConfig,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        trainable: nnx.filterlib.Filter = nnx.Param) -> FitResult:
     """Train ``model`` in place, leaving it at its best validation epoch.
 
     ``loss_fn(model, data, rows, key) -> scalar`` computes the training loss of one batch of
@@ -65,7 +66,9 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
     passed into the compiled step as an argument: captured in a closure, hundreds of MB of
     features would be baked into the program as constants. ``evaluate(model) -> float`` is the
     validation score (higher is better); ``on_epoch(record)`` sees each epoch's record as it
-    ends (progress logs). Fewer rows than one batch is an error.
+    ends (progress logs). ``trainable`` selects the variables trained (default every
+    ``nnx.Param``; LoRA: ``ecomjax.efficiency.lora.lora_trainable("head")``): the rest get no
+    gradient and no optimizer state. Fewer rows than one batch is an error.
     """
     if len(train_rows) < config.batch_size:
         raise ValueError(f"{len(train_rows)} training rows are fewer than one batch of "
@@ -76,11 +79,11 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
         end_value=0.05 * config.learning_rate)
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(schedule, weight_decay=config.weight_decay))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, tx, wrt=trainable)
 
     @nnx.jit
     def step(model, optimizer, data, rows, key):
-        loss, grads = nnx.value_and_grad(loss_fn)(model, data, rows, key)
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable))(model, data, rows, key)
         optimizer.update(model, grads)
         return loss
 
@@ -107,7 +110,7 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], data: Any, train_r
         result.epochs_run = epoch
         if score > result.best_score:
             result.best_epoch, result.best_score = epoch, score
-            best_state = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+            best_state = jax.tree.map(jnp.copy, nnx.state(model, trainable))
         elif epoch - result.best_epoch >= config.patience:
             break
     nnx.update(model, best_state)

@@ -15,6 +15,7 @@ device or eight, and a checkpoint written on one mesh resumes on another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -37,6 +38,14 @@ from ecomjax.data import load_sequences
 from ecomjax.data.item_text import model_item_features
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
+from ecomjax.efficiency.prune import pruning_end_step, sparsity_report
+from ecomjax.efficiency.quantize import (
+    model_bytes,
+    quantize_model,
+    quantized_layer_bytes,
+    recommender_example_inputs,
+    save_quantized,
+)
 from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
 from ecomjax.tasks.next_item import direct_softmax, item_log_prior
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
@@ -45,15 +54,17 @@ from ecomjax.train.sharding import (
     batch_sharding,
     make_mesh,
     process_rows,
+    replicated,
     to_global,
 )
-from ecomjax.train.step import build_next_item_step, init_next_item_state
+from ecomjax.train.step import Teacher, build_next_item_step, init_next_item_state
 
 # Keys that may differ between an interrupted run and its resumption (the mesh may change: a
 # checkpoint restores onto any mesh, and the arithmetic does not depend on it).
 _RESUME_FREE_KEYS = {
     ("train", "max_steps"), ("train", "progress"), ("train", "resume"),
     ("mesh", "data"), ("mesh", "model"), ("mesh", "rules"),
+    ("efficiency", "quantize"),  # post-training: a finished run may be quantized afterwards
 }
 
 
@@ -159,8 +170,10 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     if item_text is not None and primary and len(item_text.missing):
         print(f"model.item_text: {len(item_text.missing)} of {num_items} items have no title; "
               "their text vector is zero")
+    teacher = _load_teacher(config, dataset, mesh)
     trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh,
-                                   *(() if item_text is None else (item_text.features, item_text.words)))
+                                   *(() if item_text is None else (item_text.features, item_text.words)),
+                                   teacher=teacher)
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
     state = init_next_item_state(trainer)
@@ -193,6 +206,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     global_step = int(state["step"])
     history = _History(workdir / "history.jsonl", keep_until_step=global_step, enabled=primary)
 
+    prune_end = pruning_end_step(config.efficiency.prune, total_steps)
     # The position inside an epoch is derived from the step counter, so it always matches the state.
     cumulative = np.concatenate([[0], np.cumsum(steps_per_epoch)])
 
@@ -271,7 +285,9 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
                 if config.train.progress and primary:
                     tqdm.write(f"epoch {epoch + 1}: valid {config.eval.monitor} {score:.4f} "
                                f"({meta['train_seconds']:.0f}s training)")
-                if meta["best"] is None or score > meta["best"]:
+                if global_step < prune_end:
+                    pass  # the target sparsity does not hold yet: not a model to keep or compare
+                elif meta["best"] is None or score > meta["best"]:
                     meta["best"], meta["best_epoch"], meta["bad_evals"] = score, epoch + 1, 0
                     best_params = jax.tree.map(jnp.copy, state["params"])
                 else:
@@ -340,9 +356,14 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
             "selection": f"best validation {config.eval.monitor} over evaluated epochs",
         },
     })
+    model = nnx.merge(graphdef, final_params, state["buffers"])
+    if config.efficiency.prune.sparsity > 0:
+        metrics["pruning"] = {"method": config.efficiency.prune.method, "target": config.efficiency.prune.sparsity,
+                              **sparsity_report(final_params, config.efficiency.prune.targets)}
+    if config.efficiency.quantize.weights != "none":
+        metrics["quantized"] = _quantized_metrics(config, model, eval_sets, mesh, workdir if primary else None)
     if primary:
         (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    model = nnx.merge(graphdef, final_params, state["buffers"])
     return TrainResult(metrics=metrics, model=model, workdir=workdir)
 
 
@@ -360,3 +381,46 @@ def _log_step(history: _History, bar, step: int, epoch: int, step_metrics, sched
     })
     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     bar.update(1)
+
+
+def _quantized_metrics(config: Config, model: nnx.Module, eval_sets, mesh: jax.sharding.Mesh,
+                       workdir: Path | None) -> dict[str, Any]:
+    """Quantize the selected model (``efficiency.quantize``), evaluate it on the same batches as
+    the float model, report bytes, and save it under ``workdir/quantized`` for serving."""
+    if jax.process_count() > 1:
+        raise ValueError("efficiency.quantize runs in a single process; quantize the saved run afterwards")
+    qconfig = config.efficiency.quantize
+    quantized = quantize_model(model, qconfig, *recommender_example_inputs(config.data.max_len), method="encode")
+    evaluator = make_evaluator(nnx.graphdef(quantized), config.eval, sampled=config.eval.sampled_negatives > 0)
+    qstate = jax.device_put(nnx.state(quantized), replicated(mesh))
+    result = {which: evaluate_split(evaluator, (qstate,), *eval_sets[which]) for which in ("valid", "test")}
+    layers = quantized_layer_bytes(model, quantized)
+    result["bytes"] = {"float_model": sum(model_bytes(model).values()), "quantized_model": sum(model_bytes(quantized).values()),
+                       "quantized_layers_float": sum(v["float"] for v in layers.values()),
+                       "quantized_layers_int8": sum(v["quantized"] for v in layers.values()), "layers": layers}
+    result["config"] = dataclasses.asdict(qconfig)
+    if workdir is not None:
+        save_quantized(quantized, workdir / "quantized")
+    return result
+
+
+def _load_teacher(config: Config, dataset, mesh: jax.sharding.Mesh) -> Teacher | None:
+    """The ``efficiency.distill.teacher`` run's best model on this run's mesh; it must have been
+    trained on the same items (ids and count), or its distribution means nothing here."""
+    source = config.efficiency.distill.teacher
+    if not source:
+        return None
+    from ecomjax.train.restore import restore_run  # restore builds steps itself: import late
+
+    if not (Path(source) / "config.yaml").is_file():
+        raise FileNotFoundError(f"efficiency.distill.teacher={source!r} is not a run directory (no config.yaml)")
+    run = restore_run(source, data=mesh.shape["data"], model=mesh.shape["model"])
+    teacher_data = load_sequences(run.config.data)
+    if teacher_data.num_items != dataset.num_items or not np.array_equal(teacher_data.item_ids, dataset.item_ids):
+        raise ValueError(f"efficiency.distill.teacher={source!r} was trained on {teacher_data.name} "
+                         f"({teacher_data.num_items} items), this run on {dataset.name} ({dataset.num_items} items): "
+                         "a teacher must know the same items")
+    if run.config.data.max_len < config.data.max_len:
+        raise ValueError(f"the teacher reads {run.config.data.max_len} positions, this run {config.data.max_len}: "
+                         "raise the teacher's data.max_len or lower this run's")
+    return Teacher(run.graphdef, run.best_params, run.state["buffers"])

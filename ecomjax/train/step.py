@@ -17,6 +17,8 @@ import optax
 from flax import nnx
 
 from ecomjax.config import Config
+from ecomjax.efficiency.distill import distillation_kl
+from ecomjax.efficiency.prune import pruning
 from ecomjax.models import build_sequential_model
 from ecomjax.models.item_embedding import ItemFeatures
 from ecomjax.tasks.next_item import next_item_loss
@@ -39,15 +41,26 @@ class NextItemStep:
     train_step: Any  # the same step, not jitted (for cost analysis)
 
 
+@dataclass
+class Teacher:
+    """A finished run's model, fixed: ``nnx.merge(graphdef, params, buffers)``."""
+
+    graphdef: nnx.GraphDef
+    params: Any
+    buffers: Any
+
+
 def build_next_item_step(
     config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh,
     item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
+    teacher: Teacher | None = None,
 ) -> NextItemStep:
     """Model definition, optimizer and the sharded, donated, jitted update step (no state yet).
 
     ``item_features`` (``[num_items + 1, D]``, see ``ecomjax.data.item_text``) become the model's
     fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated; so do
-    the title-word ids ``item_words``.
+    the title-word ids ``item_words``. With a ``teacher`` (``efficiency.distill``) the loss mixes
+    in the KL divergence to the teacher's catalogue distribution at every target position.
     """
 
     def build_model() -> nnx.Module:
@@ -55,6 +68,9 @@ def build_next_item_step(
                                       item_features=item_features, item_words=item_words)
 
     tx, schedule = make_optimizer(config.train, total_steps)
+    distill = config.efficiency.distill
+    if config.efficiency.prune.sparsity > 0:  # after the optimizer: pruned weights' updates are -weight
+        tx = optax.chain(tx, pruning(config.efficiency.prune, total_steps))
     graphdef, _, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param, ItemFeatures)
     state_sharding = tree_shardings(jax.eval_shape(lambda: _init_state(build_model, tx)), config.mesh.rules, mesh)
     base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
@@ -69,11 +85,12 @@ def build_next_item_step(
                 batch["items"], batch["positions"], batch["segments"],
                 deterministic=False, rngs=nnx.Rngs(dropout=dropout_key),
             )
-            return next_item_loss(
-                hidden, batch["targets"],
-                net.item_table(deterministic=False, rngs=nnx.Rngs(dropout=jax.random.fold_in(dropout_key, 1))),
-                config.loss, loss_key, log_prior, num_items,
-            )
+            table = net.item_table(deterministic=False, rngs=nnx.Rngs(dropout=jax.random.fold_in(dropout_key, 1)))
+            loss, tokens = next_item_loss(hidden, batch["targets"], table, config.loss, loss_key, log_prior, num_items)
+            if teacher is None:
+                return loss, tokens
+            return (1.0 - distill.weight) * loss + distill.weight * _distillation_term(
+                net, hidden, table, batch, teacher, distill.temperature, num_items), tokens
 
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -93,6 +110,21 @@ def build_next_item_step(
         donate_argnums=(0,),
     )
     return NextItemStep(build_model, graphdef, tx, schedule, state_sharding, step_fn, train_step)
+
+
+def _distillation_term(net, hidden, table, batch, teacher: Teacher, temperature: float, num_items: int):
+    """KL(teacher || student) at temperature ``temperature`` over the catalogue, per target."""
+    model = nnx.merge(teacher.graphdef, teacher.params, teacher.buffers)
+    teacher_hidden = model.encode(batch["items"], batch["positions"], batch["segments"], deterministic=True)
+    rows = num_items + 1  # both tables hold ids 0..num_items; padding rows past it may differ
+
+    def logits(h, t):
+        h = h.reshape(-1, h.shape[-1])
+        return jnp.einsum("td,nd->tn", h, t[:rows].astype(h.dtype), preferred_element_type=jnp.float32)
+
+    weight = (batch["targets"].reshape(-1) > 0).astype(jnp.float32)
+    return distillation_kl(logits(hidden, table), logits(teacher_hidden, model.item_table()), weight,
+                           temperature, num_items)
 
 
 def _init_state(build_model, tx) -> dict[str, Any]:

@@ -1,0 +1,545 @@
+"""Efficiency trade-offs: quality, latency and bytes of every compression technique, side by side.
+
+**SASRec on Amazon Beauty** (``configs/sasrec_beauty.yaml``: leave-one-out, full ranking, history
+excluded). Three training runs:
+
+* ``sasrec_base``: the float32 model; the run also quantizes it (``efficiency.quantize.weights=int8``)
+  and evaluates the int8 model on the same batches;
+* ``sasrec_magnitude50`` / ``sasrec_magnitude50_global``: 50% magnitude pruning of every kernel
+  and table during training (``efficiency.prune.sparsity=0.5``), half of every tensor or one
+  threshold over all of them (``efficiency.prune.scope=global``); ``sasrec_magnitude50_d04``: per
+  tensor with the dropout lowered to 0.4;
+* ``sasrec_neurons50``: 50% of the feed-forward units pruned during training
+  (``efficiency.prune.method=neurons``), exported as a model with half-width feed-forward layers;
+* ``sasrec_small`` / ``sasrec_small_distilled[_t2]``: a 32-wide, one-block SASRec trained alone
+  and distilled from ``sasrec_base`` (``efficiency.distill.teacher``; T = 1 with weight 0.3, and
+  T = 2 with weight 0.5).
+
+Every variant is evaluated on the test users and timed serving a batch of users (encode the
+history, score the 12k-item catalogue, top 10), at batch 1 and 32, warm, p50 / p99; the dots of
+each compiled variant are listed with the kernel XLA chose (``ecomjax.bench.kernels``).
+
+**MiniLM cross-encoder on Home Depot relevance** (``configs/search_homedepot.yaml`` splits, by
+query): on the same training pairs, a frozen encoder with a trained head (the floor), full
+fine-tuning, LoRA (r = 8 on every attention and feed-forward layer, lr 1e-3) and QLoRA (the same adapters
+over an int8 base); the fine-tuned model also as bf16 and int8 (w8a8, weight-only) copies, and the
+LoRA model merged for serving. Test RMSE and per-query NDCG@10; "gain recovered" is the share of
+full fine-tuning's improvement over the frozen encoder that a variant keeps. Latency scores a
+batch of (query, title) pairs.
+
+Writes ``benchmarks/results/efficiency.json``, ``efficiency.md`` (the tables) and
+``efficiency.png`` (test NDCG@10 against latency at batch 32). Run it alone (2 cores: a second job
+doubles every number):
+
+    python benchmarks/efficiency.py                  # trains what is missing under --runs, then measures
+    python benchmarks/efficiency.py --skip-search    # one section; the other keeps its last numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from ecomjax.bench.kernels import dot_kernels  # noqa: E402
+from ecomjax.bench.report import markdown_table, print_table, write_results  # noqa: E402
+from ecomjax.bench.timing import time_callable  # noqa: E402
+
+SASREC_RUNS = {  # name -> overrides of configs/sasrec_beauty.yaml
+    "sasrec_base": {"efficiency.quantize.weights": "int8"},
+    "sasrec_magnitude50": {"efficiency.prune.sparsity": 0.5},
+    "sasrec_magnitude50_global": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.scope": "global"},
+    # pruning regularises too: the same with the dropout lowered from 0.5 to 0.4
+    "sasrec_magnitude50_d04": {"efficiency.prune.sparsity": 0.5, "model.dropout": 0.4, "model.attention_dropout": 0.4},
+    "sasrec_neurons50": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.method": "neurons"},
+    # a quarter-width, one-block student alone and distilled from sasrec_base (the teacher)
+    "sasrec_small": {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 1, "model.ffn_size": 128},
+    "sasrec_small_distilled": {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 1,
+                               "model.ffn_size": 128, "efficiency.distill.teacher": "{runs}/sasrec_base",
+                               "efficiency.distill.weight": 0.3, "efficiency.distill.temperature": 1.0},
+    "sasrec_small_distilled_t2": {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 1,
+                                  "model.ffn_size": 128, "efficiency.distill.teacher": "{runs}/sasrec_base"},
+}
+LATENCY_BATCHES = (1, 32)
+
+
+def train_sasrec_runs(runs: Path, config: str, extra: dict[str, Any]) -> dict[str, Path]:
+    import ecomjax
+
+    workdirs = {}
+    for name, overrides in SASREC_RUNS.items():
+        workdir = runs / name
+        if not (workdir / "metrics.json").is_file():
+            print(f"training {name} ...", flush=True)
+            overrides = {k: v.format(runs=runs) if isinstance(v, str) else v for k, v in overrides.items()}
+            ecomjax.train(ROOT / config, overrides={**overrides, **extra, "workdir": str(workdir),
+                                                    "train.progress": False})
+        workdirs[name] = workdir
+    return workdirs
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    technique: str
+    model: nnx.Module
+    note: str = ""
+
+
+def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
+    from ecomjax.config import QuantizeConfig
+    from ecomjax.efficiency.prune import shrink_feed_forward
+    from ecomjax.efficiency.quantize import quantize_model, recommender_example_inputs
+    from ecomjax.models import build_sequential_model
+    from ecomjax.train.restore import restore_run
+
+    base = restore_run(workdirs["sasrec_base"])
+    config = base.config
+    example = recommender_example_inputs(config.data.max_len)
+    int8 = QuantizeConfig(weights="int8", activations="int8")
+    weight_only = QuantizeConfig(weights="int8", activations="none")
+    f32 = base.model()
+    model_config = dataclasses.replace(config.model, compute_dtype="bfloat16")
+    bf16 = build_sequential_model(model_config, f32.num_items, config.data.max_len, rngs=nnx.Rngs(0))
+    nnx.update(bf16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(f32, nnx.Param)))
+    variants = [
+        Variant("f32", "none", f32),
+        Variant("bf16", "bf16 weights + compute", bf16),
+        Variant("int8 (w8a8)", "PTQ int8 weights + activations", quantize_model(f32, int8, *example, method="encode")),
+        Variant("int8 weight-only", "PTQ int8 weights", quantize_model(f32, weight_only, *example, method="encode")),
+    ]
+    magnitude = restore_run(workdirs["sasrec_magnitude50"]).model()
+    magnitude_global = restore_run(workdirs["sasrec_magnitude50_global"]).model()
+    magnitude_d04 = restore_run(workdirs["sasrec_magnitude50_d04"]).model()
+    variants += [
+        Variant("magnitude 50%, per tensor", "unstructured pruning (dense kernels)", magnitude),
+        Variant("magnitude 50%, per tensor, dropout 0.4", "unstructured pruning (dense kernels)", magnitude_d04),
+        Variant("magnitude 50%, dropout 0.4 + int8", "pruning + PTQ int8",
+                quantize_model(magnitude_d04, int8, *example, method="encode")),
+        Variant("magnitude 50%, global", "unstructured pruning (dense kernels)", magnitude_global),
+    ]
+    neurons, widths = shrink_feed_forward(restore_run(workdirs["sasrec_neurons50"]).model())
+    note = "feed-forward " + ", ".join(f"{w[0]}->{w[1]}" for w in widths.values())
+    variants += [
+        Variant("neurons 50% (shrunk)", "structured pruning", neurons, note),
+        Variant("neurons 50% (shrunk) + int8", "structured pruning + PTQ int8",
+                quantize_model(neurons, int8, *example, method="encode"), note),
+    ]
+    variants += [
+        Variant("small (32-d, 1 block)", "smaller model", restore_run(workdirs["sasrec_small"]).model()),
+        Variant("small, distilled (T=1, w=0.3)", "distillation (teacher: the f32 model)",
+                restore_run(workdirs["sasrec_small_distilled"]).model()),
+        Variant("small, distilled (T=2, w=0.5)", "distillation (teacher: the f32 model)",
+                restore_run(workdirs["sasrec_small_distilled_t2"]).model()),
+    ]
+    return variants, base
+
+
+def _test_batches(run) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    from ecomjax.data import load_sequences
+    from ecomjax.data.pipeline import eval_arrays, eval_batches
+    from ecomjax.data.split import leave_one_out
+
+    config = run.config
+    split = leave_one_out(load_sequences(config.data))
+    arrays = eval_arrays(split, split.test, config.data.max_len, config.eval.batch_size, 0, config.seed)
+    serve = {name: getattr(arrays, name)[: max(LATENCY_BATCHES)] for name in ("items", "positions", "segments")}
+    return eval_batches(arrays, config.eval.batch_size), serve
+
+
+ROUNDS = 3  # latency rounds, every variant once per round: drifts of this shared VM hit all alike
+
+
+def time_interleaved(rows: list[dict[str, Any]], calls: dict[str, dict[int, Any]], iters: dict[int, int]) -> None:
+    """Fill ``p50_ms_b{batch}`` / ``p99_ms_b{batch}`` of every row: ``ROUNDS`` rounds, each timing
+    every variant in turn (warm), the median of the rounds' percentiles reported. Timing one
+    variant after another instead lets a noisy neighbour land on a single row."""
+    samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(ROUNDS):
+        for row in rows:
+            for batch, fn in calls[row["variant"]].items():
+                timing = time_callable(fn, warmup=3, iters=iters[batch])
+                samples.setdefault((row["variant"], batch), []).append((timing.p50, timing.p99))
+    for row in rows:
+        for batch in calls[row["variant"]]:
+            p50s, p99s = zip(*samples[(row["variant"], batch)], strict=True)
+            row[f"p50_ms_b{batch}"], row[f"p99_ms_b{batch}"] = 1e3 * float(np.median(p50s)), 1e3 * float(np.median(p99s))
+
+
+def _serve_fn(model: nnx.Module):
+    """Encode, score the catalogue, top 10: what a recommendation request costs."""
+    graphdef, state = nnx.split(model)
+    num_items = model.num_items
+
+    @jax.jit
+    def serve(state, items, positions, segments):
+        m = nnx.merge(graphdef, state)
+        scores = m.catalogue_scores(m.encode(items, positions, segments)[:, -1])
+        ids = jnp.arange(scores.shape[-1])
+        scores = jnp.where((ids > 0) & (ids <= num_items), scores, -jnp.inf)
+        return jax.lax.top_k(scores, 10)
+
+    return serve, state
+
+
+def measure_sasrec(variants: list[Variant], base) -> list[dict[str, Any]]:
+    from ecomjax.efficiency.quantize import model_bytes
+    from ecomjax.eval.sequential import evaluate_split, make_evaluator
+
+    batches, serve_inputs = _test_batches(base)
+    float_bytes = sum(model_bytes(variants[0].model).values())
+    rows, calls = [], {}
+    for variant in variants:
+        model = variant.model
+        evaluator = make_evaluator(nnx.graphdef(model), base.config.eval, sampled=False)
+        test = evaluate_split(evaluator, (nnx.state(model),), batches)
+        serve, state = _serve_fn(model)
+        row = {"variant": variant.name, "technique": variant.technique, "ndcg@10": test["ndcg@10"],
+               "hr@10": test["hr@10"], "bytes": sum(model_bytes(model).values())}
+        row["bytes_ratio"] = row["bytes"] / float_bytes
+        calls[variant.name] = {}
+        for batch in LATENCY_BATCHES:
+            args = [jnp.asarray(serve_inputs[k][:batch]) for k in ("items", "positions", "segments")]
+            calls[variant.name][batch] = lambda args=args, serve=serve, state=state: jax.block_until_ready(serve(state, *args))
+            if batch == max(LATENCY_BATCHES):
+                row["kernels"] = dot_kernels(serve.lower(state, *args).compile().as_text())
+        row["note"] = variant.note
+        rows.append(row)
+        print(f"{variant.name}: ndcg@10 {row['ndcg@10']:.4f}", flush=True)
+    time_interleaved(rows, calls, {1: 300, 32: 100})
+    reference = rows[0]
+    for row in rows:
+        row["ndcg_change"] = row["ndcg@10"] / reference["ndcg@10"] - 1
+        row["speedup_b32"] = reference["p50_ms_b32"] / row["p50_ms_b32"]
+        row["speedup_b1"] = reference["p50_ms_b1"] / row["p50_ms_b1"]
+    return rows
+
+
+SASREC_COLUMNS = ["variant", "ndcg@10", "hr@10", "ndcg_change", "bytes_ratio", "p50_ms_b1", "p50_ms_b32",
+                  "p99_ms_b32", "speedup_b32"]
+
+
+# --- Home Depot relevance: the MiniLM cross-encoder ------------------------------------------------
+
+def _subsample_queries(data, rows: np.ndarray, fraction: float, salt: str) -> np.ndarray:
+    """Whole queries (every judged product of a kept query), chosen by a stable hash."""
+    from ecomjax.search.relevance import hash_fraction, normalize_text
+
+    keep = {q for q in {normalize_text(x) for x in data.queries[rows]} if hash_fraction(q, salt) < fraction}
+    return np.asarray([r for r in rows if normalize_text(data.queries[r]) in keep])
+
+
+def search_section(train_pairs: int, test_fraction: float, epochs: int,
+                   lora_lr: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Full fine-tuning, LoRA, QLoRA, a frozen encoder with a trained head, and int8 / bf16 copies
+    of the fine-tuned model, on the same pairs; test RMSE and per-query NDCG@10; latency of
+    scoring a batch of (query, title) pairs."""
+    import time
+
+    from ecomjax.config import QuantizeConfig
+    from ecomjax.efficiency.lora import (
+        LoraConfig,
+        apply_lora,
+        lora_trainable,
+        merge_lora,
+        parameter_counts,
+    )
+    from ecomjax.efficiency.quantize import model_bytes, quantize_model
+    from ecomjax.search.config import load_search_config
+    from ecomjax.search.cross_encoder import (
+        CrossEncoderConfig,
+        load_cross_encoder,
+        predict_pairs,
+        tokenize_pairs,
+        train_cross_encoder,
+    )
+    from ecomjax.search.metrics import relevance_metrics
+    from ecomjax.search.relevance import normalize_text
+    from ecomjax.search.train import load_splits
+    from ecomjax.tasks.fit import FitConfig
+
+    config = load_search_config(ROOT / "configs/search_homedepot.yaml")
+    data, splits = load_splits(config)
+    rng = np.random.default_rng(config.seed)
+    train_rows = np.sort(rng.choice(splits["base"], size=min(train_pairs, len(splits["base"])), replace=False))
+    valid_rows = _subsample_queries(data, splits["valid"], 0.25, "efficiency-valid")
+    test_rows = _subsample_queries(data, splits["test"], test_fraction, "efficiency-test")
+    max_length = config.cross_encoder.max_length
+    mean_grade = float(np.mean(data.relevance[train_rows]))
+    model, tokenizer = load_cross_encoder(CrossEncoderConfig(config.encoder, max_length), mean_grade, config.seed)
+    queries = [normalize_text(q) for q in data.queries]
+    titles = [normalize_text(t) for t in data.titles]
+    pairs = {k: jnp.asarray(v) for k, v in tokenize_pairs(tokenizer, queries, titles, max_length).items()}
+    pairs["relevance"] = jnp.asarray(data.relevance)
+    query_index = data.query_groups()[1]
+    pretrained = nnx.clone(model)
+    example = (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2])
+
+    def quality(m) -> dict[str, float]:
+        predicted = predict_pairs(m, pairs, test_rows)
+        return relevance_metrics(predicted, data.relevance[test_rows], query_index[test_rows], low=config.data.low)
+
+    def fit(m, learning_rate: float, trainable) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = train_cross_encoder(pairs, train_rows, valid_rows, m,
+                                     FitConfig(epochs, 32, learning_rate, weight_decay=0.01, warmup_fraction=0.1,
+                                               patience=1, seed=config.seed), trainable=trainable)
+        counts = parameter_counts(m, trainable)
+        return {"train_seconds": time.perf_counter() - start, "valid_rmse": -result.best_score,
+                "trainable_params": counts["trainable"], "trainable_fraction": counts["fraction"]}
+
+    lora = LoraConfig(rank=8, alpha=16.0)
+    qlora = LoraConfig(rank=8, alpha=16.0, quantize_base=True)
+    trained: dict[str, tuple[nnx.Module, dict[str, Any]]] = {}
+    print(f"home depot: {len(train_rows)} training pairs, {len(test_rows)} test pairs", flush=True)
+    head_only = nnx.clone(pretrained)
+    trained["frozen encoder + head"] = (head_only, fit(head_only, 1e-3, nnx.PathContains("head")))
+    full = nnx.clone(pretrained)
+    trained["full fine-tune"] = (full, fit(full, 5e-5, nnx.Param))
+    for name, lc in (("LoRA r=8", lora), ("QLoRA r=8 (int8 base)", qlora)):
+        adapted = apply_lora(pretrained, lc, *example, seed=config.seed)
+        info = fit(adapted, lora_lr, lora_trainable("head"))
+        trained[name] = (adapted, info)
+        print(f"{name}: {info}", flush=True)
+    merged = merge_lora(trained["LoRA r=8"][0], pretrained, lora)
+    # bf16 compute: the encoder built for bfloat16 matmuls, carrying the fine-tuned weights
+    from ecomjax.encoders.bert import load_bert
+    from ecomjax.encoders.weights import resolve_checkpoint
+    from ecomjax.search.cross_encoder import CrossEncoder
+
+    bf16 = CrossEncoder(load_bert(resolve_checkpoint(config.encoder), dtype=jnp.bfloat16), mean_grade,
+                        rngs=nnx.Rngs(0))
+    nnx.update(bf16, nnx.state(full, nnx.Param))
+
+    serving = {
+        "full fine-tune": (full, "f32"),
+        "full fine-tune, bf16": (bf16, "bf16 matmuls"),
+        "full fine-tune, int8 (w8a8)": (quantize_model(full, QuantizeConfig(weights="int8"), *example), "PTQ int8"),
+        "full fine-tune, int8 weight-only": (quantize_model(full, QuantizeConfig(weights="int8", activations="none"),
+                                                            *example), "PTQ int8 weights"),
+        "frozen encoder + head": (head_only, "head only"),
+        "LoRA r=8 (merged)": (merged, "LoRA, merged for serving"),
+        "LoRA r=8 (adapters unmerged)": (trained["LoRA r=8"][0], "LoRA, separate adapters"),
+        "QLoRA r=8 (int8 base)": (trained["QLoRA r=8 (int8 base)"][0], "QLoRA"),
+    }
+    float_bytes = sum(model_bytes(full).values())
+    rows, calls = [], {}
+    latency_rows = test_rows[:32]
+    for name, (m, technique) in serving.items():
+        q = quality(m)
+        graphdef, state = nnx.split(m)
+
+        @jax.jit
+        def score(state, ids, mask, types, graphdef=graphdef):
+            return nnx.merge(graphdef, state)(ids, mask, types)
+
+        row = {"variant": name, "technique": technique, "ndcg@10": q["ndcg@10"], "rmse": q["rmse"],
+               "queries": q["queries"], "bytes": sum(model_bytes(m).values())}
+        row["bytes_ratio"] = row["bytes"] / float_bytes
+        calls[name] = {}
+        for batch in LATENCY_BATCHES:
+            args = [pairs[k][latency_rows[:batch]] for k in ("ids", "mask", "types")]
+            calls[name][batch] = lambda args=args, score=score, state=state: jax.block_until_ready(score(state, *args))
+            if batch == max(LATENCY_BATCHES):
+                row["kernels"] = dot_kernels(score.lower(state, *args).compile().as_text())
+        base_name = name.split(" (")[0].split(",")[0]
+        if name in trained or base_name in trained:
+            row.update({k: v for k, v in trained.get(name, trained.get(base_name))[1].items()})
+        rows.append(row)
+        print(f"{name}: ndcg@10 {row['ndcg@10']:.4f} rmse {row['rmse']:.4f}", flush=True)
+    teacher_scores = np.zeros(len(data), np.float32)  # only training rows are distilled from
+    teacher_scores[train_rows] = predict_pairs(full, pairs, train_rows)
+    students, student_calls = bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_index,
+                                                  teacher_scores, float_bytes)
+    rows += students
+    time_interleaved(rows, {**calls, **student_calls}, {1: 100, 32: 30})
+    by = {r["variant"]: r for r in rows}
+    full_row, head_row = by["full fine-tune"], by["frozen encoder + head"]
+    for row in rows:
+        row["ndcg_change"] = row["ndcg@10"] / full_row["ndcg@10"] - 1
+        row["speedup_b32"] = full_row["p50_ms_b32"] / row["p50_ms_b32"]
+        ndcg_gain = full_row["ndcg@10"] - head_row["ndcg@10"]
+        rmse_gain = head_row["rmse"] - full_row["rmse"]
+        row["gain_recovered_ndcg"] = (row["ndcg@10"] - head_row["ndcg@10"]) / ndcg_gain if ndcg_gain else None
+        row["gain_recovered_rmse"] = (head_row["rmse"] - row["rmse"]) / rmse_gain if rmse_gain else None
+    setup = {"train_pairs": len(train_rows), "valid_pairs": len(valid_rows), "test_pairs": len(test_rows),
+             "test_queries_with_ndcg": full_row["queries"], "epochs": epochs, "batch_size": 32, "max_length": max_length,
+             "learning_rates": {"full": 5e-5, "lora": lora_lr, "head": 1e-3},
+             "lora": dataclasses.asdict(lora), "gain": "fraction of (full fine-tune - frozen encoder + head) recovered"}
+    return rows, setup
+
+
+def bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_index, teacher_scores: np.ndarray,
+                        float_bytes: int) -> tuple[list[dict[str, Any]], dict[str, dict[int, Any]]]:
+    """The search bi-encoder (adapters on frozen MiniLM sentence vectors) trained on the labels
+    alone and distilled from the fine-tuned cross-encoder (its scores mixed into the regression
+    target, weight 0.5), on the same training pairs. Latency: MiniLM over 32 queries + the query
+    tower + a dot product with 32 cached product vectors (product vectors are precomputed for the
+    catalogue), against the cross-encoder's one MiniLM pass per (query, title) pair."""
+    from ecomjax.efficiency.quantize import model_bytes
+    from ecomjax.encoders.bert import load_bert, mean_pool
+    from ecomjax.encoders.text import load_tokenizer
+    from ecomjax.encoders.weights import resolve_checkpoint
+    from ecomjax.search.bi_encoder import BiEncoderConfig, predict_pairs, train_bi_encoder
+    from ecomjax.search.metrics import relevance_metrics
+    from ecomjax.search.models import embed_texts
+    from ecomjax.search.relevance import normalize_text
+    from ecomjax.tasks.fit import FitConfig
+
+    rows_all = np.concatenate([train_rows, valid_rows, test_rows])
+    local = {int(r): i for i, r in enumerate(rows_all)}
+    qv, qi = embed_texts([normalize_text(q) for q in data.queries[rows_all]], config.encoder)
+    tv, ti = embed_texts([normalize_text(t) for t in data.titles[rows_all]], config.encoder)
+    pair_data = {"query_vectors": jnp.asarray(qv), "product_vectors": jnp.asarray(tv), "query_index": jnp.asarray(qi),
+                 "product_index": jnp.asarray(ti), "relevance": jnp.asarray(data.relevance[rows_all]),
+                 "teacher": jnp.asarray(teacher_scores[rows_all], jnp.float32)}
+    split = {name: np.asarray([local[int(r)] for r in rows]) for name, rows in
+             (("train", train_rows), ("valid", valid_rows), ("test", test_rows))}
+    b = config.bi_encoder
+    checkpoint = resolve_checkpoint(config.encoder)
+    encoder, tokenizer = load_bert(checkpoint), load_tokenizer(checkpoint, 16)
+    queries = [normalize_text(q) for q in data.queries[test_rows[:32]]]
+    encodings = tokenizer.encode_batch(queries)
+    ids = np.zeros((32, 16), np.int32)
+    mask = np.zeros((32, 16), np.int32)
+    for row, e in enumerate(encodings):
+        n = min(len(e.ids), 16)
+        ids[row, :n], mask[row, :n] = e.ids[:n], e.attention_mask[:n]
+    product_vectors = jnp.asarray(tv[ti[split["test"][:32]]])
+    rows, calls = [], {}
+    for name, weight in (("bi-encoder (labels only)", 0.0), ("bi-encoder distilled from the cross-encoder", 0.5)):
+        bi, result = train_bi_encoder(pair_data, split["train"], split["valid"],
+                                      BiEncoderConfig(b.hidden, b.dropout, b.contrastive_weight, b.positive_grade,
+                                                      distill_weight=weight,
+                                                      fit=FitConfig(b.epochs, b.batch_size, b.learning_rate,
+                                                                    patience=b.patience, seed=config.seed)),
+                                      seed=config.seed)
+        predicted = predict_pairs(bi, pair_data, split["test"])
+        q = relevance_metrics(predicted, data.relevance[test_rows], query_index[test_rows], low=config.data.low)
+        graphdef, state = nnx.split((encoder, bi))
+
+        @jax.jit
+        def score(state, ids, mask, products, graphdef=graphdef):
+            enc, model = nnx.merge(graphdef, state)
+            sentence = mean_pool(enc(ids, mask), mask)
+            sentence = sentence / jnp.linalg.norm(sentence, axis=-1, keepdims=True)
+            return model.grade(jnp.sum(model.embed_queries(sentence) * model.embed_products(products), axis=-1))
+
+        row = {"variant": name, "technique": "distillation" if weight else "smaller model",
+               "ndcg@10": q["ndcg@10"], "rmse": q["rmse"], "queries": q["queries"],
+               "bytes": sum(model_bytes(encoder).values()) + sum(model_bytes(bi).values()),
+               "train_seconds": result.seconds, "valid_rmse": -result.best_score}
+        row["bytes_ratio"] = row["bytes"] / float_bytes
+        calls[name] = {}
+        for batch in LATENCY_BATCHES:
+            args = (jnp.asarray(ids[:batch]), jnp.asarray(mask[:batch]), product_vectors[:batch])
+            calls[name][batch] = lambda args=args, score=score, state=state: jax.block_until_ready(score(state, *args))
+            if batch == max(LATENCY_BATCHES):
+                row["kernels"] = dot_kernels(score.lower(state, *args).compile().as_text())
+        rows.append(row)
+        print(f"{name}: ndcg@10 {row['ndcg@10']:.4f} rmse {row['rmse']:.4f}", flush=True)
+    return rows, calls
+
+
+SEARCH_COLUMNS = ["variant", "ndcg@10", "rmse", "ndcg_change", "gain_recovered_ndcg", "gain_recovered_rmse",
+                  "trainable_fraction", "bytes_ratio", "p50_ms_b1", "p50_ms_b32", "speedup_b32"]
+
+
+def plot(sections: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sections), figsize=(6.5 * len(sections), 4.8), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], sections.items(), strict=True):
+        for row in rows:
+            ax.scatter(row["p50_ms_b32"], row["quality"], s=40 + 260 * row["bytes_ratio"], alpha=0.7)
+            ax.annotate(row["variant"], (row["p50_ms_b32"], row["quality"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("p50 latency at batch 32 (ms)")
+        ax.set_ylabel(rows[0]["quality_name"])
+        ax.set_title(f"{title} (marker area ~ model bytes)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/bench_efficiency", help="where the trained workdirs go")
+    parser.add_argument("--skip-sasrec", action="store_true")
+    parser.add_argument("--sasrec-config", default="configs/sasrec_beauty.yaml")
+    parser.add_argument("--sasrec-set", nargs="*", default=[], help="extra key=value overrides (quick checks)")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--train-pairs", type=int, default=12000, help="Home Depot pairs every variant trains on")
+    parser.add_argument("--test-fraction", type=float, default=0.5, help="share of the test queries scored")
+    parser.add_argument("--epochs", type=int, default=1, help="Home Depot training epochs (all variants)")
+    parser.add_argument("--lora-lr", type=float, default=1e-3,
+                        help="LoRA / QLoRA learning rate (5e-4 kept 88%% of the NDCG gain, 1e-3 all of it)")
+    args = parser.parse_args()
+    results = ROOT / "benchmarks/results"
+    previous = results / "efficiency.json"
+    payload: dict[str, Any] = {}
+    if previous.is_file():  # a skipped section keeps its last measurement (with that run's time)
+        old = json.loads(previous.read_text())
+        for key, value in old["results"].items():
+            payload[key] = {**value, "measured_utc": value.get("measured_utc", old["timestamp_utc"])}
+    sections: dict[str, list[dict[str, Any]]] = {}
+    if not args.skip_sasrec:
+        from ecomjax.config import parse_override
+
+        workdirs = train_sasrec_runs(ROOT / args.runs, args.sasrec_config, dict(map(parse_override, args.sasrec_set)))
+        variants, base = sasrec_variants(workdirs)
+        sasrec = measure_sasrec(variants, base)
+        training = {}
+        for name, workdir in workdirs.items():
+            m = json.loads((workdir / "metrics.json").read_text())
+            training[name] = {k: m.get(k) for k in ("best_epoch", "epochs_run", "train_seconds", "pruning")}
+            training[name]["test_ndcg@10"] = m["test"]["ndcg@10"]
+            if "quantized" in m:
+                training[name]["quantized"] = {"test_ndcg@10": m["quantized"]["test"]["ndcg@10"],
+                                               "bytes": {k: v for k, v in m["quantized"]["bytes"].items() if k != "layers"}}
+        payload["sasrec_beauty"] = {"variants": sasrec, "training": training,
+                                    "protocol": {"config": "configs/sasrec_beauty.yaml", "split": "leave-one-out",
+                                                 "ranking": "full catalogue, history excluded",
+                                                 "latency": "encode + catalogue scores + top-10, warm, max_len 50",
+                                                 "latency_batches": list(LATENCY_BATCHES)}}
+    if not args.skip_search:
+        rows, setup = search_section(args.train_pairs, args.test_fraction, args.epochs, args.lora_lr)
+        payload["homedepot_cross_encoder"] = {"variants": rows, "setup": setup}
+    if "sasrec_beauty" in payload:
+        sasrec = payload["sasrec_beauty"]["variants"]
+        print_table(sasrec, SASREC_COLUMNS, title="SASRec on Beauty: test quality, bytes and serving latency")
+        sections["SASRec Beauty"] = [{**r, "quality": r["ndcg@10"], "quality_name": "test NDCG@10"} for r in sasrec]
+    if "homedepot_cross_encoder" in payload:
+        rows = payload["homedepot_cross_encoder"]["variants"]
+        print_table(rows, SEARCH_COLUMNS, title="MiniLM cross-encoder on Home Depot: test quality, bytes, latency")
+        sections["Home Depot cross-encoder"] = [{**r, "quality": r["ndcg@10"], "quality_name": "test NDCG@10"}
+                                                for r in rows]
+    path = write_results("efficiency", payload)
+    md = ["# Efficiency trade-offs", "", f"Written by `python benchmarks/efficiency.py`; numbers in `{path.name}`.", ""]
+    if "sasrec_beauty" in payload:
+        md += ["## SASRec on Amazon Beauty (test, full ranking)", "",
+               markdown_table(payload["sasrec_beauty"]["variants"], SASREC_COLUMNS), ""]
+    if "homedepot_cross_encoder" in payload:
+        md += ["## MiniLM cross-encoder on Home Depot relevance (test queries)", "",
+               markdown_table(payload["homedepot_cross_encoder"]["variants"], SEARCH_COLUMNS), ""]
+    (results / "efficiency.md").write_text("\n".join(md))
+    plot(sections, results / "efficiency.png")
+    print(f"wrote {path}, efficiency.md, efficiency.png")
+
+
+if __name__ == "__main__":
+    main()

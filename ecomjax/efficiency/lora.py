@@ -1,0 +1,115 @@
+"""LoRA adapters through qwix: train a low-rank update of frozen pretrained weights, merge to serve.
+
+``apply_lora`` gives every dense layer whose module path matches ``config.targets`` two new
+``nnx.LoRAParam`` matrices, ``A [in, r]`` (random) and ``B [r, out]`` (zeros, so training starts
+from the pretrained model exactly), and the layer computes ``x W + (alpha / r) x A B``. Training
+only ``lora_trainable`` (the adapters plus any named fresh parts such as a regression head)
+moves a few percent of the parameters, so the optimizer state and the per-task checkpoint
+shrink by the same factor. With ``quantize_base`` the frozen ``W`` is stored int8 (QLoRA: the
+base costs a quarter of the bytes while the adapters learn in float32).
+
+``merge_lora`` folds ``(alpha / r) A B`` into ``W`` and returns the plain model: serving costs
+exactly what the base model costs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8  # adapter rank r
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    targets: str = r".*(attention/(query|key|value|out)|intermediate|output)"  # regex, full match of module paths
+    quantize_base: bool = False  # QLoRA: the frozen weights in int8 (qwix), adapters float32
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
+        re.compile(self.targets)
+
+
+def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int = 0,
+               method: str = "__call__") -> nnx.Module:
+    """A copy of ``model`` with adapters on the matching dense layers (``example_args`` feed one
+    call of ``model.<method>``, which is how qwix finds the layers)."""
+    import qwix
+
+    rule = qwix.LoraRule(module_path=config.targets, rank=config.rank, alpha=config.alpha,
+                         weight_qtype=jnp.int8 if config.quantize_base else None)
+    adapted = qwix.apply_lora_to_model(nnx.clone(model), qwix.LoraProvider([rule]), *example_args,
+                                       methods=(method,), rngs=nnx.Rngs(seed))
+    if not adapter_paths(adapted):
+        raise ValueError(f"lora targets {config.targets!r} match no dense layer reached by {method}()")
+    return adapted
+
+
+def adapter_paths(model: nnx.Module) -> list[str]:
+    """Module paths of the layers that carry adapters."""
+    return ["/".join(map(str, path)) for path, module in nnx.iter_modules(model)
+            if hasattr(module, "kernel_lora_a")]
+
+
+def lora_trainable(*fresh: str) -> nnx.filterlib.Filter:
+    """What fine-tuning trains: the adapters and the fresh modules named in ``fresh`` (``"head"``)."""
+    return nnx.Any(nnx.LoRAParam, *(nnx.All(nnx.Param, nnx.PathContains(name)) for name in fresh))
+
+
+def parameter_counts(model: nnx.Module, trainable: nnx.filterlib.Filter) -> dict[str, float]:
+    """Trainable and total parameter counts (int8 base weights counted once per weight)."""
+    def count(state) -> int:
+        return int(sum(np.prod(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+                       if not ("'array'" in jax.tree_util.keystr(path)
+                               and "'scale'" in jax.tree_util.keystr(path))))
+
+    train = count(nnx.state(model, trainable))
+    total = count(nnx.state(model, nnx.Param))
+    return {"trainable": train, "total": total, "fraction": train / max(total, 1)}
+
+
+def merge_lora(adapted: nnx.Module, base: nnx.Module, config: LoraConfig) -> nnx.Module:
+    """``base`` (the float architecture the adapters were put on) with ``W + (alpha / r) A B`` in
+    every adapted layer and every other parameter (heads, norms) taken from ``adapted``.
+
+    For a QLoRA model the merged ``W`` is the dequantized int8 base plus the update: what the
+    adapted model computed."""
+    merged = nnx.clone(base)
+    modules = dict(nnx.iter_modules(merged))
+    for path, module in nnx.iter_modules(adapted):
+        target = modules.get(path)
+        if target is None:
+            continue
+        for name in ("kernel", "bias", "scale", "embedding"):
+            value = getattr(module, name, None)
+            if value is None or not hasattr(target, name) or getattr(target, name) is None:
+                continue
+            if name == "kernel" and hasattr(module, "kernel_lora_a"):
+                continue
+            if isinstance(value, nnx.Variable):
+                getattr(target, name)[...] = value[...]
+        if hasattr(module, "kernel_lora_a"):
+            a, b = module.kernel_lora_a[...], module.kernel_lora_b[...]
+            kernel = _dense_kernel(module.kernel)
+            update = (config.alpha / config.rank) * (a @ b).reshape(kernel.shape)
+            target.kernel[...] = (kernel + update).astype(target.kernel.dtype)
+    return merged
+
+
+def _dense_kernel(kernel) -> jax.Array:
+    """A float kernel, or the dequantized int8 one of a QLoRA layer (qwix ``WithAux``)."""
+    if isinstance(kernel, nnx.Variable):
+        return kernel[...]
+    array = kernel.array
+    qvalue, scale = array.qvalue, array.scale
+    qvalue = qvalue[...] if isinstance(qvalue, nnx.Variable) else qvalue
+    scale = scale[...] if isinstance(scale, nnx.Variable) else scale
+    return qvalue.astype(jnp.float32) * scale

@@ -1,0 +1,391 @@
+"""Efficiency toolkit: int8 quantization (qwix dense layers + per-row tables), pruning as an optax
+transformation, structured shrinking, and their wiring into training runs."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import ecomjax
+from ecomjax.config import ConfigError, ModelConfig, PruneConfig, QuantizeConfig, load_config
+from ecomjax.efficiency.prune import pruning, shrink_feed_forward, sparsity_at, sparsity_report
+from ecomjax.efficiency.quantize import (
+    Int8Table,
+    abstract_quantized,
+    load_quantized,
+    quantize_model,
+    quantize_rows,
+    quantized_layer_bytes,
+    recommender_example_inputs,
+    save_quantized,
+)
+from ecomjax.models.sasrec import SASRec
+
+INT8 = QuantizeConfig(weights="int8")
+
+
+def _sasrec(seed: int = 0, **overrides) -> SASRec:
+    config = ModelConfig(dropout=0.0, attention_dropout=0.0, **overrides)
+    return SASRec(config, num_items=500, max_len=20, rngs=nnx.Rngs(seed))
+
+
+def _user_batch(rng: np.random.Generator, batch: int = 6, max_len: int = 20):
+    items = jnp.asarray(rng.integers(1, 501, size=(batch, max_len)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(max_len - 1, -1, -1, dtype=jnp.int32), (batch, max_len))
+    return items, positions, jnp.ones((batch, max_len), jnp.int32)
+
+
+def _scores(model, items, positions, segments):
+    return model.catalogue_scores(model.encode(items, positions, segments)[:, -1])
+
+
+def test_row_quantization_error_is_half_a_step_and_zero_rows_stay_zero():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(50, 16)) * rng.lognormal(size=(50, 1))  # rows of very different norms
+    table[3] = 0.0
+    q, scale = quantize_rows(jnp.asarray(table, jnp.float32))
+    assert q.dtype == jnp.int8 and scale.shape == (50, 1)
+    error = np.abs(np.asarray(q, np.float64) * np.asarray(scale) - table)
+    assert (error <= np.asarray(scale) / 2 + 1e-7).all()  # per-row step, so small rows stay precise
+    assert (np.asarray(q[3]) == 0).all() and float(scale[3, 0]) == 1.0
+
+
+@pytest.mark.parametrize("activations", ["int8", "none"])
+def test_int8_table_lookup_and_scores_match_the_float_table(activations):
+    rng = np.random.default_rng(1)
+    table = jnp.asarray(rng.normal(size=(300, 32)), jnp.float32)
+    hidden = jnp.asarray(rng.normal(size=(4, 32)), jnp.float32)
+    t = Int8Table(table, activations=activations)
+    ids = jnp.asarray([0, 5, 299])
+    np.testing.assert_allclose(t(ids), t.dequantize()[ids])
+    np.testing.assert_allclose(t.dequantize(), table, atol=float(jnp.abs(table).max()) / 127)
+    exact = hidden @ table.T
+    got = t.scores(hidden)
+    assert got.dtype == jnp.float32 and got.shape == (4, 300)
+    # two roundings (weights, and activations for int8) of ~0.4% each on 32-term dot products
+    assert float(jnp.abs(got - exact).max()) < 0.03 * float(jnp.abs(exact).max())
+    assert np.corrcoef(np.asarray(got).ravel(), np.asarray(exact).ravel())[0, 1] > 0.9995
+
+
+def test_int8_table_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[rows, width\]"):
+        Int8Table(jnp.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="activations"):
+        Int8Table(jnp.zeros((3, 4)), activations="int4")
+
+
+def test_quantized_sasrec_keeps_rankings_and_quarters_the_bytes():
+    model = _sasrec()
+    rng = np.random.default_rng(2)
+    batch = _user_batch(rng)
+    quantized = quantize_model(model, INT8, *recommender_example_inputs(20), method="encode")
+    # the float model is untouched
+    assert isinstance(model.item_embedding.ids, nnx.Embed)
+    assert model.blocks[0].feed_forward.up.kernel[...].dtype == jnp.float32
+    assert isinstance(quantized.item_embedding.ids, Int8Table)
+    assert isinstance(quantized.position_embedding, nnx.Embed)  # 20 rows < min_table_rows: kept float
+    exact, got = _scores(model, *batch), _scores(quantized, *batch)
+    assert float(jnp.abs(got - exact).max()) < 0.05 * float(jnp.abs(exact).max())
+    top_exact = np.argsort(-np.asarray(exact), axis=1)[:, :10]
+    top_got = np.argsort(-np.asarray(got), axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_exact, top_got, strict=True)])
+    assert overlap >= 0.8
+    layers = quantized_layer_bytes(model, quantized)
+    assert "item_embedding/ids" in layers and "blocks/1/feed_forward/down/kernel" in layers
+    assert len(layers) == 9  # 2 blocks x (qkv, out, up, down) + the item table
+    for name, entry in layers.items():
+        assert entry["quantized"] <= 0.3 * entry["float"], name
+
+
+def test_quantized_model_saves_and_loads_without_float_weights(tmp_path):
+    model = _sasrec()
+    quantized = quantize_model(model, INT8, *recommender_example_inputs(20), method="encode")
+    save_quantized(quantized, tmp_path)
+    abstract = abstract_quantized(lambda: _sasrec(seed=7), INT8, *recommender_example_inputs(20), method="encode")
+    loaded = load_quantized(abstract, tmp_path)
+    batch = _user_batch(np.random.default_rng(3))
+    np.testing.assert_array_equal(_scores(loaded, *batch), _scores(quantized, *batch))
+    wider = abstract_quantized(lambda: _sasrec(ffn_size=128), INT8, *recommender_example_inputs(20), method="encode")
+    with pytest.raises(ValueError, match=r"feed_forward/(up|down)/kernel.*expects int8\[128"):
+        load_quantized(wider, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"quantized\.npz"):
+        load_quantized(abstract, tmp_path / "missing")
+
+
+def test_quantize_needs_a_weight_type():
+    with pytest.raises(ValueError, match="nothing to quantize"):
+        quantize_model(_sasrec(), QuantizeConfig(), *recommender_example_inputs(20), method="encode")
+
+
+def _train_toy(tx, params, steps: int):
+    """Adam-style steps on a quadratic pulling every weight away from zero."""
+    state = tx.init(params)
+    target = jax.tree.map(lambda p: jnp.ones_like(p) * 2.0, params)
+    for _ in range(steps):
+        grads = jax.tree.map(lambda p, t: p - t, params, target)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_sparsity_schedule_is_cubic_between_begin_and_end():
+    assert float(sparsity_at(jnp.asarray(0), 0.5, 10, 110)) == 0.0
+    assert float(sparsity_at(jnp.asarray(60), 0.5, 10, 110)) == pytest.approx(0.5 * (1 - 0.5 ** 3))
+    assert float(sparsity_at(jnp.asarray(500), 0.5, 10, 110)) == 0.5
+
+
+def test_magnitude_pruning_reaches_the_target_and_pruned_weights_stay_zero():
+    rng = np.random.default_rng(4)
+    params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(40, 30)), jnp.float32),
+                        "bias": jnp.asarray(rng.normal(size=(30,)), jnp.float32)},
+              "table": {"embedding": jnp.asarray(rng.normal(size=(100, 8)), jnp.float32)}}
+    config = PruneConfig(sparsity=0.5, begin_fraction=0.1, end_fraction=0.5, frequency=5)
+    tx = optax.chain(optax.adam(0.05), pruning(config, total_steps=100))
+    at_end = _train_toy(tx, params, 51)
+    report = sparsity_report(at_end)
+    assert report["per_tensor"] == {"dense/kernel": 0.5, "table/embedding": 0.5}
+    assert float(jnp.min(jnp.abs(at_end["dense"]["bias"]))) > 0  # 1-D parameters are not pruned
+    zero = np.asarray(at_end["dense"]["kernel"]) == 0
+    # 50 more steps of a loss that pulls every weight to 2.0: the pruned ones do not move
+    later = _train_toy(tx, params, 101)
+    np.testing.assert_array_equal(np.asarray(later["dense"]["kernel"]) == 0, zero)
+    assert sparsity_report(later)["overall"] == 0.5
+
+
+def test_pruning_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"sparsity=0.0 must be in \(0, 1\)"):
+        pruning(PruneConfig(sparsity=0.0), 100)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        pruning(PruneConfig(sparsity=0.5, targets="nothing_here"), 100).init({"w": jnp.ones((3, 3))})
+    with pytest.raises(ValueError, match="no feed_forward"):
+        pruning(PruneConfig(sparsity=0.5, method="neurons"), 100).init({"w": jnp.ones((3, 3))})
+    with pytest.raises(ConfigError, match=r"efficiency\.prune\.sparsity"):
+        load_config(None, ["efficiency.prune.sparsity=1.5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'efficiency\.quantize\.bits'"):
+        load_config(None, ["efficiency.quantize.bits=4"])
+
+
+def test_neuron_pruning_removes_whole_units_and_shrinking_is_exact():
+    model = _sasrec(ffn_size=64)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    config = PruneConfig(sparsity=0.5, method="neurons", begin_fraction=0.0, end_fraction=0.0)
+    tx = pruning(config, total_steps=10)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    pruned = nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+    for block in pruned.blocks:
+        up, down = np.asarray(block.feed_forward.up.kernel[...]), np.asarray(block.feed_forward.down.kernel[...])
+        dead_up, dead_down = (up == 0).all(0), (down == 0).all(1)
+        assert dead_up.sum() == 32 and (dead_up == dead_down).all()
+        assert (np.asarray(block.feed_forward.up.bias[...])[dead_up] == 0).all()
+    small, widths = shrink_feed_forward(pruned)
+    assert widths == {"blocks/0/feed_forward": [64, 32], "blocks/1/feed_forward": [64, 32]}
+    assert small.blocks[0].feed_forward.up.kernel[...].shape == (64, 32)
+    batch = _user_batch(np.random.default_rng(5))
+    np.testing.assert_allclose(_scores(small, *batch), _scores(pruned, *batch), rtol=1e-5, atol=1e-5)
+
+
+def test_training_run_reports_pruning_and_the_quantized_model(tmp_path):
+    result = ecomjax.train(None, workdir=str(tmp_path / "run"), train__epochs=3, train__progress=False,
+                           efficiency__prune__sparsity=0.5, efficiency__prune__end_fraction=0.5,
+                           efficiency__quantize__weights="int8")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["pruning"]["overall"] == 0.5
+    assert metrics["best_epoch"] >= 2  # epoch 1 ends before the target sparsity holds: not selectable
+    params = nnx.state(result.model, nnx.Param)
+    assert sparsity_report(params)["per_tensor"]["blocks/0/feed_forward/up/kernel"] == 0.5
+    quantized = metrics["quantized"]
+    bytes_ = quantized["bytes"]
+    assert bytes_["quantized_layers_int8"] <= 0.3 * bytes_["quantized_layers_float"]
+    assert abs(quantized["test"]["ndcg@10"] - metrics["test"]["ndcg@10"]) < 0.1 * metrics["test"]["ndcg@10"]
+    assert (tmp_path / "run" / "quantized" / "quantized.npz").is_file()
+    # served from the saved int8 arrays: the same ranking as the float model, give or take rounding
+    from ecomjax.serve.personalize import HistoryPersonalizer
+
+    history = ["3", "17", "42", "8"]
+    exact = HistoryPersonalizer(tmp_path / "run").user_scores(history)
+    served = HistoryPersonalizer(tmp_path / "run", quantized=True).user_scores(history)
+    assert served.shape == exact.shape and np.corrcoef(exact[1:], served[1:])[0, 1] > 0.99
+    assert len(set(np.argsort(-exact)[:10]) & set(np.argsort(-served)[:10])) >= 8
+
+
+# --- LoRA -----------------------------------------------------------------------------------------
+
+def _tiny_bert():
+    from ecomjax.encoders.bert import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                        max_position_embeddings=16, type_vocab_size=2)
+    return BertModel(config, rngs=nnx.Rngs(0))
+
+
+def _bert_inputs(rng: np.random.Generator, n: int = 4):
+    return jnp.asarray(rng.integers(1, 120, size=(n, 10)), jnp.int32), jnp.ones((n, 10), jnp.int32)
+
+
+@pytest.mark.parametrize("quantize_base", [False, True])
+def test_lora_starts_at_the_base_model_trains_only_adapters_and_merges_exactly(quantize_base):
+    from ecomjax.efficiency.lora import (
+        LoraConfig,
+        adapter_paths,
+        apply_lora,
+        lora_trainable,
+        merge_lora,
+        parameter_counts,
+    )
+
+    base = _tiny_bert()
+    rng = np.random.default_rng(6)
+    ids, mask = _bert_inputs(rng)
+    config = LoraConfig(rank=4, alpha=8.0, quantize_base=quantize_base)
+    adapted = apply_lora(base, config, ids, mask)
+    assert len(adapter_paths(adapted)) == 12  # 2 layers x (query, key, value, attention output, intermediate, output)
+    # B starts at zero: the adapted model is the base model (up to the int8 base of QLoRA)
+    tolerance = 0.05 if quantize_base else 1e-6
+    assert float(jnp.abs(adapted(ids, mask) - base(ids, mask)).max()) < tolerance
+    counts = parameter_counts(adapted, lora_trainable())
+    assert counts["trainable"] == 12 * 4 * (32 + 32) + 2 * 4 * (64 - 32) * 2  # r (in + out) per layer
+    frozen_before = jax.tree.map(jnp.copy, nnx.state(adapted, nnx.Not(nnx.LoRAParam)))
+    optimizer = nnx.Optimizer(adapted, optax.adam(1e-2), wrt=lora_trainable())
+    target = jnp.asarray(rng.normal(size=(4, 10, 32)), jnp.float32)
+
+    def loss_fn(model):
+        return jnp.mean((model(ids, mask) - target) ** 2)
+
+    losses = []
+    for _ in range(20):
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, lora_trainable()))(adapted)
+        optimizer.update(adapted, grads)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    frozen_after = nnx.state(adapted, nnx.Not(nnx.LoRAParam))
+    for before, after in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after), strict=True):
+        np.testing.assert_array_equal(before, after)  # the base never moves
+    merged = merge_lora(adapted, base, config)
+    assert not adapter_paths(merged) and isinstance(merged.layers[0].intermediate.kernel, nnx.Param)
+    np.testing.assert_allclose(merged(ids, mask), adapted(ids, mask), atol=2e-5)
+
+
+def test_lora_errors_name_the_problem():
+    from ecomjax.efficiency.lora import LoraConfig, apply_lora
+
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        LoraConfig(rank=0)
+    ids, mask = _bert_inputs(np.random.default_rng(7))
+    with pytest.raises(ValueError, match="match no dense layer"):
+        apply_lora(_tiny_bert(), LoraConfig(targets="nowhere"), ids, mask)
+
+
+def test_dot_kernels_reads_the_int8_path_from_compiled_hlo():
+    from ecomjax.bench.kernels import dot_kernels
+
+    def scores(h, w, x):
+        int8 = jax.lax.dot_general(h, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+        return int8.astype(jnp.float32), x @ x
+
+    compiled = jax.jit(scores).lower(jnp.ones((4, 8), jnp.int8), jnp.ones((16, 8), jnp.int8),
+                                     jnp.ones((8, 8))).compile().as_text()
+    kernels = dot_kernels(compiled)
+    assert sum(kernels.values()) == 2
+    assert any(k.startswith("s8 x s8 -> s32") for k in kernels)
+    assert any(k.startswith("f32 x f32 -> f32") for k in kernels)
+
+
+# --- distillation -------------------------------------------------------------------------------
+
+def test_distillation_kl_matches_a_float64_reference_and_masks_padding():
+    from ecomjax.efficiency.distill import distillation_kl
+
+    rng = np.random.default_rng(8)
+    num_items, rows, temperature = 9, 12, 2.0  # rows 10, 11 pad the table; row 0 is the padding id
+    student, teacher = rng.normal(size=(5, rows)) * 3, rng.normal(size=(5, rows)) * 3
+    weight = np.array([1, 1, 0, 1, 1], np.float32)
+
+    def log_softmax(x):
+        x = x[:, 1:num_items + 1] / temperature
+        return x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+
+    lt, ls = log_softmax(teacher), log_softmax(student)
+    kl = (np.exp(lt) * (lt - ls)).sum(1)
+    expected = temperature ** 2 * (kl * weight).sum() / weight.sum()
+    got = distillation_kl(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), jnp.asarray(weight),
+                          temperature, num_items)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    same = distillation_kl(jnp.asarray(teacher, jnp.float32), jnp.asarray(teacher, jnp.float32), jnp.asarray(weight),
+                           temperature, num_items)
+    assert abs(float(same)) < 1e-6
+    # padding rows and unweighted positions cannot change it
+    student[:, [0, 10, 11]] = 50.0
+    student[2] = -7.0
+    moved = distillation_kl(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), jnp.asarray(weight),
+                            temperature, num_items)
+    assert float(moved) == pytest.approx(expected, rel=1e-5)
+
+
+def test_distilled_student_trains_from_a_teacher_run_and_rejects_a_foreign_teacher(tmp_path):
+    teacher = tmp_path / "teacher"
+    ecomjax.train(None, workdir=str(teacher), train__epochs=2, train__progress=False)
+    student = ecomjax.train(None, workdir=str(tmp_path / "student"), train__epochs=2, train__progress=False,
+                            model__hidden_size=32, model__num_layers=1, efficiency__distill__teacher=str(teacher),
+                            efficiency__distill__weight=0.7)
+    assert student.metrics["test"]["ndcg@10"] > 0.03  # popularity-level or better after 2 epochs
+    history = [json.loads(line) for line in (tmp_path / "student" / "history.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="a teacher must know the same items"):
+        ecomjax.train(None, workdir=str(tmp_path / "other"), train__epochs=1, train__progress=False,
+                      data__synthetic__num_items=300, efficiency__distill__teacher=str(teacher))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        ecomjax.train(None, workdir=str(tmp_path / "none"), train__epochs=1, train__progress=False,
+                      efficiency__distill__teacher=str(tmp_path / "missing"))
+
+
+def test_global_magnitude_pruning_ranks_all_targeted_weights_together():
+    big = jnp.full((10, 10), 5.0).at[0, 0].set(0.01)  # large weights
+    small = jnp.linspace(0.1, 1.0, 100).reshape(10, 10)  # all smaller than big's
+    config = PruneConfig(sparsity=0.5, scope="global", begin_fraction=0.0, end_fraction=0.0)
+    tx = pruning(config, total_steps=10)
+    params = {"a": {"kernel": big}, "b": {"kernel": small}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    pruned = optax.apply_updates(params, updates)
+    report = sparsity_report(pruned)
+    assert report["overall"] == 0.5
+    # the 100 smallest: the one tiny weight of "a" and 99 of "b"
+    assert report["per_tensor"] == {"a/kernel": 0.01, "b/kernel": 0.99}
+
+
+def test_bi_encoder_distillation_mixes_the_teacher_into_the_target():
+    from ecomjax.search.bi_encoder import (
+        BiEncoder,
+        BiEncoderConfig,
+        bi_encoder_loss,
+        train_bi_encoder,
+    )
+    from ecomjax.tasks.fit import FitConfig
+
+    rng = np.random.default_rng(9)
+    data = {"query_vectors": jnp.asarray(rng.normal(size=(20, 16)), jnp.float32),
+            "product_vectors": jnp.asarray(rng.normal(size=(30, 16)), jnp.float32),
+            "query_index": jnp.asarray(rng.integers(0, 20, 64)), "product_index": jnp.asarray(rng.integers(0, 30, 64)),
+            "relevance": jnp.asarray(rng.uniform(1, 3, 64), jnp.float32)}
+    config = BiEncoderConfig(hidden=8, dropout=0.0, contrastive_weight=0.0, distill_weight=0.5,
+                             fit=FitConfig(epochs=1, batch_size=16))
+    with pytest.raises(ValueError, match=r"needs data\['teacher'\]"):
+        train_bi_encoder(data, np.arange(48), np.arange(48, 64), config)
+    model = BiEncoder(16, 8, 0.0, rngs=nnx.Rngs(0))
+    rows, key = jnp.arange(64), jax.random.key(0)
+    labels_only = bi_encoder_loss(BiEncoderConfig(contrastive_weight=0.0))
+    # a teacher that agrees with the labels changes nothing; one that disagrees moves the target halfway
+    agreeing = {**data, "teacher": data["relevance"]}
+    assert float(bi_encoder_loss(config)(model, agreeing, rows, key)) == pytest.approx(
+        float(labels_only(model, data, rows, key)), rel=1e-6)
+    shifted = {**data, "teacher": data["relevance"] + 1.0}
+    halfway = {**data, "relevance": data["relevance"] + 0.5}
+    assert float(bi_encoder_loss(config)(model, shifted, rows, key)) == pytest.approx(
+        float(labels_only(model, halfway, rows, key)), rel=1e-6)
