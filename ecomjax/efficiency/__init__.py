@@ -1,16 +1,21 @@
-"""Make models cheap to serve and measure what it costs: quantization, pruning (LoRA and
-distillation to come). Each technique is a function over an NNX module or an optax
-transformation, so it applies to any ecomjax model; ``benchmarks/efficiency.py`` measures the
+"""Make models cheap to serve and measure what it costs: int8 quantization, pruning, LoRA
+adapters and distillation. Each technique is a function over an NNX module, an optax
+transformation or a loss term, so it applies to any ecomjax model; recommender configs reach
+them through their ``efficiency:`` section, and ``benchmarks/efficiency.py`` measures the
 quality / latency / bytes trade-off of each."""
 
+from ecomjax.efficiency.distill import distillation_kl
+from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable, merge_lora
 from ecomjax.efficiency.prune import pruning, shrink_feed_forward, sparsity_report
 from ecomjax.efficiency.quantize import (
-           Int8Table,
-           load_quantized,
-           model_bytes,
-           quantize_model,
-           save_quantized,
+    Int8Table,
+    load_quantized,
+    load_quantized_recommender,
+    model_bytes,
+    quantize_model,
+    save_quantized,
 )
 
-__all__ = ["Int8Table", "load_quantized", "model_bytes", "pruning", "quantize_model", "save_quantized",
+__all__ = ["Int8Table", "LoraConfig", "apply_lora", "distillation_kl", "load_quantized", "load_quantized_recommender",
+           "lora_trainable", "merge_lora", "model_bytes", "pruning", "quantize_model", "save_quantized",
            "shrink_feed_forward", "sparsity_report"]
