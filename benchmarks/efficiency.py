@@ -179,6 +179,8 @@ def time_interleaved(rows: list[dict[str, Any]], calls: dict[str, dict[int, Any]
 
 def _serve_fn(model: nnx.Module):
     """Encode, score the catalogue, top 10: what a recommendation request costs."""
+    from ecomjax.eval.ranking import full_ranking_scores
+
     graphdef, state = nnx.split(model)
     num_items = model.num_items
 
@@ -186,9 +188,7 @@ def _serve_fn(model: nnx.Module):
     def serve(state, items, positions, segments):
         m = nnx.merge(graphdef, state)
         scores = m.catalogue_scores(m.encode(items, positions, segments)[:, -1])
-        ids = jnp.arange(scores.shape[-1])
-        scores = jnp.where((ids > 0) & (ids <= num_items), scores, -jnp.inf)
-        return jax.lax.top_k(scores, 10)
+        return jax.lax.top_k(full_ranking_scores(scores, None, num_items), 10)
 
     return serve, state
 

@@ -17,11 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def catalogue_mask(rows: int, num_items: int) -> jax.Array:
-    """``[rows]`` True for real items (ids 1..num_items), False for padding rows."""
-    ids = jnp.arange(rows)
-    return (ids > 0) & (ids <= num_items)
+from ecomjax.eval.ranking import full_ranking_scores
 
 
 def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, weight: jax.Array,
@@ -30,9 +26,10 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, weight
 
     ``*_logits``: ``[T, R]`` scores of every table row (padding rows are masked out here),
     ``weight``: ``[T]`` 1 for positions with a target, 0 for padding."""
-    real = catalogue_mask(student_logits.shape[-1], num_items)
-    student = jnp.where(real, student_logits.astype(jnp.float32) / temperature, -jnp.inf)
-    teacher = jnp.where(real, jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, -jnp.inf)
+    student = full_ranking_scores(student_logits.astype(jnp.float32) / temperature, None, num_items)
+    teacher = full_ranking_scores(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
+                                  None, num_items)
+    real = teacher > -jnp.inf  # the padding id and table rows past num_items are -inf
     log_p_teacher = jax.nn.log_softmax(teacher, axis=-1)
     log_p_student = jax.nn.log_softmax(student, axis=-1)
     kl = jnp.sum(jnp.where(real, jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), 0.0), axis=-1)

@@ -57,8 +57,8 @@ class _FeedForward(NamedTuple):
 
 
 def feed_forward_blocks(paths: list[str]) -> list[_FeedForward]:
-    """Find ``.../feed_forward/up/kernel`` + ``.../feed_forward/down/kernel`` pairs (SASRec, BERT
-    layouts through ``ecomjax.models``); an empty list means nothing to prune structurally."""
+    """Find ``.../feed_forward/up/kernel`` + ``.../feed_forward/down/kernel`` pairs (the SASRec
+    layout); an empty list means nothing to prune structurally."""
     index = {p.removesuffix("/value"): i for i, p in enumerate(paths)}
     blocks = []
     for p, i in index.items():
@@ -152,7 +152,7 @@ def pruning_end_step(config: PruneConfig, total_steps: int) -> int:
     return int(config.end_fraction * total_steps) if config.sparsity > 0 else 0
 
 
-def sparsity_report(params: Any, pattern: str = r"(kernel|embedding)$") -> dict[str, Any]:
+def sparsity_report(params: Any, pattern: str = PruneConfig.targets) -> dict[str, Any]:
     """Fraction of exact zeros per matching parameter (2-D and up) and over all of them."""
     rows, zeros, total = {}, 0, 0
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:

@@ -93,9 +93,8 @@ def _quantize_dense(model: nnx.Module, config: QuantizeConfig, method: str, exam
     return qwix.quantize_model(model, qwix.PtqProvider(rules), *example_args, methods=(method,))
 
 
-def _replace_tables(model: nnx.Module, config: QuantizeConfig) -> list[str]:
+def _replace_tables(model: nnx.Module, config: QuantizeConfig) -> None:
     """Swap every ``nnx.Embed`` with at least ``min_table_rows`` rows for an ``Int8Table``."""
-    replaced = []
     for path, module in list(nnx.iter_modules(model)):
         if not isinstance(module, nnx.Embed) or module.num_embeddings < config.min_table_rows:
             continue
@@ -107,8 +106,6 @@ def _replace_tables(model: nnx.Module, config: QuantizeConfig) -> list[str]:
             parent[path[-1]] = table
         else:
             setattr(parent, path[-1], table)
-        replaced.append("/".join(map(str, path)))
-    return replaced
 
 
 def quantize_model(model: nnx.Module, config: QuantizeConfig, *example_args, method: str = "__call__") -> nnx.Module:

@@ -36,9 +36,8 @@ class HistoryPersonalizer:
             from ecomjax.train.restore import restore_run
 
             run = restore_run(workdir)
-            config, graphdef = run.config, run.graphdef
-            state = (run.best_params, run.state["buffers"])
-            graphdef, state = nnx.split(nnx.merge(graphdef, *state))
+            config = run.config
+            graphdef, state = nnx.split(run.model())
         self.max_len = config.data.max_len
         dataset = load_sequences(config.data)
         self.index = {str(item): dense for dense, item in enumerate(dataset.item_ids) if dense > 0}
