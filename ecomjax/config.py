@@ -126,6 +126,8 @@ class TrainConfig:
     early_stopping_patience: int = 5  # evaluations without a better validation ndcg@10 before stopping
     checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only after each evaluation)
     resume: bool = True  # continue from workdir/checkpoints when they exist
+    init_from: str | None = None  # workdir of a finished run on the same items: its best parameters start
+    # this one (same model shapes; fresh optimizer and schedule): fine-tune, prune or adapt a trained model
     prng_impl: Literal["threefry2x32", "rbg", "unsafe_rbg"] = "threefry2x32"  # dropout RNG
     progress: bool = True  # progress bar on the terminal
 
@@ -166,14 +168,16 @@ class MeshConfig:
 
 @dataclass
 class QuantizeConfig:
-    """Post-training int8 quantization (``ecomjax.efficiency.quantize``): after training the run
-    evaluates the quantized model beside the float one and saves it for serving."""
+    """Int8 quantization (``ecomjax.efficiency.quantize``): after training the run evaluates the
+    quantized model beside the float one and saves it for serving; with ``qat`` the model also
+    trains through the int8 rounding it will be served with."""
 
     weights: Literal["none", "int8"] = "none"  # int8: dense kernels (scale per output channel) + tables (scale per row)
     activations: Literal["none", "int8"] = "int8"  # int8: matmul inputs quantized per row at run time (int8 kernels); none: weight-only
     tables: bool = True  # int8 embedding tables (the item table: lookups and catalogue scores)
     min_table_rows: int = 256  # smaller tables (positions) stay float32: a rounding error of the bytes
     module_path: str = ".*"  # regex of the module paths whose dense layers qwix quantizes
+    qat: bool = False  # quantization-aware training: int8 fake quantization (straight-through) while training
 
 
 @dataclass
@@ -182,12 +186,13 @@ class PruneConfig:
     optimizer keeps pruned weights at zero; sparsity follows Zhu & Gupta's cubic schedule."""
 
     sparsity: float = 0.0  # final fraction pruned in every targeted tensor; 0 = off
-    method: Literal["magnitude", "neurons"] = "magnitude"  # neurons: whole feed-forward units (structured)
+    # structured: neurons = whole feed-forward units, heads = whole attention heads, or both
+    method: Literal["magnitude", "neurons", "heads", "neurons+heads"] = "magnitude"
     begin_fraction: float = 0.1  # of the planned steps: first pruning step
     end_fraction: float = 0.6  # of the planned steps: target sparsity reached (checkpoints are selected after)
     frequency: int = 50  # steps between mask updates
     targets: str = r"(kernel|embedding)$"  # magnitude: regex of the parameter paths pruned
-    scope: Literal["tensor", "global"] = "tensor"  # magnitude: sparsity per tensor, or one threshold over all
+    scope: Literal["tensor", "row", "global"] = "tensor"  # magnitude: sparsity per tensor, per row, or one threshold over all
 
 
 @dataclass
@@ -201,10 +206,22 @@ class DistillConfig:
 
 
 @dataclass
+class AdaptersConfig:
+    """LoRA adapters on a trained recommender (``ecomjax.efficiency.lora``): the model of
+    ``train.init_from`` stays frozen and only low-rank updates of its dense layers train (a new
+    market, a new season, a user segment: one small set of adapters each, one shared base)."""
+
+    rank: int = 0  # adapter rank r; 0 = off
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    targets: str = r".*blocks/\d+/(attention/(qkv|out)|feed_forward/(up|down))"  # regex, full match of module paths
+
+
+@dataclass
 class EfficiencyConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: AdaptersConfig = field(default_factory=AdaptersConfig)
 
 
 @dataclass
@@ -264,6 +281,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "efficiency.prune.end_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "efficiency.prune.frequency": (lambda v: v >= 1, "an integer >= 1"),
     "efficiency.distill.weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "efficiency.lora.rank": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "efficiency.lora.alpha": (lambda v: v > 0, "a number > 0"),
     "efficiency.distill.temperature": (lambda v: v > 0, "a number > 0"),
 }
 

@@ -14,11 +14,13 @@ from flax import nnx
 
 import ecomjax
 from ecomjax.config import ConfigError, ModelConfig, PruneConfig, QuantizeConfig, load_config
-from ecomjax.efficiency.prune import pruning, shrink_feed_forward, sparsity_at, sparsity_report
+from ecomjax.efficiency.prune import pruning, shrink_pruned, sparsity_at, sparsity_report
 from ecomjax.efficiency.quantize import (
     Int8Table,
     abstract_quantized,
+    fake_quantize_rows,
     load_quantized,
+    quantization_aware,
     quantize_model,
     quantize_rows,
     quantized_layer_bytes,
@@ -134,6 +136,35 @@ def _train_toy(tx, params, steps: int):
     return params
 
 
+def test_fake_quantization_rounds_forward_and_passes_gradients_straight_through():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 8)), jnp.float32)
+    q, scale = quantize_rows(x)
+    np.testing.assert_array_equal(np.asarray(fake_quantize_rows(x)), np.asarray(q.astype(jnp.float32) * scale))
+    grad = jax.grad(lambda v: jnp.sum(fake_quantize_rows(v) * jnp.arange(8.0)))(x)
+    np.testing.assert_array_equal(np.asarray(grad), np.broadcast_to(np.arange(8.0), (5, 8)))
+
+
+def test_quantization_aware_model_computes_what_the_int8_export_serves():
+    model = _sasrec()
+    example = recommender_example_inputs(20)
+    aware = quantization_aware(model, INT8, *example, method="encode")
+    served = quantize_model(model, QuantizeConfig(weights="int8", tables=False), *example, method="encode")
+    # the same parameters, at the same paths: checkpoints and the export read them unchanged
+    assert jax.tree.structure(nnx.state(aware, nnx.Param)) == jax.tree.structure(nnx.state(model, nnx.Param))
+    batch = _user_batch(np.random.default_rng(2))
+    float_out, aware_out, int8_out = (m.encode(*batch) for m in (model, aware, served))
+    assert float(jnp.max(jnp.abs(aware_out - float_out))) > 1e-4  # the rounding is there while training
+    np.testing.assert_allclose(aware_out, int8_out, rtol=1e-5, atol=1e-5)  # fake int8 == served int8
+    graphdef, params, rest = nnx.split(aware, nnx.Param, ...)
+
+    def loss(p):
+        return jnp.sum(nnx.merge(graphdef, p, rest).encode(*batch) ** 2)
+
+    grads = jax.grad(loss)(params)
+    kernel = grads["blocks"][0]["feed_forward"]["up"]["kernel"][...]
+    assert float(jnp.linalg.norm(kernel)) > 0  # straight-through: the float weights learn
+
+
 def test_sparsity_schedule_is_cubic_between_begin_and_end():
     assert float(sparsity_at(jnp.asarray(0), 0.5, 10, 110)) == 0.0
     assert float(sparsity_at(jnp.asarray(60), 0.5, 10, 110)) == pytest.approx(0.5 * (1 - 0.5 ** 3))
@@ -184,11 +215,80 @@ def test_neuron_pruning_removes_whole_units_and_shrinking_is_exact():
         dead_up, dead_down = (up == 0).all(0), (down == 0).all(1)
         assert dead_up.sum() == 32 and (dead_up == dead_down).all()
         assert (np.asarray(block.feed_forward.up.bias[...])[dead_up] == 0).all()
-    small, widths = shrink_feed_forward(pruned)
+    small, widths = shrink_pruned(pruned)
     assert widths == {"blocks/0/feed_forward": [64, 32], "blocks/1/feed_forward": [64, 32]}
     assert small.blocks[0].feed_forward.up.kernel[...].shape == (64, 32)
     batch = _user_batch(np.random.default_rng(5))
     np.testing.assert_allclose(_scores(small, *batch), _scores(pruned, *batch), rtol=1e-5, atol=1e-5)
+
+
+def test_head_pruning_removes_whole_heads_and_shrinking_is_exact():
+    model = _sasrec(hidden_size=64, num_heads=4, ffn_size=64)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    config = PruneConfig(sparsity=0.5, method="neurons+heads", begin_fraction=0.0, end_fraction=0.0)
+    with pytest.raises(ValueError, match="2 or more attention heads"):
+        pruning(config, total_steps=10).init(params)
+    tx = pruning(config, total_steps=10, num_heads=4)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    pruned = nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+    for block in pruned.blocks:
+        qkv = np.asarray(block.attention.qkv.kernel[...]).reshape(64, 3, 4, 16)
+        out = np.asarray(block.attention.out.kernel[...]).reshape(4, 16, 64)
+        dead = (out == 0).all((1, 2))
+        assert dead.sum() == 2  # half of the heads, each whole: its q, k, v columns, bias and out rows
+        assert ((qkv == 0).all((0, 3)) == dead[None, :]).all()
+        assert (np.asarray(block.attention.qkv.bias[...]).reshape(3, 4, 16)[:, dead] == 0).all()
+        assert not (out[~dead] == 0).all((1, 2)).any()
+        assert ((np.asarray(block.feed_forward.up.kernel[...]) == 0).all(0)).sum() == 32
+    small, widths = shrink_pruned(pruned)
+    assert widths == {"blocks/0/attention": [4, 2], "blocks/0/feed_forward": [64, 32],
+                      "blocks/1/attention": [4, 2], "blocks/1/feed_forward": [64, 32]}
+    assert small.blocks[0].attention.qkv.kernel[...].shape == (64, 96)
+    assert small.blocks[0].attention.out.kernel[...].shape == (32, 64)
+    assert small.blocks[0].attention.num_heads == 2 and small.blocks[0].attention.head_dim == 16
+    batch = _user_batch(np.random.default_rng(6))
+    np.testing.assert_allclose(_scores(small, *batch), _scores(pruned, *batch), rtol=1e-5, atol=1e-5)
+
+
+def test_init_from_starts_at_a_finished_runs_parameters(tmp_path):
+    first = ecomjax.train(None, workdir=str(tmp_path / "dense"), train__epochs=1, train__progress=False)
+    # a negligible learning rate keeps the start: the same parameters, the same test numbers
+    second = ecomjax.train(None, workdir=str(tmp_path / "tuned"), train__epochs=1, train__progress=False,
+                           train__init_from=str(tmp_path / "dense"), train__learning_rate=1e-12)
+    for a, b in zip(jax.tree.leaves(nnx.state(first.model, nnx.Param)),
+                    jax.tree.leaves(nnx.state(second.model, nnx.Param)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-8)
+    assert second.metrics["test"]["ndcg@10"] == pytest.approx(first.metrics["test"]["ndcg@10"], abs=1e-6)
+    assert first.metrics["test"]["ndcg@10"] > 0.02  # a trained model, not a fresh one
+    with pytest.raises(ValueError, match=r"train.init_from=.*blocks.*use the same model section"):
+        ecomjax.train(None, workdir=str(tmp_path / "wider"), train__epochs=1, train__progress=False,
+                      train__init_from=str(tmp_path / "dense"), model__ffn_size=48)
+    with pytest.raises(FileNotFoundError, match=r"train.init_from=.*not a run directory"):
+        ecomjax.train(None, workdir=str(tmp_path / "none"), train__init_from=str(tmp_path / "missing"))
+
+
+def test_recommender_lora_trains_only_adapters_on_a_finished_run_and_merges_exactly(tmp_path):
+    from ecomjax.efficiency.lora import LoraConfig, lora_trainable, merge_lora, parameter_counts
+    from ecomjax.train.restore import restore_run
+
+    base = ecomjax.train(None, workdir=str(tmp_path / "base"), train__epochs=1, train__progress=False)
+    adapted = ecomjax.train(None, workdir=str(tmp_path / "lora"), train__epochs=1, train__progress=False,
+                            train__init_from=str(tmp_path / "base"), efficiency__lora__rank=4)
+    counts = parameter_counts(adapted.model, lora_trainable())
+    assert 0 < counts["fraction"] < 0.1
+    frozen = nnx.state(adapted.model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+    for a, b in zip(jax.tree.leaves(nnx.state(base.model, nnx.Param)), jax.tree.leaves(frozen), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the base did not move
+    b_matrix = adapted.model.blocks[0].feed_forward.up.kernel_lora_b[...]
+    assert float(jnp.max(jnp.abs(b_matrix))) > 0  # the adapters did (they start at B = 0)
+    merged = merge_lora(restore_run(tmp_path / "lora").model(), base.model, LoraConfig(rank=4, alpha=16.0))
+    batch = _user_batch(np.random.default_rng(4), max_len=50)
+    np.testing.assert_allclose(_scores(merged, *batch), _scores(adapted.model, *batch), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"set train\.init_from"):
+        ecomjax.train(None, workdir=str(tmp_path / "x"), efficiency__lora__rank=4)
+    with pytest.raises(ValueError, match="do not combine"):
+        ecomjax.train(None, workdir=str(tmp_path / "y"), efficiency__lora__rank=4,
+                      train__init_from=str(tmp_path / "base"), efficiency__prune__sparsity=0.5)
 
 
 def test_training_run_reports_pruning_and_the_quantized_model(tmp_path):
@@ -227,6 +327,24 @@ def _tiny_bert():
 
 def _bert_inputs(rng: np.random.Generator, n: int = 4):
     return jnp.asarray(rng.integers(1, 120, size=(n, 10)), jnp.int32), jnp.ones((n, 10), jnp.int32)
+
+
+def test_quantization_aware_run_exports_int8_and_is_not_resumed_as_a_float_run(tmp_path):
+    workdir = str(tmp_path / "qat")
+    result = ecomjax.train(None, workdir=workdir, train__epochs=2, train__progress=False,
+                           efficiency__quantize__weights="int8", efficiency__quantize__qat=True)
+    metrics = result.metrics
+    assert abs(metrics["quantized"]["test"]["ndcg@10"] - metrics["test"]["ndcg@10"]) < 0.05 * metrics["test"]["ndcg@10"]
+    from ecomjax.train.restore import restore_run
+
+    restored = restore_run(workdir).model()
+    batch = _user_batch(np.random.default_rng(3))
+    np.testing.assert_allclose(restored.encode(*batch), result.model.encode(*batch), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="different config"):
+        ecomjax.train(None, workdir=workdir, train__epochs=3, train__progress=False,
+                      efficiency__quantize__weights="int8")
+    with pytest.raises(ValueError, match=r"set efficiency\.quantize\.weights=int8"):
+        ecomjax.train(None, workdir=str(tmp_path / "bad"), efficiency__quantize__qat=True)
 
 
 @pytest.mark.parametrize("quantize_base", [False, True])
@@ -338,7 +456,7 @@ def test_distilled_student_trains_from_a_teacher_run_and_rejects_a_foreign_teach
     history = [json.loads(line) for line in (tmp_path / "student" / "history.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in history if "loss" in h]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
-    with pytest.raises(ValueError, match="a teacher must know the same items"):
+    with pytest.raises(ValueError, match="it must know the same items"):
         ecomjax.train(None, workdir=str(tmp_path / "other"), train__epochs=1, train__progress=False,
                       data__synthetic__num_items=300, efficiency__distill__teacher=str(teacher))
     with pytest.raises(FileNotFoundError, match="not a run directory"):
@@ -358,6 +476,22 @@ def test_global_magnitude_pruning_ranks_all_targeted_weights_together():
     assert report["overall"] == 0.5
     # the 100 smallest: the one tiny weight of "a" and 99 of "b"
     assert report["per_tensor"] == {"a/kernel": 0.01, "b/kernel": 0.99}
+
+
+def test_row_magnitude_pruning_keeps_the_same_share_of_every_row():
+    # row norms spread 100x (a popular item and a rare one): per tensor, the short rows go entirely
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8)) * np.logspace(-2, 0, 6)[:, None], jnp.float32)
+    params = {"table": {"embedding": table}}
+    for scope, zeros_in_shortest_row in (("tensor", 8), ("row", 4)):
+        config = PruneConfig(sparsity=0.5, scope=scope, begin_fraction=0.0, end_fraction=0.0)
+        tx = pruning(config, total_steps=10)
+        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+        pruned = np.asarray(optax.apply_updates(params, updates)["table"]["embedding"])
+        assert (pruned == 0).sum() == 24
+        assert (pruned[0] == 0).sum() == zeros_in_shortest_row
+    assert ((pruned == 0).sum(1) == 4).all()  # row scope: half of each row, the smallest of that row
+    kept = np.abs(table) >= np.median(np.abs(table), axis=1, keepdims=True)
+    np.testing.assert_array_equal(pruned != 0, kept)
 
 
 def test_bi_encoder_distillation_mixes_the_teacher_into_the_target():

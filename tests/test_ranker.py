@@ -168,6 +168,34 @@ def test_train_ranker_end_to_end_and_reload(tmp_path):
     assert (run.workdir / "eval" / "metrics.json").is_file()
 
 
+def test_ranker_adapts_a_finished_ranker_with_lora_and_saves_it_merged(tmp_path):
+    no_baselines = {"baselines.gbdt": False, "baselines.clicked_only_cvr": False, "train.epochs": 1}
+    base = train_ranker(_tiny(tmp_path / "base", **no_baselines))
+    adapted = train_ranker(_tiny(tmp_path / "adapted", **no_baselines, **{
+        "adapt.init_from": str(base.workdir), "adapt.lora_rank": 4, "train.learning_rate": 1e-2}))
+    m = json.loads((adapted.workdir / "metrics.json").read_text())
+    assert m["adapted_from"] == str(base.workdir)
+    assert 0 < m["lora"]["trainable_fraction"] < 0.2 and m["lora"]["rank"] == 4
+    # merged: the plain architecture, reloadable from the workdir; tables frozen, dense layers moved
+    model, schema, config, _ = load_ranker(adapted.workdir)
+    assert not any("lora" in "/".join(map(str, path)) for path, _ in nnx.iter_modules(model))
+    np.testing.assert_array_equal(np.asarray(model.embedding.tables[0].embedding[...]),
+                                  np.asarray(base.model.embedding.tables[0].embedding[...]))
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(base.model, nnx.Param)),
+                 strict=True)]
+    assert any(moved) and not all(moved)
+    d = device_data(load_impressions(config)[0])
+    rows = np.arange(64)
+    np.testing.assert_allclose(predict(model, d, schema, rows).click, predict(adapted.model, d, schema, rows).click,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"set adapt\.init_from"):
+        train_ranker(_tiny(tmp_path / "x", **no_baselines, **{"adapt.lora_rank": 4}))
+    with pytest.raises(ValueError, match="other model settings"):
+        train_ranker(_tiny(tmp_path / "y", **no_baselines, **{"adapt.init_from": str(base.workdir),
+                                                              "model.embed_dim": 16}))
+
+
 def test_cli_trains_a_ranker_config(tmp_path, capsys):
     from ecomjax.cli import main
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 import ecomjax
 from ecomjax.config import ConfigError
@@ -65,8 +66,14 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, model):
 
 def test_resume_refuses_a_different_config(tmp_path):
     ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path), "train.max_steps": 3})
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(model\.hidden_size\)"):
         ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path), "model.hidden_size": 8})
+    # a run saved before a config key existed resumes: the missing key takes its default
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["efficiency"]["lora"], saved["train"]["init_from"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path), "train.max_steps": 4})
+    assert resumed.metrics["steps"] == 4
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):

@@ -10,6 +10,11 @@ base costs a quarter of the bytes while the adapters learn in float32).
 
 ``merge_lora`` folds ``(alpha / r) A B`` into ``W`` and returns the plain model: serving costs
 exactly what the base model costs.
+
+Where configs reach it: the search cross-encoder (``cross_encoder.lora_*``), a sequential
+recommender (``efficiency.lora`` with ``train.init_from``: adapters on a finished run's
+transformer, the base frozen) and the ranker (``adapt``: a finished ranker adapted on new data,
+merged before it is saved).
 """
 
 from __future__ import annotations

@@ -8,12 +8,19 @@ from the current weights for the sparsity the schedule asks for then (Zhu & Gupt
 end). The outgoing update of a pruned weight is ``-weight``, so after ``apply_updates`` it is
 exactly zero, and it stays zero: pruned weights are the smallest, so a later mask keeps them.
 
-* ``magnitude``: within each targeted tensor (``scope: tensor``), or over all of them at once
-  (``scope: global``), the fraction ``s_t`` with the smallest ``|w|``.
+* ``magnitude``: within each targeted tensor (``scope: tensor``), within each row of it
+  (``scope: row``: every item of a table keeps the same number of its coordinates, where a
+  per-tensor threshold empties the rows of rarely seen items, whose vectors are short), or over
+  all of them at once (``scope: global``), the fraction ``s_t`` with the smallest ``|w|``.
 * ``neurons`` (structured): the units of each feed-forward block (``up`` column, its bias,
-  ``down`` row) scored by ``||up_j|| * ||down_j||``; pruned units are removed for serving by
-  ``shrink_feed_forward``, which builds a narrower dense model: a real speed-up, where scattered
-  zeros in dense kernels give none.
+  ``down`` row) scored by ``||up_j|| * ||down_j||``.
+* ``heads`` (structured): the heads of each attention block (their query, key and value columns
+  of the fused ``qkv`` kernel and bias, their rows of ``out``) scored by ``||V_h|| * ||O_h||``,
+  the norms of the value path a head writes through (query and key only shape where it looks).
+* ``neurons+heads``: both, at the same fraction of each block.
+
+Structurally pruned units and heads are removed for serving by ``shrink_pruned``, which builds
+narrower dense layers: a real speed-up, where scattered zeros in dense kernels give none.
 """
 
 from __future__ import annotations
@@ -48,26 +55,41 @@ def _keep_smallest_out(scores: jax.Array, fraction: jax.Array) -> jax.Array:
     return (ranks >= drop).reshape(scores.shape)
 
 
-class _FeedForward(NamedTuple):
-    """Leaf indices of one feed-forward block: up kernel [D, F], up bias [F], down kernel [F, D]."""
+class _Block(NamedTuple):
+    """Leaf indices of one prunable block: the layer writing the units (kernel, bias) and the
+    layer reading them. Feed-forward: ``up`` [D, F] (+ bias), ``down`` [F, D]; attention: the
+    fused ``qkv`` [D, 3 H d] (+ bias), ``out`` [H d, D]."""
 
-    up: int
-    up_bias: int | None
-    down: int
+    first: int
+    first_bias: int | None
+    second: int
 
 
-def feed_forward_blocks(paths: list[str]) -> list[_FeedForward]:
-    """Find ``.../feed_forward/up/kernel`` + ``.../feed_forward/down/kernel`` pairs (the SASRec
-    layout); an empty list means nothing to prune structurally."""
+def _blocks(paths: list[str], container: str, first: str, second: str) -> list[_Block]:
     index = {p.removesuffix("/value"): i for i, p in enumerate(paths)}
     blocks = []
     for p, i in index.items():
-        if p.endswith("feed_forward/up/kernel"):
-            stem = p.removesuffix("up/kernel")
-            if stem + "down/kernel" not in index:
-                raise ValueError(f"{p} has no matching {stem}down/kernel")
-            blocks.append(_FeedForward(i, index.get(stem + "up/bias"), index[stem + "down/kernel"]))
+        if p.endswith(f"{container}/{first}/kernel"):
+            stem = p.removesuffix(f"{first}/kernel")
+            if stem + f"{second}/kernel" not in index:
+                raise ValueError(f"{p} has no matching {stem}{second}/kernel")
+            blocks.append(_Block(i, index.get(stem + f"{first}/bias"), index[stem + f"{second}/kernel"]))
     return blocks
+
+
+def feed_forward_blocks(paths: list[str]) -> list[_Block]:
+    """Find ``.../feed_forward/up/kernel`` + ``.../feed_forward/down/kernel`` pairs (the SASRec
+    layout); an empty list means nothing to prune structurally."""
+    return _blocks(paths, "feed_forward", "up", "down")
+
+
+def attention_blocks(paths: list[str]) -> list[_Block]:
+    """Find ``.../attention/qkv/kernel`` + ``.../attention/out/kernel`` pairs (the SASRec layout)."""
+    return _blocks(paths, "attention", "qkv", "out")
+
+
+def _structures(method: str) -> set[str]:
+    return {"neurons+heads": {"neurons", "heads"}}.get(method, {method})
 
 
 class PruneState(NamedTuple):
@@ -75,8 +97,9 @@ class PruneState(NamedTuple):
     masks: tuple  # one bool array per parameter leaf (shape () = never pruned)
 
 
-def pruning(config: PruneConfig, total_steps: int) -> optax.GradientTransformation:
-    """The transformation for ``config`` over a run of ``total_steps`` optimizer steps."""
+def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None) -> optax.GradientTransformation:
+    """The transformation for ``config`` over a run of ``total_steps`` optimizer steps;
+    ``num_heads`` (heads per attention block) is needed to prune heads."""
     if not 0 < config.sparsity < 1:
         raise ValueError(f"efficiency.prune.sparsity={config.sparsity} must be in (0, 1) to prune")
     if config.end_fraction < config.begin_fraction:
@@ -89,12 +112,24 @@ def pruning(config: PruneConfig, total_steps: int) -> optax.GradientTransformati
     def init(params):
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         paths = [_path(k) for k, _ in leaves]
-        if config.method == "neurons":
-            blocks = feed_forward_blocks(paths)
-            if not blocks:
-                raise ValueError("efficiency.prune.method=neurons: the model has no feed_forward/up + down "
-                                 "kernels to prune")
-            pruned = {i for b in blocks for i in b if i is not None}
+        structures = _structures(config.method)
+        if structures != {"magnitude"}:
+            pruned = set()
+            if "neurons" in structures:
+                blocks = feed_forward_blocks(paths)
+                if not blocks:
+                    raise ValueError(f"efficiency.prune.method={config.method}: the model has no "
+                                     "feed_forward/up + down kernels to prune")
+                pruned |= {i for b in blocks for i in b if i is not None}
+            if "heads" in structures:
+                blocks = attention_blocks(paths)
+                if not blocks:
+                    raise ValueError(f"efficiency.prune.method={config.method}: the model has no "
+                                     "attention/qkv + out kernels to prune")
+                if num_heads is None or num_heads < 2:
+                    raise ValueError(f"efficiency.prune.method={config.method} needs a model with 2 or more "
+                                     f"attention heads (model.num_heads={num_heads})")
+                pruned |= {i for b in blocks for i in b if i is not None}
         else:
             pruned = {i for i, p in enumerate(paths) if targets.search(p.removesuffix("/value"))
                       and leaves[i][1].ndim >= 2}
@@ -114,6 +149,11 @@ def pruning(config: PruneConfig, total_steps: int) -> optax.GradientTransformati
                 for i in pruned:
                     masks[i] = _keep_smallest_out(jnp.abs(leaves[i]), fraction)
                 return tuple(masks)
+            if config.scope == "row":
+                for i in pruned:
+                    rows = jnp.abs(leaves[i]).reshape(-1, leaves[i].shape[-1])
+                    masks[i] = jax.vmap(_keep_smallest_out, in_axes=(0, None))(rows, fraction).reshape(leaves[i].shape)
+                return tuple(masks)
             # global: one ranking over every targeted weight, so tensors (and table rows) with
             # many small weights give up more of them
             keep = _keep_smallest_out(jnp.concatenate([jnp.abs(leaves[i]).ravel() for i in pruned]), fraction)
@@ -122,14 +162,27 @@ def pruning(config: PruneConfig, total_steps: int) -> optax.GradientTransformati
                 masks[i] = keep[offsets[k]:offsets[k + 1]].reshape(leaves[i].shape)
             return tuple(masks)
         paths = [_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        for block in feed_forward_blocks(paths):
-            up, down = leaves[block.up], leaves[block.down]
+        structures = _structures(config.method)
+        for block in feed_forward_blocks(paths) if "neurons" in structures else ():
+            up, down = leaves[block.first], leaves[block.second]
             score = jnp.linalg.norm(up, axis=0) * jnp.linalg.norm(down, axis=1)  # [F]
             keep = _keep_smallest_out(score, fraction)
-            masks[block.up] = jnp.broadcast_to(keep[None, :], up.shape)
-            masks[block.down] = jnp.broadcast_to(keep[:, None], down.shape)
-            if block.up_bias is not None:
-                masks[block.up_bias] = keep
+            masks[block.first] = jnp.broadcast_to(keep[None, :], up.shape)
+            masks[block.second] = jnp.broadcast_to(keep[:, None], down.shape)
+            if block.first_bias is not None:
+                masks[block.first_bias] = keep
+        for block in attention_blocks(paths) if "heads" in structures else ():
+            qkv, out = leaves[block.first], leaves[block.second]
+            head_dim = out.shape[0] // num_heads
+            values = qkv[:, 2 * num_heads * head_dim:].reshape(qkv.shape[0], num_heads, head_dim)
+            score = (jnp.linalg.norm(values, axis=(0, 2))
+                     * jnp.linalg.norm(out.reshape(num_heads, head_dim, -1), axis=(1, 2)))  # [H]
+            rows = jnp.repeat(_keep_smallest_out(score, fraction), head_dim)  # [H d]
+            columns = jnp.tile(rows, 3)  # query, key and value columns of each head
+            masks[block.first] = jnp.broadcast_to(columns[None, :], qkv.shape)
+            masks[block.second] = jnp.broadcast_to(rows[:, None], out.shape)
+            if block.first_bias is not None:
+                masks[block.first_bias] = columns
         return tuple(masks)
 
     def update(updates, state, params=None):
@@ -178,24 +231,50 @@ def _narrow(linear, keep: np.ndarray, axis: int):
     return out
 
 
-def shrink_feed_forward(model):
-    """A copy of ``model`` whose feed-forward blocks (modules with ``up`` and ``down``
-    ``nnx.Linear`` layers) keep only their live units: the units whose ``up`` column or ``down``
-    row has a non-zero weight. Exact for neuron-pruned weights (a dead unit's bias is pruned
-    too, and GELU(0) = ReLU(0) = 0). Returns the model and ``{block path: [width before, after]}``."""
+def _shrink_attention(module) -> tuple[int, int]:
+    """Drop the heads of ``module`` (fused ``qkv`` + ``out``) whose weights are all zero."""
+    heads, head_dim = module.num_heads, module.head_dim
+    qkv = np.abs(np.asarray(module.qkv.kernel[...])).reshape(-1, 3, heads, head_dim)
+    out = np.abs(np.asarray(module.out.kernel[...])).reshape(heads, head_dim, -1)
+    keep = np.flatnonzero((qkv.sum((0, 1, 3)) > 0) | (out.sum((1, 2)) > 0))
+    if len(keep) == 0:
+        raise ValueError("every head of an attention block is pruned: nothing would pass")
+    rows = (keep[:, None] * head_dim + np.arange(head_dim)).ravel()
+    columns = np.concatenate([part * heads * head_dim + rows for part in range(3)])
+    module.qkv = _narrow(module.qkv, columns, axis=1)
+    module.out = _narrow(module.out, rows, axis=0)
+    module.num_heads = len(keep)
+    return heads, len(keep)
+
+
+def shrink_pruned(model):
+    """A copy of ``model`` without its structurally pruned parts: feed-forward blocks (modules
+    with ``up`` and ``down`` ``nnx.Linear`` layers) keep only the units whose ``up`` column or
+    ``down`` row has a non-zero weight; attention blocks (``qkv`` + ``out`` + ``num_heads``) only
+    the heads with a non-zero weight. Exact for structurally pruned weights (a dead unit's bias is
+    pruned too, GELU(0) = ReLU(0) = 0; a dead head's value is 0). Returns the model and
+    ``{module path: [units or heads before, after]}`` for the modules that shrank."""
     from flax import nnx
 
     model = nnx.clone(model)
     widths = {}
     for path, module in list(nnx.iter_modules(model)):
+        name = "/".join(map(str, path))
+        if hasattr(module, "num_heads") and isinstance(getattr(module, "qkv", None), nnx.Linear):
+            before, after = _shrink_attention(module)
+            if after < before:
+                widths[name] = [before, after]
+            continue
         up, down = getattr(module, "up", None), getattr(module, "down", None)
         if not (isinstance(up, nnx.Linear) and isinstance(down, nnx.Linear)):
             continue
         alive = (np.abs(np.asarray(up.kernel[...])).sum(0) > 0) | (np.abs(np.asarray(down.kernel[...])).sum(1) > 0)
         keep = np.flatnonzero(alive)
         if len(keep) == 0:
-            raise ValueError(f"every unit of {'/'.join(map(str, path))} is pruned: nothing would pass")
-        widths["/".join(map(str, path))] = [int(alive.size), len(keep)]
+            raise ValueError(f"every unit of {name} is pruned: nothing would pass")
+        if len(keep) == alive.size:
+            continue
+        widths[name] = [int(alive.size), len(keep)]
         module.up = _narrow(up, keep, axis=1)
         module.down = _narrow(down, keep, axis=0)
     return model, widths

@@ -35,6 +35,10 @@ from flax import nnx
 from ecomjax.config import QuantizeConfig
 
 INT8_MAX = 127.0
+# The ops qwix rewrites: the dense layers' ``dot_general``s. Attention's activation x activation
+# einsums stay float: they hold no weights, and quantizing them (qwix's default) rounds the
+# training-time (fake) and served (int8) paths differently when both einsum and dot_general match.
+DENSE_OPS = ("dot_general",)
 
 
 class QuantizedRows(nnx.Variable):
@@ -85,11 +89,34 @@ class Int8Table(nnx.Module):
         return acc.astype(jnp.float32) * hscale * scale
 
 
+def fake_quantize_rows(values: jax.Array) -> jax.Array:
+    """The int8 round trip of ``quantize_rows`` in the forward pass, the identity in the backward
+    pass (straight-through estimator): training sees the rounding serving will apply."""
+    q, scale = quantize_rows(values)
+    rounded = (q.astype(jnp.float32) * scale).astype(values.dtype)
+    return values + jax.lax.stop_gradient(rounded - values)
+
+
+def quantization_aware(model: nnx.Module, config: QuantizeConfig, *example_args, method: str = "__call__") -> nnx.Module:
+    """``model`` with qwix's quantized-training provider on the dense layers ``quantize_model``
+    would quantize: the forward pass of ``method`` rounds kernels to int8 (a scale per output
+    channel) and, with ``activations="int8"``, the matmul inputs per row; gradients pass straight
+    through. The parameters keep their float32 values and paths, so checkpoints, ``train.init_from``
+    and the post-training export read them unchanged. Tables are not dots: the trainer rounds the
+    output table with ``fake_quantize_rows``."""
+    import qwix
+
+    act = jnp.int8 if config.activations == "int8" else None
+    rules = [qwix.QtRule(module_path=config.module_path, op_names=DENSE_OPS, weight_qtype=jnp.int8, act_qtype=act)]
+    return qwix.quantize_model(model, qwix.QtProvider(rules), *example_args, methods=(method,))
+
+
 def _quantize_dense(model: nnx.Module, config: QuantizeConfig, method: str, example_args: tuple) -> nnx.Module:
     import qwix  # imported here: only quantizing needs it
 
     act = jnp.int8 if config.activations == "int8" else None
-    rules = [qwix.QuantizationRule(module_path=config.module_path, weight_qtype=jnp.int8, act_qtype=act)]
+    rules = [qwix.QuantizationRule(module_path=config.module_path, op_names=DENSE_OPS, weight_qtype=jnp.int8,
+                                   act_qtype=act)]
     return qwix.quantize_model(model, qwix.PtqProvider(rules), *example_args, methods=(method,))
 
 

@@ -47,19 +47,20 @@ class CausalSelfAttention(nnx.Module):
                 f"model.hidden_size={width} must be divisible by model.num_heads={config.num_heads}"
             )
         self.num_heads = config.num_heads
+        self.head_dim = width // config.num_heads  # kept when heads are pruned away (``shrink_pruned``)
         self.qkv = _linear(width, 3 * width, ("embed", "heads"), dtype, rngs)
         self.out = _linear(width, width, ("heads", "embed"), dtype, rngs)
         self.dropout = nnx.Dropout(config.attention_dropout)
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-        batch, length, width = x.shape
-        head = width // self.num_heads
+        batch, length, _ = x.shape
+        head = self.head_dim
         q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3 * self.num_heads, head), 3, axis=2)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         logits = jnp.where(mask, logits / jnp.sqrt(head).astype(jnp.float32), -1e30)
         weights = jax.nn.softmax(logits, axis=-1)
         weights = self.dropout(weights, deterministic=deterministic, rngs=rngs).astype(x.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, self.num_heads * head)
         return self.out(context)
 
 

@@ -101,6 +101,22 @@ class RankerBaselines:
 
 
 @dataclass
+class RankerAdaptConfig:
+    """Fine-tune a finished ranker on this run's data (a new market, a later period) instead of
+    training one from scratch: ``init_from``'s parameters start the run (same fields and heads);
+    with ``lora_rank`` > 0 only low-rank adapters on its dense layers train (qwix LoRA; embedding
+    tables and the rest stay frozen) and are merged into the base weights before saving, so the
+    workdir serves like any other."""
+
+    init_from: str | None = None  # workdir of a finished ranker; null = train from scratch
+    lora_rank: int = 0  # adapter rank; 0 = fine-tune every parameter
+    lora_alpha: float = 16.0  # the update is scaled by alpha / rank
+    # regex, full match of the module paths of the adapted layers: the nnx.Linear layers of the
+    # interaction, experts, gates, towers and heads (embedding tables and wide terms stay frozen)
+    lora_targets: str = "(interaction|experts|gates|towers|heads)/.*"
+
+
+@dataclass
 class RankerConfig:
     task: Literal["ranker"] = "ranker"
     workdir: str = "runs/ranker"
@@ -112,6 +128,7 @@ class RankerConfig:
     train: FitConfig = field(default_factory=lambda: FitConfig(epochs=20, batch_size=1024, learning_rate=2e-3,
                                                                weight_decay=1e-5, patience=3))
     baselines: RankerBaselines = field(default_factory=RankerBaselines)
+    adapt: RankerAdaptConfig = field(default_factory=RankerAdaptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

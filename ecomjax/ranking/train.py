@@ -15,6 +15,7 @@ and ``gbdt/{head}.txt`` (LightGBM models) when the baseline ran.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -174,7 +175,22 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
     if tasks == ("purchase",):  # a stand-alone CVR model: trained where the label exists
         cvr_mode = "clicked_only"
         train_rows = train_rows[data.click[train_rows] > 0]
-    model = build_ranker(config, data.schema, tasks, base_rates(data, train_rows, tasks, cvr_mode))
+    adapt = config.adapt
+    lora = None
+    if adapt.init_from and tasks != ("purchase",):  # the clicked-only CVR baseline always starts fresh
+        model = _adaptation_start(adapt.init_from, config, data.schema, tasks)
+        if adapt.lora_rank:
+            from ecomjax.efficiency.lora import LoraConfig, apply_lora
+
+            lora = LoraConfig(adapt.lora_rank, adapt.lora_alpha, adapt.lora_targets)
+            base = model
+            example = {k: device[k][:2] for k in ("categorical", "numeric", "sequences")}
+            model = apply_lora(base, lora, example["categorical"], example["numeric"], example["sequences"],
+                               seed=config.seed)
+    elif adapt.lora_rank:
+        raise ValueError("adapt.lora_rank trains adapters on a finished ranker: set adapt.init_from")
+    else:
+        model = build_ranker(config, data.schema, tasks, base_rates(data, train_rows, tasks, cvr_mode))
 
     def loss_fn(model, device, rows, key):
         batch = {k: v[rows] for k, v in device.items()}
@@ -199,10 +215,42 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
                 f.write(json.dumps({"epoch": record["epoch"], "loss": record["loss"],
                                     "valid_loss": -record["valid"]}) + "\n")
 
-    result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log)
+    if lora is None:
+        result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log)
+    else:
+        from ecomjax.efficiency.lora import lora_trainable, merge_lora, parameter_counts
+
+        result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log,
+                     trainable=lora_trainable())
+        counts = parameter_counts(model, lora_trainable())
+        model = merge_lora(model, base, lora)  # served (and saved) as the plain architecture
     info = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": result.seconds,
             "valid_loss": -result.best_score, "train_rows": len(train_rows)}
+    if adapt.init_from and tasks != ("purchase",):
+        info["adapted_from"] = str(adapt.init_from)
+        if lora is not None:
+            info["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "trainable_params": counts["trainable"],
+                            "total_params": counts["total"], "trainable_fraction": counts["fraction"]}
     return model, info
+
+
+def _adaptation_start(source: str, config: RankerConfig, schema: FeatureSchema,
+                      tasks: tuple[str, ...]) -> MultiTaskRanker:
+    """``adapt.init_from``'s model, which must have this run's architecture (the workdir is
+    reloaded from this run's config), read its fields and predict its heads."""
+    if not (Path(source) / "params.npz").is_file():
+        raise FileNotFoundError(f"adapt.init_from={source!r} is not a finished ranker workdir (no params.npz)")
+    model, source_schema, source_config, _ = load_ranker(source)
+    if source_config.model != config.model:
+        differ = [k for k, v in dataclasses.asdict(config.model).items() if getattr(source_config.model, k) != v]
+        raise ValueError(f"adapt.init_from={source!r} was built with other model settings ({', '.join(differ)}); "
+                         "use its model section")
+    if source_schema != schema:
+        raise ValueError(f"adapt.init_from={source!r} reads other fields than this run's data "
+                         f"({source_schema.to_dict()} vs {schema.to_dict()}); adapt on the same features")
+    if tuple(model.tasks) != tasks:
+        raise ValueError(f"adapt.init_from={source!r} predicts {list(model.tasks)}, this run {list(tasks)}")
+    return model
 
 
 def dwell_spread(pred: Predictions, data: ImpressionData, rows: np.ndarray) -> float:

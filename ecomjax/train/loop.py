@@ -28,12 +28,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from flax import nnx
 from tqdm.auto import tqdm
 
 from ecomjax.bench.flops import compiled_flops
-from ecomjax.config import Config, save_config
+from ecomjax.config import Config, load_config, save_config
 from ecomjax.data import load_sequences
 from ecomjax.data.item_text import model_item_features
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
@@ -57,14 +56,20 @@ from ecomjax.train.sharding import (
     replicated,
     to_global,
 )
-from ecomjax.train.step import Teacher, build_next_item_step, init_next_item_state
+from ecomjax.train.step import (
+    Teacher,
+    abstract_next_item_state,
+    build_next_item_step,
+    init_next_item_state,
+)
 
 # Keys that may differ between an interrupted run and its resumption (the mesh may change: a
 # checkpoint restores onto any mesh, and the arithmetic does not depend on it).
 _RESUME_FREE_KEYS = {
     ("train", "max_steps"), ("train", "progress"), ("train", "resume"),
     ("mesh", "data"), ("mesh", "model"), ("mesh", "rules"),
-    ("efficiency", "quantize"),  # post-training: a finished run may be quantized afterwards
+    # post-training: a finished run may be quantized afterwards (quantization-aware training may not)
+    *(("efficiency", "quantize", key) for key in ("weights", "activations", "tables", "min_table_rows", "module_path")),
 }
 
 
@@ -81,9 +86,23 @@ class TrainResult:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config))
-    for section, key in _RESUME_FREE_KEYS:
-        config[section].pop(key, None)
+    for *sections, key in _RESUME_FREE_KEYS:
+        node = config
+        for section in sections:
+            node = node.get(section, {})
+        node.pop(key, None)
     return config
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``: dotted keys, as overrides name them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 class _History:
@@ -176,7 +195,9 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
                                    teacher=teacher)
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
-    state = init_next_item_state(trainer)
+    checkpoints = RunCheckpoints(workdir / "checkpoints")
+    resuming = config.train.resume and checkpoints.latest_step() is not None
+    state = init_next_item_state(trainer, None if resuming else _initial_params(config, dataset, mesh, trainer))
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     evaluator = make_evaluator(graphdef, config.eval, sampled=config.eval.sampled_negatives > 0)
 
@@ -185,18 +206,19 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
         return evaluate_split(evaluator, (params, state["buffers"]), batches, users)
 
     # --- Resume --------------------------------------------------------------------------------
-    checkpoints = RunCheckpoints(workdir / "checkpoints")
     best_params = jax.tree.map(jnp.copy, state["params"])
     meta = {"epoch": 0, "best": None, "best_epoch": -1, "bad_evals": 0,
             "finished": False, "train_seconds": 0.0, "eval_seconds": 0.0, "compile_seconds": 0.0,
             "valid_history": []}
-    if config.train.resume and checkpoints.latest_step() is not None:
+    if resuming:
         if prior_config.exists():
-            old = yaml.safe_load(prior_config.read_text())
-            if _comparable(old) != _comparable(config.to_dict()):
-                raise ValueError(
-                    f"{workdir} holds a run with a different config; use another workdir or train.resume=false"
-                )
+            # read through the schema: keys added to it since the run started take their
+            # defaults (which leave behaviour as it was), so an older run still resumes
+            old, new = _comparable(load_config(prior_config).to_dict()), _comparable(config.to_dict())
+            if old != new:
+                differ = sorted(k for k in _flat(old).keys() | _flat(new).keys() if _flat(old).get(k) != _flat(new).get(k))
+                raise ValueError(f"{workdir} holds a run with a different config ({', '.join(differ)}); "
+                                 "use another workdir or train.resume=false")
         state, best_params, meta = checkpoints.restore(abstract_like(state), abstract_like(best_params))
     elif checkpoints.latest_step() is not None:
         for step in checkpoints.manager.all_steps():
@@ -404,22 +426,50 @@ def _quantized_metrics(config: Config, model: nnx.Module, eval_sets, mesh: jax.s
     return result
 
 
-def _load_teacher(config: Config, dataset, mesh: jax.sharding.Mesh) -> Teacher | None:
-    """The ``efficiency.distill.teacher`` run's best model on this run's mesh; it must have been
-    trained on the same items (ids and count), or its distribution means nothing here."""
-    source = config.efficiency.distill.teacher
-    if not source:
-        return None
+def _restore_same_items(key: str, source: str, dataset, mesh: jax.sharding.Mesh):
+    """The finished run ``source`` (named by config ``key``) on this run's mesh; it must have been
+    trained on the same items (ids and count): its item rows mean nothing otherwise."""
     from ecomjax.train.restore import restore_run  # restore builds steps itself: import late
 
     if not (Path(source) / "config.yaml").is_file():
-        raise FileNotFoundError(f"efficiency.distill.teacher={source!r} is not a run directory (no config.yaml)")
+        raise FileNotFoundError(f"{key}={source!r} is not a run directory (no config.yaml)")
     run = restore_run(source, data=mesh.shape["data"], model=mesh.shape["model"])
-    teacher_data = load_sequences(run.config.data)
-    if teacher_data.num_items != dataset.num_items or not np.array_equal(teacher_data.item_ids, dataset.item_ids):
-        raise ValueError(f"efficiency.distill.teacher={source!r} was trained on {teacher_data.name} "
-                         f"({teacher_data.num_items} items), this run on {dataset.name} ({dataset.num_items} items): "
-                         "a teacher must know the same items")
+    source_data = load_sequences(run.config.data)
+    if source_data.num_items != dataset.num_items or not np.array_equal(source_data.item_ids, dataset.item_ids):
+        raise ValueError(f"{key}={source!r} was trained on {source_data.name} ({source_data.num_items} items), "
+                         f"this run on {dataset.name} ({dataset.num_items} items): it must know the same items")
+    return run
+
+
+def _initial_params(config: Config, dataset, mesh: jax.sharding.Mesh, trainer) -> Any:
+    """``train.init_from``: the finished run's best parameters, checked leaf by leaf against the
+    shapes this run's model needs; ``None`` (fresh initialisation) when unset."""
+    source = config.train.init_from
+    if not source:
+        return None
+    run = _restore_same_items("train.init_from", source, dataset, mesh)
+    wanted = abstract_next_item_state(trainer)["params"]
+    have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(run.best_params)[0]}
+    need = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(wanted)[0]}
+    if config.efficiency.lora.rank:  # the adapters are new: they start fresh (B = 0: at the base model)
+        need = {k: v for k, v in need.items() if "_lora_" not in k}
+    if have.keys() != need.keys():
+        raise ValueError(f"train.init_from={source!r}: its model has other parameters than this run's "
+                         f"(only there: {sorted(have.keys() - need.keys())[:3]}, only here: "
+                         f"{sorted(need.keys() - have.keys())[:3]}); use the same model section")
+    for key, leaf in need.items():
+        if have[key].shape != leaf.shape or have[key].dtype != leaf.dtype:
+            raise ValueError(f"train.init_from={source!r}: {key} is {have[key].dtype}{list(have[key].shape)} "
+                             f"there, {leaf.dtype}{list(leaf.shape)} here; use the same model section")
+    return have
+
+
+def _load_teacher(config: Config, dataset, mesh: jax.sharding.Mesh) -> Teacher | None:
+    """The ``efficiency.distill.teacher`` run's best model on this run's mesh (same items)."""
+    source = config.efficiency.distill.teacher
+    if not source:
+        return None
+    run = _restore_same_items("efficiency.distill.teacher", source, dataset, mesh)
     if run.config.data.max_len < config.data.max_len:
         raise ValueError(f"the teacher reads {run.config.data.max_len} positions, this run {config.data.max_len}: "
                          "raise the teacher's data.max_len or lower this run's")

@@ -114,6 +114,8 @@ def tree_shardings(tree: Any, rules: Mapping[str, str | None], mesh: jax.shardin
     """
 
     def leaf(x):
+        if _is_variable(x) and not hasattr(x, "shape"):  # optax.masked's placeholder: holds no array
+            return x
         if _is_variable(x):
             names = x.get_metadata().get(LOGICAL_AXES_KEY)
             return x.replace(NamedSharding(mesh, spec_for(names, x.shape, rules, mesh)))

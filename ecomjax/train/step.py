@@ -18,7 +18,13 @@ from flax import nnx
 
 from ecomjax.config import Config
 from ecomjax.efficiency.distill import distillation_kl
+from ecomjax.efficiency.lora import LoraConfig, apply_lora
 from ecomjax.efficiency.prune import pruning
+from ecomjax.efficiency.quantize import (
+    fake_quantize_rows,
+    quantization_aware,
+    recommender_example_inputs,
+)
 from ecomjax.models import build_sequential_model
 from ecomjax.models.item_embedding import ItemFeatures
 from ecomjax.tasks.next_item import next_item_loss
@@ -63,14 +69,27 @@ def build_next_item_step(
     in the KL divergence to the teacher's catalogue distribution at every target position.
     """
 
+    quantize = config.efficiency.quantize
+    adapters = recommender_adapters(config)
+    if quantize.qat and quantize.weights == "none":
+        raise ValueError("efficiency.quantize.qat=true trains for an int8 export: set efficiency.quantize.weights=int8")
+
     def build_model() -> nnx.Module:
-        return build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
-                                      item_features=item_features, item_words=item_words)
+        model = build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
+                                       item_features=item_features, item_words=item_words)
+        example = recommender_example_inputs(config.data.max_len)
+        if quantize.qat:
+            model = quantization_aware(model, quantize, *example, method="encode")
+        if adapters is not None:
+            model = apply_lora(model, adapters, *example, seed=config.seed, method="encode")
+        return model
 
     tx, schedule = make_optimizer(config.train, total_steps)
+    if adapters is not None:  # only the adapters move; the frozen base keeps no optimizer moments
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, adapter_labels)
     distill = config.efficiency.distill
     if config.efficiency.prune.sparsity > 0:  # after the optimizer: pruned weights' updates are -weight
-        tx = optax.chain(tx, pruning(config.efficiency.prune, total_steps))
+        tx = optax.chain(tx, pruning(config.efficiency.prune, total_steps, config.model.num_heads))
     graphdef, _, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param, ItemFeatures)
     state_sharding = tree_shardings(jax.eval_shape(lambda: _init_state(build_model, tx)), config.mesh.rules, mesh)
     base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
@@ -86,6 +105,10 @@ def build_next_item_step(
                 deterministic=False, rngs=nnx.Rngs(dropout=dropout_key),
             )
             table = net.item_table(deterministic=False, rngs=nnx.Rngs(dropout=jax.random.fold_in(dropout_key, 1)))
+            if quantize.qat and quantize.tables:  # the catalogue scores int8 rows (and int8 hidden rows)
+                table = fake_quantize_rows(table)
+                if quantize.activations == "int8":
+                    hidden = fake_quantize_rows(hidden)
             loss, tokens = next_item_loss(hidden, batch["targets"], table, config.loss, loss_key, log_prior, num_items)
             if teacher is None:
                 return loss, tokens
@@ -127,15 +150,47 @@ def _distillation_term(net, hidden, table, batch, teacher: Teacher, temperature:
                            temperature, num_items)
 
 
+def recommender_adapters(config: Config) -> LoraConfig | None:
+    """``efficiency.lora`` as a ``LoraConfig`` (``None`` when off), checked against the rest of the
+    run: adapters adapt a trained model, and pruning would fight the frozen weights."""
+    section = config.efficiency.lora
+    if section.rank == 0:
+        return None
+    if not config.train.init_from:
+        raise ValueError("efficiency.lora adapts a trained model: set train.init_from to a finished run's workdir")
+    if config.efficiency.prune.sparsity > 0:
+        raise ValueError("efficiency.lora and efficiency.prune do not combine: the base weights are frozen")
+    return LoraConfig(section.rank, section.alpha, section.targets)
+
+
+def adapter_labels(params: Any) -> Any:
+    """``"train"`` for the adapter matrices (qwix names them ``*_lora_a`` / ``*_lora_b``), else ``"frozen"``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if "_lora_" in jax.tree_util.keystr(path) else "frozen", params)
+
+
 def _init_state(build_model, tx) -> dict[str, Any]:
     _, params, buffers = nnx.split(build_model(), nnx.Param, ItemFeatures)
     return {"params": params, "buffers": buffers, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def init_next_item_state(step: NextItemStep) -> dict[str, Any]:
+def init_next_item_state(step: NextItemStep, params: Any = None) -> dict[str, Any]:
     """Initial parameters and optimizer state, written by a jitted initialiser straight into
-    ``step.state_sharding`` (never whole on one device)."""
-    return jax.jit(lambda: _init_state(step.build_model, step.tx), out_shardings=step.state_sharding)()
+    ``step.state_sharding`` (never whole on one device). ``params`` (``train.init_from``: a
+    finished run's leaves, ``{keystr(path): array}``) replace the fresh values at their paths; the
+    optimizer state starts from them."""
+    if params is None:
+        return jax.jit(lambda: _init_state(step.build_model, step.tx), out_shardings=step.state_sharding)()
+
+    def start(given):
+        state = _init_state(step.build_model, step.tx)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(state["params"])
+        # given: a finished run's leaves by path; adapters it lacks keep their fresh values
+        merged = jax.tree_util.tree_unflatten(
+            treedef, [given.get(jax.tree_util.keystr(path), leaf) for path, leaf in leaves])
+        return {**state, "params": merged, "opt_state": step.tx.init(merged)}
+
+    return jax.jit(start, out_shardings=step.state_sharding)(params)
 
 
 def abstract_next_item_state(step: NextItemStep) -> dict[str, Any]:
