@@ -15,7 +15,8 @@ excluded). Three training runs:
   (``efficiency.prune.method=neurons``), exported as a model with half-width feed-forward layers;
   ``sasrec_structured50``: half of the units and half of the attention heads of every block
   (``neurons+heads``), exported with one head and half-width feed-forward layers per block;
-* ``sasrec_qat``: quantization-aware training (``efficiency.quantize.qat``), exported as int8;
+* ``sasrec_qat``: ``sasrec_base`` fine-tuned for 5 epochs with quantization-aware training
+  (``train.init_from`` + ``efficiency.quantize.qat``), exported as int8;
 * seeds 1 and 2 of ``sasrec_base``, ``sasrec_magnitude50_d04`` and ``sasrec_row50_d04``: the
   pruning bar is judged on the mean over three seeds, since one seed's test NDCG@10 moves by ~1%;
 * ``sasrec_small`` / ``sasrec_small_distilled[_t2]``: a 32-wide, one-block SASRec trained alone
@@ -75,8 +76,12 @@ SASREC_RUNS = {  # name -> overrides of configs/sasrec_beauty.yaml
                          "model.attention_dropout": 0.4},
     "sasrec_neurons50": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.method": "neurons"},
     "sasrec_structured50": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.method": "neurons+heads"},
-    # quantization-aware training: int8 rounding (qwix fake quantization, straight-through) while training
-    "sasrec_qat": {"efficiency.quantize.weights": "int8", "efficiency.quantize.qat": True},
+    # quantization-aware training as usually done: the float model fine-tuned through the int8 rounding
+    # (qwix fake quantization, straight-through gradients) for 5 epochs at a quarter of its peak rate.
+    # From scratch, the same 25-epoch run stopped early at epoch 12 (valid 0.0673, test 0.0535).
+    "sasrec_qat": {"train.init_from": "{runs}/sasrec_base", "efficiency.quantize.weights": "int8",
+                   "efficiency.quantize.qat": True, "train.epochs": 5, "train.learning_rate": 5e-4,
+                   "train.warmup_steps": 50},
     # a quarter-width, one-block student alone and distilled from sasrec_base (the teacher)
     "sasrec_small": {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 1, "model.ffn_size": 128},
     "sasrec_small_distilled": {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 1,
