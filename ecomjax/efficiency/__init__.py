@@ -6,7 +6,7 @@ them through their ``efficiency:`` section, and ``benchmarks/efficiency.py`` mea
 quality / latency / bytes trade-off of each."""
 
 from ecomjax.efficiency.distill import distillation_kl
-from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable, merge_lora
+from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable, merge_lora, train_merged
 from ecomjax.efficiency.prune import pruning, shrink_pruned, sparsity_report
 from ecomjax.efficiency.quantize import (
     Int8Table,
@@ -21,4 +21,5 @@ from ecomjax.efficiency.quantize import (
 
 __all__ = ["Int8Table", "LoraConfig", "apply_lora", "distillation_kl", "fake_quantize_rows", "load_quantized",
            "load_quantized_recommender", "lora_trainable", "merge_lora", "model_bytes", "pruning",
-           "quantization_aware", "quantize_model", "save_quantized", "shrink_pruned", "sparsity_report"]
+           "quantization_aware", "quantize_model", "save_quantized", "shrink_pruned", "sparsity_report",
+           "train_merged"]

@@ -20,7 +20,9 @@ merged before it is saved).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,17 @@ def merge_lora(adapted: nnx.Module, base: nnx.Module, config: LoraConfig) -> nnx
             update = (config.alpha / config.rank) * (a @ b).reshape(kernel.shape)
             target.kernel[...] = (kernel + update).astype(target.kernel.dtype)
     return merged
+
+
+def train_merged(model: nnx.Module, config: LoraConfig, example_args: tuple,
+                 train: Callable[[nnx.Module, nnx.filterlib.Filter], Any], *fresh: str,
+                 seed: int = 0) -> tuple[nnx.Module, Any, dict[str, float]]:
+    """Adapt ``model``, run ``train(adapted, trainable)`` (adapters + ``fresh`` modules), merge
+    back: ``(plain model to serve and save, train's result, parameter_counts)``."""
+    adapted = apply_lora(model, config, *example_args, seed=seed)
+    trainable = lora_trainable(*fresh)
+    result = train(adapted, trainable)
+    return merge_lora(adapted, model, config), result, parameter_counts(adapted, trainable)
 
 
 def _dense_kernel(kernel) -> jax.Array:

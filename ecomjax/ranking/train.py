@@ -176,19 +176,11 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
         cvr_mode = "clicked_only"
         train_rows = train_rows[data.click[train_rows] > 0]
     adapt = config.adapt
-    lora = None
-    if adapt.init_from and tasks != ("purchase",):  # the clicked-only CVR baseline always starts fresh
-        model = _adaptation_start(adapt.init_from, config, data.schema, tasks)
-        if adapt.lora_rank:
-            from ecomjax.efficiency.lora import LoraConfig, apply_lora
-
-            lora = LoraConfig(adapt.lora_rank, adapt.lora_alpha, adapt.lora_targets)
-            base = model
-            example = {k: device[k][:2] for k in ("categorical", "numeric", "sequences")}
-            model = apply_lora(base, lora, example["categorical"], example["numeric"], example["sequences"],
-                               seed=config.seed)
-    elif adapt.lora_rank:
+    adapting = bool(adapt.init_from) and tasks != ("purchase",)  # the clicked-only CVR baseline starts fresh
+    if adapt.lora_rank and not adapt.init_from:
         raise ValueError("adapt.lora_rank trains adapters on a finished ranker: set adapt.init_from")
+    if adapting:
+        model = _adaptation_start(adapt.init_from, config, data.schema, tasks)
     else:
         model = build_ranker(config, data.schema, tasks, base_rates(data, train_rows, tasks, cvr_mode))
 
@@ -215,22 +207,26 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
                 f.write(json.dumps({"epoch": record["epoch"], "loss": record["loss"],
                                     "valid_loss": -record["valid"]}) + "\n")
 
-    if lora is None:
-        result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log)
-    else:
-        from ecomjax.efficiency.lora import lora_trainable, merge_lora, parameter_counts
+    lora_info = None
+    if adapting and adapt.lora_rank:  # adapters trained, merged: served (and saved) as the plain architecture
+        from ecomjax.efficiency.lora import LoraConfig, train_merged
 
-        result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log,
-                     trainable=lora_trainable())
-        counts = parameter_counts(model, lora_trainable())
-        model = merge_lora(model, base, lora)  # served (and saved) as the plain architecture
+        lora = LoraConfig(adapt.lora_rank, adapt.lora_alpha, adapt.lora_targets)
+        model, result, counts = train_merged(
+            model, lora, (device["categorical"][:2], device["numeric"][:2], device["sequences"][:2]),
+            lambda adapted, trainable: fit(adapted, loss_fn, device, train_rows, evaluate, config.train,
+                                           on_epoch=log, trainable=trainable),
+            seed=config.seed)
+        lora_info = {"rank": lora.rank, "alpha": lora.alpha, "trainable_params": counts["trainable"],
+                     "total_params": counts["total"], "trainable_fraction": counts["fraction"]}
+    else:
+        result = fit(model, loss_fn, device, train_rows, evaluate, config.train, on_epoch=log)
     info = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": result.seconds,
             "valid_loss": -result.best_score, "train_rows": len(train_rows)}
-    if adapt.init_from and tasks != ("purchase",):
+    if adapting:
         info["adapted_from"] = str(adapt.init_from)
-        if lora is not None:
-            info["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "trainable_params": counts["trainable"],
-                            "total_params": counts["total"], "trainable_fraction": counts["fraction"]}
+    if lora_info is not None:
+        info["lora"] = lora_info
     return model, info
 
 

@@ -218,15 +218,15 @@ class SearchModels:
         pairs["relevance"] = jnp.asarray(data.relevance)
         fit_config = FitConfig(c.epochs, c.batch_size, c.learning_rate, weight_decay=0.01, warmup_fraction=0.1,
                                patience=c.patience, seed=self.config.seed)
-        if c.lora_rank:
-            from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable, merge_lora
+        if c.lora_rank:  # adapters and head trained, merged: served (and saved) as a plain encoder
+            from ecomjax.efficiency.lora import LoraConfig, train_merged
 
-            lora = LoraConfig(c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_quantize_base)
-            example = (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2])
-            adapted = apply_lora(model, lora, *example, seed=self.config.seed)
-            result = train_cross_encoder(pairs, splits["base"], splits["valid"], adapted, fit_config,
-                                         trainable=lora_trainable("head"))
-            model = merge_lora(adapted, model, lora)  # served (and saved) as a plain encoder
+            model, result, _ = train_merged(
+                model, LoraConfig(c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_quantize_base),
+                (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2]),
+                lambda adapted, trainable: train_cross_encoder(pairs, splits["base"], splits["valid"], adapted,
+                                                               fit_config, trainable=trainable),
+                "head", seed=self.config.seed)
         else:
             result = train_cross_encoder(pairs, splits["base"], splits["valid"], model, fit_config)
         self.cross_encoder, self.cross_tokenizer = model, tokenizer

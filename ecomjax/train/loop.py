@@ -214,9 +214,9 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
         if prior_config.exists():
             # read through the schema: keys added to it since the run started take their
             # defaults (which leave behaviour as it was), so an older run still resumes
-            old, new = _comparable(load_config(prior_config).to_dict()), _comparable(config.to_dict())
+            old, new = _flat(_comparable(load_config(prior_config).to_dict())), _flat(_comparable(config.to_dict()))
             if old != new:
-                differ = sorted(k for k in _flat(old).keys() | _flat(new).keys() if _flat(old).get(k) != _flat(new).get(k))
+                differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
                 raise ValueError(f"{workdir} holds a run with a different config ({', '.join(differ)}); "
                                  "use another workdir or train.resume=false")
         state, best_params, meta = checkpoints.restore(abstract_like(state), abstract_like(best_params))

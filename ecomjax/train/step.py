@@ -77,11 +77,12 @@ def build_next_item_step(
     def build_model() -> nnx.Module:
         model = build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
                                        item_features=item_features, item_words=item_words)
-        example = recommender_example_inputs(config.data.max_len)
         if quantize.qat:
-            model = quantization_aware(model, quantize, *example, method="encode")
+            model = quantization_aware(model, quantize, *recommender_example_inputs(config.data.max_len),
+                                       method="encode")
         if adapters is not None:
-            model = apply_lora(model, adapters, *example, seed=config.seed, method="encode")
+            model = apply_lora(model, adapters, *recommender_example_inputs(config.data.max_len),
+                               seed=config.seed, method="encode")
         return model
 
     tx, schedule = make_optimizer(config.train, total_steps)
