@@ -192,7 +192,10 @@ class PruneConfig:
     end_fraction: float = 0.6  # of the planned steps: target sparsity reached (checkpoints are selected after)
     frequency: int = 50  # steps between mask updates
     targets: str = r"(kernel|embedding)$"  # magnitude: regex of the parameter paths pruned
-    scope: Literal["tensor", "row", "global"] = "tensor"  # magnitude: sparsity per tensor, per row, or one threshold over all
+    # magnitude: sparsity per tensor, per row, one threshold over all, or (item tables) a per-row
+    # share growing with the item's training interactions, (count + 1) ** popularity_power
+    scope: Literal["tensor", "row", "global", "popularity"] = "tensor"
+    popularity_power: float = 0.25  # scope=popularity: 0 = every row the same share (= row)
 
 
 @dataclass
@@ -280,6 +283,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "efficiency.prune.begin_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "efficiency.prune.end_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "efficiency.prune.frequency": (lambda v: v >= 1, "an integer >= 1"),
+    "efficiency.prune.popularity_power": (lambda v: v >= 0, "a number >= 0"),
     "efficiency.distill.weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "efficiency.lora.rank": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "efficiency.lora.alpha": (lambda v: v > 0, "a number > 0"),

@@ -494,6 +494,86 @@ def test_row_magnitude_pruning_keeps_the_same_share_of_every_row():
     np.testing.assert_array_equal(pruned != 0, kept)
 
 
+def test_popularity_pruning_shares_a_table_by_training_counts():
+    rng = np.random.default_rng(5)
+    table = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)
+    params = {"table": {"embedding": table}, "dense": {"kernel": kernel}}
+    counts = np.array([0, 80, 15, 3, 0, 0])  # padding id 0, four items, one padding row past them
+
+    def prune(power, fraction=0.5):
+        config = PruneConfig(sparsity=fraction, scope="popularity", popularity_power=power,
+                             begin_fraction=0.0, end_fraction=0.0)
+        tx = pruning(config, total_steps=10, row_counts=counts)
+        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    pruned = prune(0.5)
+    kept = np.asarray(pruned["table"]["embedding"]) != 0
+    # (count + 1) ** 0.5 = 1, 9, 4, 2, 1, 1: 48 kept coordinates shared out in that proportion
+    # (floor(3.99 * share), the popular row capped at its 16; the one left over goes to row 0 on a tie)
+    np.testing.assert_array_equal(kept.sum(1), [4, 16, 15, 7, 3, 3])
+    assert kept.sum() == 48 and sparsity_report(pruned)["per_tensor"] == {"dense/kernel": 0.5, "table/embedding": 0.5}
+    # each row keeps its own largest weights
+    for row, k in zip(np.abs(np.asarray(table)), kept, strict=True):
+        assert k.all() or row[k].min() > row[~k].max()
+    # power 0 shares equally: the row scope
+    equal = prune(0.0)["table"]["embedding"]
+    row_config = PruneConfig(sparsity=0.5, scope="row", begin_fraction=0.0, end_fraction=0.0)
+    tx = pruning(row_config, total_steps=10)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray(equal) != 0, np.asarray(optax.apply_updates(params, updates)["table"]["embedding"]) != 0)
+    with pytest.raises(ValueError, match="needs the items' interaction counts"):
+        pruning(PruneConfig(sparsity=0.5, scope="popularity"), 10)
+    with pytest.raises(ValueError, match="no targeted parameter has one row per item"):
+        pruning(PruneConfig(sparsity=0.5, scope="popularity"), 10, row_counts=np.ones(7)).init(params)
+    with pytest.raises(ConfigError, match=r"efficiency\.prune\.popularity_power"):
+        load_config(None, ["efficiency.prune.popularity_power=-1"])
+
+
+def test_popularity_pruning_never_revives_a_pruned_weight_on_the_schedule():
+    rng = np.random.default_rng(6)
+    params = {"table": {"embedding": jnp.asarray(rng.normal(size=(50, 8)), jnp.float32)}}
+    counts = rng.integers(0, 100, size=50)
+    config = PruneConfig(sparsity=0.6, scope="popularity", begin_fraction=0.0, end_fraction=0.5, frequency=2)
+    tx = optax.chain(optax.adam(0.05), pruning(config, total_steps=40, row_counts=counts))
+    state, current, zeros = tx.init(params), params, None
+    for _ in range(40):  # a loss pulling every weight to 2.0: a kept zero would move
+        grads = jax.tree.map(lambda w: w - 2.0, current)
+        updates, state = tx.update(grads, state, current)
+        current = optax.apply_updates(current, updates)
+        now = np.asarray(current["table"]["embedding"]) == 0
+        if zeros is not None:
+            assert (now | ~zeros).all()  # once zero, zero
+        zeros = now
+    assert zeros.mean() >= 0.6 and zeros.mean() < 0.6 + 50 / 400  # the target, give or take one per row
+
+
+def test_training_with_popularity_pruning_keeps_more_of_popular_items(tmp_path):
+    from ecomjax.data import load_sequences
+    from ecomjax.data.split import leave_one_out
+    from ecomjax.train.restore import restore_run
+
+    result = ecomjax.train(None, workdir=str(tmp_path / "run"), train__epochs=2, train__progress=False,
+                           efficiency__prune__sparsity=0.5, efficiency__prune__end_fraction=0.5,
+                           efficiency__prune__scope="popularity")
+    table = np.asarray(nnx.state(result.model, nnx.Param)["item_embedding"]["ids"]["embedding"][...])
+    restored = restore_run(tmp_path / "run")  # the optimizer state restores without the counts
+    np.testing.assert_array_equal(np.asarray(nnx.state(restored.model(), nnx.Param)["item_embedding"]["ids"]["embedding"][...]),
+                                  table)
+    split = leave_one_out(load_sequences(restored.config.data))
+    counts = split.train_item_counts()
+    # training part only: no validation or test target is counted
+    assert counts.sum() == sum(len(split.train_sequence(u)) for u in range(len(split.dataset.offsets) - 1))
+    every = np.bincount(split.dataset.items, minlength=len(counts))
+    targets = np.bincount(np.concatenate([split.valid.targets, split.test.targets]), minlength=len(counts))
+    np.testing.assert_array_equal(counts, every - targets)
+    kept = (table[1:len(counts)] != 0).sum(1)
+    popular, rare = counts[1:] >= np.quantile(counts[1:], 0.9), counts[1:] <= np.quantile(counts[1:], 0.1)
+    assert kept[popular].mean() > kept[rare].mean()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pruning"]["overall"] >= 0.5
+
+
 def test_bi_encoder_distillation_mixes_the_teacher_into_the_target():
     from ecomjax.search.bi_encoder import (
         BiEncoder,

@@ -36,6 +36,14 @@ class LeaveOneOut:
     def train_sequence(self, user: int) -> np.ndarray:
         return self.dataset.items[self.dataset.offsets[user] : self.train_end[user]]
 
+    def train_item_counts(self) -> np.ndarray:
+        """Interactions per item id in the training part only (index 0 = padding id, 0): what a
+        model may know about popularity without seeing a validation or test target."""
+        offsets = self.dataset.offsets
+        user_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        in_train = np.arange(len(self.dataset.items)) < self.train_end[user_of]
+        return np.bincount(self.dataset.items[in_train], minlength=self.dataset.num_items + 1)
+
 
 def leave_one_out(dataset: SequenceDataset) -> LeaveOneOut:
     start, end = dataset.offsets[:-1], dataset.offsets[1:]

@@ -192,7 +192,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     teacher = _load_teacher(config, dataset, mesh)
     trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh,
                                    *(() if item_text is None else (item_text.features, item_text.words)),
-                                   teacher=teacher)
+                                   teacher=teacher, item_counts=split.train_item_counts())
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
     checkpoints = RunCheckpoints(workdir / "checkpoints")

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ecomjax.config import Config, load_config
@@ -54,11 +55,13 @@ def restore_run(workdir: str | Path, devices: list[jax.Device] | None = None, **
         dataset = load_sequences(config.data)  # the catalogue size fixes the table shapes
         mesh = make_mesh(config.mesh, devices)
         with jax.set_mesh(mesh):
-            # The schedule length and sampler prior shape the update, not the state: placeholders do.
-            # Item features only fix shapes here; their values come from the checkpoint.
+            # The schedule length, sampler prior and item counts (popularity pruning) shape the
+            # update, not the state: placeholders do. Item features only fix shapes here; their
+            # values come from the checkpoint.
             item_text = model_item_features(config.model, dataset)
             step = build_next_item_step(config, dataset.num_items, 1, jnp.zeros(dataset.num_items + 1), mesh,
-                                        *(() if item_text is None else (item_text.features, item_text.words)))
+                                        *(() if item_text is None else (item_text.features, item_text.words)),
+                                        item_counts=np.zeros(dataset.num_items + 1, np.int64))
             abstract = abstract_next_item_state(step)
             state, best_params, meta = checkpoints.restore(abstract, abstract["params"])
     finally:

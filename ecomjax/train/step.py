@@ -26,6 +26,7 @@ from ecomjax.efficiency.quantize import (
     recommender_example_inputs,
 )
 from ecomjax.models import build_sequential_model
+from ecomjax.models.axes import padded_vocab
 from ecomjax.models.item_embedding import ItemFeatures
 from ecomjax.tasks.next_item import next_item_loss
 from ecomjax.train.optimizer import make_optimizer
@@ -59,7 +60,7 @@ class Teacher:
 def build_next_item_step(
     config: Config, num_items: int, total_steps: int, log_prior: jax.Array, mesh: jax.sharding.Mesh,
     item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
-    teacher: Teacher | None = None,
+    teacher: Teacher | None = None, item_counts: np.ndarray | None = None,
 ) -> NextItemStep:
     """Model definition, optimizer and the sharded, donated, jitted update step (no state yet).
 
@@ -67,6 +68,8 @@ def build_next_item_step(
     fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated; so do
     the title-word ids ``item_words``. With a ``teacher`` (``efficiency.distill``) the loss mixes
     in the KL divergence to the teacher's catalogue distribution at every target position.
+    ``item_counts`` (``[num_items + 1]``) share out the kept rows of the item tables under
+    ``efficiency.prune.scope: popularity``.
     """
 
     quantize = config.efficiency.quantize
@@ -90,7 +93,11 @@ def build_next_item_step(
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, adapter_labels)
     distill = config.efficiency.distill
     if config.efficiency.prune.sparsity > 0:  # after the optimizer: pruned weights' updates are -weight
-        tx = optax.chain(tx, pruning(config.efficiency.prune, total_steps, config.model.num_heads))
+        row_counts = None
+        if item_counts is not None:  # tables carry padding rows past the catalogue: count 0
+            row_counts = np.zeros(padded_vocab(num_items + 1), np.int64)
+            row_counts[:len(item_counts)] = item_counts
+        tx = optax.chain(tx, pruning(config.efficiency.prune, total_steps, config.model.num_heads, row_counts))
     graphdef, _, _ = nnx.split(nnx.eval_shape(build_model), nnx.Param, ItemFeatures)
     state_sharding = tree_shardings(jax.eval_shape(lambda: _init_state(build_model, tx)), config.mesh.rules, mesh)
     base_key = jax.random.key(config.seed, impl=config.train.prng_impl)
