@@ -24,8 +24,8 @@ excluded). The training runs:
 * ``sasrec_qat``: ``sasrec_base`` fine-tuned for 5 epochs with quantization-aware training
   (``train.init_from`` + ``efficiency.quantize.qat``), exported as int8;
 * seeds 1 and 2 of ``sasrec_base``, ``sasrec_magnitude50_d04``, ``sasrec_row50_d04`` and both
-  35-epoch runs: the
-  pruning bar is judged on the mean over three seeds, since one seed's test NDCG@10 moves by ~1%;
+  35-epoch runs: the pruning bar is judged on the mean over three seeds, since one seed's test
+  NDCG@10 moves by ~1%;
 * ``sasrec_small`` / ``sasrec_small_distilled[_t2]``: a 32-wide, one-block SASRec trained alone
   and distilled from ``sasrec_base`` (``efficiency.distill.teacher``; T = 1 with weight 0.3, and
   T = 2 with weight 0.5).
@@ -38,8 +38,8 @@ each compiled variant are listed with the kernel XLA chose (``ecomjax.bench.kern
 query): on the same training pairs, a frozen encoder with a trained head (the floor), full
 fine-tuning, LoRA (r = 8 on every attention and feed-forward layer; the learning rate chosen on
 all validation queries, 5,844 pairs, from 5e-4, 7e-4, 1e-3, 1.4e-3) and QLoRA (the same adapters
-and rate over an int8 base); the fine-tuned model also as bf16 and int8 (w8a8, weight-only) copies, and the
-LoRA model merged for serving. Test RMSE and per-query NDCG@10; "gain recovered" is the share of
+and rate over an int8 base); the fine-tuned model also as bf16 and int8 (w8a8, weight-only)
+copies, and the LoRA model merged for serving. Test RMSE and per-query NDCG@10; "gain recovered" is the share of
 full fine-tuning's improvement over the frozen encoder that a variant keeps. Latency scores a
 batch of (query, title) pairs.
 
@@ -78,7 +78,8 @@ SASREC_RUNS = {  # name -> overrides of configs/sasrec_beauty.yaml
     "sasrec_magnitude50_global": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.scope": "global"},
     # pruning regularises too: the same with the dropout lowered from 0.5 to 0.4
     "sasrec_magnitude50_d04": {"efficiency.prune.sparsity": 0.5, "model.dropout": 0.4, "model.attention_dropout": 0.4},
-    # half of every row (each item keeps 32 of its 64 coordinates; per tensor empties rare items' rows)
+    # half of every row (each item keeps 32 of its 64 coordinates; per tensor, rare items, whose rows are
+    # longer after training, keep more than popular ones)
     "sasrec_row50_d04": {"efficiency.prune.sparsity": 0.5, "efficiency.prune.scope": "row", "model.dropout": 0.4,
                          "model.attention_dropout": 0.4},
     # the same 35 epochs instead of 25: the cosine schedule and the pruning schedule (reached at 60%)
