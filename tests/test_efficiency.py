@@ -136,6 +136,14 @@ def _train_toy(tx, params, steps: int):
     return params
 
 
+def _pruned_once(config: PruneConfig, params, **pruning_args):
+    """``params`` after the first step of ``pruning(config, ...)`` with zero gradients: the mask
+    of a one-shot schedule (``begin_fraction = end_fraction = 0``) applied."""
+    tx = pruning(config, total_steps=10, **pruning_args)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+
 def test_fake_quantization_rounds_forward_and_passes_gradients_straight_through():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 8)), jnp.float32)
     q, scale = quantize_rows(x)
@@ -228,9 +236,7 @@ def test_head_pruning_removes_whole_heads_and_shrinking_is_exact():
     config = PruneConfig(sparsity=0.5, method="neurons+heads", begin_fraction=0.0, end_fraction=0.0)
     with pytest.raises(ValueError, match="2 or more attention heads"):
         pruning(config, total_steps=10).init(params)
-    tx = pruning(config, total_steps=10, num_heads=4)
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    pruned = nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+    pruned = nnx.merge(graphdef, _pruned_once(config, params, num_heads=4), rest)
     for block in pruned.blocks:
         qkv = np.asarray(block.attention.qkv.kernel[...]).reshape(64, 3, 4, 16)
         out = np.asarray(block.attention.out.kernel[...]).reshape(4, 16, 64)
@@ -468,10 +474,7 @@ def test_global_magnitude_pruning_ranks_all_targeted_weights_together():
     big = jnp.full((10, 10), 5.0).at[0, 0].set(0.01)  # large weights
     small = jnp.linspace(0.1, 1.0, 100).reshape(10, 10)  # all smaller than big's
     config = PruneConfig(sparsity=0.5, scope="global", begin_fraction=0.0, end_fraction=0.0)
-    tx = pruning(config, total_steps=10)
-    params = {"a": {"kernel": big}, "b": {"kernel": small}}
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    pruned = optax.apply_updates(params, updates)
+    pruned = _pruned_once(config, {"a": {"kernel": big}, "b": {"kernel": small}})
     report = sparsity_report(pruned)
     assert report["overall"] == 0.5
     # the 100 smallest: the one tiny weight of "a" and 99 of "b"
@@ -484,9 +487,7 @@ def test_row_magnitude_pruning_keeps_the_same_share_of_every_row():
     params = {"table": {"embedding": table}}
     for scope, zeros_in_shortest_row in (("tensor", 8), ("row", 4)):
         config = PruneConfig(sparsity=0.5, scope=scope, begin_fraction=0.0, end_fraction=0.0)
-        tx = pruning(config, total_steps=10)
-        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-        pruned = np.asarray(optax.apply_updates(params, updates)["table"]["embedding"])
+        pruned = np.asarray(_pruned_once(config, params)["table"]["embedding"])
         assert (pruned == 0).sum() == 24
         assert (pruned[0] == 0).sum() == zeros_in_shortest_row
     assert ((pruned == 0).sum(1) == 4).all()  # row scope: half of each row, the smallest of that row
@@ -504,9 +505,7 @@ def test_popularity_pruning_shares_a_table_by_training_counts():
     def prune(power, fraction=0.5):
         config = PruneConfig(sparsity=fraction, scope="popularity", popularity_power=power,
                              begin_fraction=0.0, end_fraction=0.0)
-        tx = pruning(config, total_steps=10, row_counts=counts)
-        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-        return optax.apply_updates(params, updates)
+        return _pruned_once(config, params, row_counts=counts)
 
     pruned = prune(0.5)
     kept = np.asarray(pruned["table"]["embedding"]) != 0
@@ -519,10 +518,8 @@ def test_popularity_pruning_shares_a_table_by_training_counts():
         assert k.all() or row[k].min() > row[~k].max()
     # power 0 shares equally: the row scope
     equal = prune(0.0)["table"]["embedding"]
-    row_config = PruneConfig(sparsity=0.5, scope="row", begin_fraction=0.0, end_fraction=0.0)
-    tx = pruning(row_config, total_steps=10)
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    np.testing.assert_array_equal(np.asarray(equal) != 0, np.asarray(optax.apply_updates(params, updates)["table"]["embedding"]) != 0)
+    by_row = _pruned_once(PruneConfig(sparsity=0.5, scope="row", begin_fraction=0.0, end_fraction=0.0), params)
+    np.testing.assert_array_equal(np.asarray(equal) != 0, np.asarray(by_row["table"]["embedding"]) != 0)
     with pytest.raises(ValueError, match="needs the items' interaction counts"):
         pruning(PruneConfig(sparsity=0.5, scope="popularity"), 10)
     with pytest.raises(ValueError, match="no targeted parameter has one row per item"):
