@@ -141,15 +141,20 @@ def multimodal_tables() -> str:
         lines += ["", "| SASRec items | config | test NDCG@10 | test HR@10 | valid NDCG@10 | best epoch | s / epoch |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for name, label in (("id", "ID embedding"), ("sentence", "ID + MiniLM title"),
-                            ("text", "ID + MiniLM title + title words")):
+                            ("text", "ID + MiniLM title + title words"),
+                            ("attributes", "ID + MiniLM title + title words + attributes")):
             if name not in beauty:
                 continue
             r = beauty[name]
             lines.append(f"| {label} | `{r['config']}` | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} "
                          f"| {r['valid']['ndcg@10']:.4f} | {r['best_epoch']} | {r['seconds_per_epoch']:.1f} |")
         sentence = beauty.get("relative_ndcg@10_gain_sentence_only")
+        attributes = beauty.get("relative_ndcg@10_gain_attributes")
+        notes = [f"{100 * gain:+.1f}% {what}" for gain, what in ((sentence, "with the MiniLM vector alone"),
+                                                                   (attributes, "with the attributes added"))
+                 if gain is not None]
         lines += ["", f"Text vs ID: {100 * beauty['relative_ndcg@10_gain']:+.1f}% test NDCG@10"
-                      + (f" ({100 * sentence:+.1f}% with the MiniLM vector alone)" if sentence is not None else "")
+                      + (f" ({', '.join(notes)})" if notes else "")
                       + f" (measured {beauty['measured_utc']})."]
     speed = res.get("throughput_batch64")
     if speed:

@@ -76,6 +76,16 @@ class ModelConfig:
     # > 0: also learn an embedding per title word used by at least this many items; an item's
     # content vector adds the mean of its words' (brands, product lines carry co-purchase signal)
     title_word_min_items: int = 0
+    # JSON {item id: [attribute ids]} (brand, categories; Beauty_item2attributes.json): each
+    # attribute carried by >= 2 items becomes a learned token averaged in with the title words
+    item_attributes: str | None = None
+    # Warm IDs, content for the rest: items with fewer training interactions than this get no ID
+    # vector (title vector only), so a rarely bought item is not scored by an ID row that training
+    # mostly pushed away from every user; 0 = every item has one
+    item_id_min_interactions: int = 0
+    # > 0: add a learned vector per popularity bucket, floor(log2(1 + training interactions)),
+    # capped at this many buckets: the popularity prior of items without (or with weak) IDs
+    item_count_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.item_fusion != "id" and not self.item_text:
@@ -94,6 +104,18 @@ class ModelConfig:
         if self.title_word_min_items and self.item_fusion == "id":
             raise ConfigError("model.title_word_min_items needs titles: set model.item_fusion to add, "
                               "gated or text_only and model.item_text")
+        if self.item_attributes and self.item_fusion == "id":
+            raise ConfigError("model.item_attributes needs titles: set model.item_fusion to add, "
+                              "gated or text_only and model.item_text")
+        for name in ("item_id_min_interactions", "item_count_buckets"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name}: {getattr(self, name)} must be >= 0 (0: off)")
+        if self.item_id_min_interactions and self.item_fusion not in ("add", "gated"):
+            raise ConfigError("model.item_id_min_interactions leaves rare items their title vector only: "
+                              "it needs model.item_fusion add or gated")
+        if self.item_count_buckets and self.item_fusion == "id":
+            raise ConfigError("model.item_count_buckets adds to the content vector: set model.item_fusion "
+                              "to add, gated or text_only and model.item_text")
         if self.item_fusion == "id" and self.item_text:
             raise ConfigError("model.item_text is set but model.item_fusion is 'id', so the titles "
                               "would be ignored; choose add, gated or text_only")

@@ -3,6 +3,7 @@ transformation, structured shrinking, and their wiring into training runs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import jax
@@ -600,3 +601,52 @@ def test_bi_encoder_distillation_mixes_the_teacher_into_the_target():
     halfway = {**data, "relevance": data["relevance"] + 0.5}
     assert float(bi_encoder_loss(config)(model, shifted, rows, key)) == pytest.approx(
         float(labels_only(model, halfway, rows, key)), rel=1e-6)
+
+
+def test_learning_rate_scales_multiply_the_matching_updates_exactly():
+    """LoRA+: B's AdamW step is ``ratio`` times A's would-be step; unmatched parameters unchanged;
+    a key matching nothing, or a parameter matched twice, is an error."""
+    from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable
+    from ecomjax.tasks.fit import FitConfig, fit, scale_by_path
+
+    params = {"dense": {"kernel_lora_a": jnp.ones((3, 2)), "kernel_lora_b": jnp.ones((2, 3))}}
+    grads = jax.tree.map(lambda x: 0.5 * x, params)
+    tx = scale_by_path({"_lora_b": 16.0})
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["dense"]["kernel_lora_a"], grads["dense"]["kernel_lora_a"])
+    np.testing.assert_array_equal(updates["dense"]["kernel_lora_b"], 16.0 * grads["dense"]["kernel_lora_b"])
+    with pytest.raises(ValueError, match="matches more than one learning_rate_scales key"):
+        scale_by_path({"_lora": 2.0, "lora_b": 3.0}).update(grads, optax.EmptyState(), params)
+    with pytest.raises(ValueError, match="learning_rate_scales must be > 0"):
+        FitConfig(learning_rate_scales={"_lora_b": 0.0})
+
+    rng = np.random.default_rng(8)
+    ids, mask = _bert_inputs(rng)
+    target = jnp.asarray(rng.normal(size=(4, 10, 32)), jnp.float32)
+
+    def loss_fn(model, data, rows, key):
+        return jnp.mean((model(ids, mask) - target) ** 2)
+
+    moved = {}
+    for ratio in (1.0, 16.0):
+        adapted = apply_lora(_tiny_bert(), LoraConfig(rank=4, alpha=8.0), ids, mask)
+        before = jax.tree.map(jnp.copy, nnx.state(adapted, nnx.LoRAParam))
+        # two steps, the first at learning rate 0 (warm-up): B = 0 all along, so A gets no
+        # gradient and B's one real step sees the same gradients whatever the ratio
+        scores = itertools.count()
+        fit(adapted, loss_fn, None, np.arange(4), lambda m, scores=scores: float(next(scores)),
+            FitConfig(epochs=2, batch_size=4, learning_rate=1e-2, warmup_fraction=0.0, weight_decay=0.0,
+                      learning_rate_scales={"_lora_b": ratio}), trainable=lora_trainable())
+        after = nnx.state(adapted, nnx.LoRAParam)
+        moved[ratio] = [float(jnp.abs(a - b).max())
+                        for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before), strict=True)]
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        nnx.state(adapted, nnx.LoRAParam))[0]]
+    for path, plain, plus in zip(paths, moved[1.0], moved[16.0], strict=True):
+        if "_lora_b" in path:
+            assert plain > 1e-3 and plus == pytest.approx(16.0 * plain, rel=1e-4)
+        else:
+            assert plain == plus == 0.0
+    with pytest.raises(ValueError, match=r"keys \['nowhere'\] match no trained parameter"):
+        fit(adapted, loss_fn, None, np.arange(4), lambda m: 0.0,
+            FitConfig(epochs=1, batch_size=4, learning_rate_scales={"nowhere": 2.0}), trainable=lora_trainable())

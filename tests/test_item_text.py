@@ -12,8 +12,11 @@ import ecomjax
 from ecomjax.config import ConfigError, load_config
 from ecomjax.data import load_sequences
 from ecomjax.data.item_text import (
+    append_tokens,
+    attribute_token_ids,
     item_text_features,
     normalize_features,
+    read_item_attributes,
     read_item_titles,
     title_word_ids,
     title_words,
@@ -163,6 +166,39 @@ def test_title_words_vocabulary_and_ids():
         title_word_ids(["a"], min_items=0)
 
 
+def test_item_attributes_file_tokens_and_errors(tmp_path):
+    path = tmp_path / "attrs.json"
+    path.write_text(json.dumps({"10": [3, 7, 3], "30": [7], "50": [], "99": [5]}))
+    assert read_item_attributes(path) == {10: [3, 7], 30: [7], 50: [], 99: [5]}  # repeats once
+    ids, names = attribute_token_ids([[3, 7], [7], [], [5, 3]], min_items=2)
+    assert names == ("attr:3", "attr:7")  # attribute 5: one item only, another per-item ID
+    assert ids.tolist() == [[1, 2], [2, 0], [0, 0], [1, 0]]
+    words, vocabulary = append_tokens(np.array([[1, 0], [2, 1]]), ("opi", "red"), np.array([[2, 0], [0, 1]]),
+                                      ("attr:3", "attr:7"))
+    assert vocabulary == ("opi", "red", "attr:3", "attr:7")
+    assert words.tolist() == [[1, 0, 4, 0], [2, 1, 0, 3]]  # attribute ids shifted past the words
+    cases = {"[1, 2]": "expected a non-empty JSON object", '{"x": [1]}': "item id 'x' is not an integer",
+             '{"1": [1, "brand"]}': r"item 1: attributes must be a list of integer ids >= 0",
+             '{"1": [': "not valid JSON"}
+    for text, message in cases.items():
+        path.write_text(text)
+        with pytest.raises(DataFormatError, match=message):
+            read_item_attributes(path)
+
+
+def test_item_features_append_attribute_tokens_after_title_words(tmp_path):
+    titles = write_titles(tmp_path / "t.tsv", [(10, "a", "opi red polish"), (30, "b", "opi gel"),
+                                               (50, "c", "red serum")])
+    attributes = tmp_path / "attrs.json"
+    attributes.write_text(json.dumps({"10": [4, 8], "30": [4], "50": [9], "99": [8]}))
+    text = item_text_features(titles, np.array([-1, 10, 30, 50]), encoder="sentence-transformers/all-MiniLM-L6-v2",
+                              word_min_items=2, attributes=attributes)
+    # attribute 8 is carried by item 99 too, but the dataset never mentions 99: one item, dropped
+    assert text.vocabulary == ("opi", "red", "attr:4")
+    assert text.words.tolist() == [[0] * 32 + [0, 0], [1, 2] + [0] * 30 + [3, 0], [1] + [0] * 31 + [3, 0],
+                                   [2] + [0] * 31 + [0, 0]]
+
+
 def test_item_embedding_adds_the_mean_of_learned_title_word_vectors():
     features = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
     words = np.array([[0, 0], [1, 2], [2, 0], [0, 0], [1, 1], [3, 0]], dtype=np.int32)
@@ -182,6 +218,31 @@ def test_item_embedding_adds_the_mean_of_learned_title_word_vectors():
         ItemEmbedding(5, 4, fusion="add", features=features, words=words[:5], rngs=nnx.Rngs(0))
 
 
+def test_rare_items_lose_their_id_and_every_item_gains_its_popularity_bucket_vector():
+    features = np.random.default_rng(5).normal(size=(7, 8)).astype(np.float32)
+    counts = np.array([0, 0, 1, 3, 4, 9, 200])  # item 0 is padding
+    emb = ItemEmbedding(6, 4, fusion="add", features=features, counts=counts, id_min_interactions=4,
+                        count_buckets=4, rngs=nnx.Rngs(0))
+    ids = np.asarray(emb.ids.embedding[...])
+    buckets = np.asarray(emb.count_embedding.embedding[...])
+    # floor(log2(1 + count)), capped at 3: 0, 1, 2, 2, 3, 3 for items 1..6
+    expected_buckets = buckets[[0, 1, 2, 2, 3, 3]]
+    np.testing.assert_allclose(emb.count_vectors()[1:7], expected_buckets, rtol=1e-6)
+    assert not np.asarray(emb.count_vectors())[[0, 7]].any()  # padding rows stay zero
+    text = np.asarray(emb.text_proj(emb.features[...]))[:7]  # the projected title vectors
+    table = np.asarray(emb.table())[:7]
+    np.testing.assert_allclose(table[1:4], text[1:4] + expected_buckets[:3], rtol=1e-5, atol=1e-6)  # < 4: no ID
+    np.testing.assert_allclose(table[4:7], ids[4:7] + text[4:7] + expected_buckets[3:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb(jnp.array([[2, 6, 0]])), emb.table()[jnp.array([[2, 6, 0]])], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"item counts must be integers >= 0 of shape \[num_items \+ 1\] = \[7\]"):
+        ItemEmbedding(6, 4, fusion="add", features=features, counts=counts[:6], count_buckets=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="id_min_interactions needs item fusion add or gated"):
+        ItemEmbedding(6, 4, fusion="text_only", features=features, counts=counts, id_min_interactions=2,
+                      rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="need item content vectors"):
+        ItemEmbedding(6, 4, counts=counts, count_buckets=2, rngs=nnx.Rngs(0))
+
+
 def test_config_requires_titles_for_text_fusion_and_fusion_for_titles():
     with pytest.raises(ConfigError, match=r"model.item_fusion='add' needs model.item_text"):
         load_config(None, ["model.item_fusion=add"])
@@ -195,6 +256,14 @@ def test_config_requires_titles_for_text_fusion_and_fusion_for_titles():
         load_config(None, ["model.item_id_init=zeros", "model.item_fusion=text_only", "model.item_text=t.tsv"])
     with pytest.raises(ConfigError, match=r"title_word_min_items needs titles"):
         load_config(None, ["model.title_word_min_items=2"])
+    with pytest.raises(ConfigError, match=r"item_id_min_interactions leaves rare items their title vector only"):
+        load_config(None, ["model.item_id_min_interactions=5"])
+    with pytest.raises(ConfigError, match=r"item_count_buckets adds to the content vector"):
+        load_config(None, ["model.item_count_buckets=8"])
+    with pytest.raises(ConfigError, match=r"item_count_buckets: -1 must be >= 0"):
+        load_config(None, ["model.item_count_buckets=-1", "model.item_fusion=add", "model.item_text=t.tsv"])
+    with pytest.raises(ConfigError, match=r"model.item_attributes needs titles"):
+        load_config(None, ["model.item_attributes=a.json"])
     with pytest.raises(ConfigError, match=r"title_word_min_items: -1 must be >= 0"):
         load_config(None, ["model.title_word_min_items=-1", "model.item_fusion=add", "model.item_text=t.tsv"])
     with pytest.raises(ConfigError, match=r"item_id_dropout: 1.0 is out of range"):
@@ -218,21 +287,30 @@ def test_text_fused_sasrec_trains_keeps_features_fixed_and_restores(tmp_path, be
     titles = beauty_path.parent / "Beauty_titles.tsv"
     result = ecomjax.train(None, overrides={
         **TINY, "data.path": str(slice_path), "workdir": str(tmp_path / "run"),
-        "model.item_fusion": "gated", "model.item_text": str(titles), "model.title_word_min_items": 2})
+        "model.item_fusion": "gated", "model.item_text": str(titles), "model.title_word_min_items": 2,
+        "model.item_attributes": str(beauty_path.parent / "Beauty_item2attributes.json"),
+        "model.item_id_min_interactions": 3, "model.item_count_buckets": 6})
     m = result.metrics
     assert m["test"]["users"] == 600 and 0 < m["test"]["hr@10"] <= 1
     model = result.model
     dataset = load_sequences(load_config(tmp_path / "run" / "config.yaml").data)
     expected = item_text_features(titles, dataset.item_ids, encoder="sentence-transformers/all-MiniLM-L6-v2",
-                                  word_min_items=2)
+                                  word_min_items=2, attributes=beauty_path.parent / "Beauty_item2attributes.json")
     stored = np.asarray(model.item_embedding.features[...])
     np.testing.assert_array_equal(stored[: dataset.num_items + 1], expected.features)  # untouched by training
     words = np.asarray(model.item_embedding.words[...])
     np.testing.assert_array_equal(words[: dataset.num_items + 1], expected.words)
     assert len(expected.vocabulary) > 50 and (words > 0).any()
+    assert sum(v.startswith("attr:") for v in expected.vocabulary) > 20  # brands and categories too
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in history if "loss" in r)
     run = restore_run(tmp_path / "run")
     np.testing.assert_array_equal(np.asarray(run.model().item_embedding.features[...]), stored)
     np.testing.assert_array_equal(np.asarray(run.model().item_embedding.words[...]), words)
+    from ecomjax.data.split import leave_one_out
+
+    counts = leave_one_out(dataset).train_item_counts()  # training part only: no test target counted
+    np.testing.assert_array_equal(np.asarray(model.item_embedding.counts[...])[: dataset.num_items + 1], counts)
+    np.testing.assert_array_equal(np.asarray(run.model().item_embedding.counts[...]),
+                                  np.asarray(model.item_embedding.counts[...]))
     np.testing.assert_array_equal(np.asarray(run.model().item_table()), np.asarray(model.item_table()))

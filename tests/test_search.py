@@ -16,7 +16,7 @@ from ecomjax.search.bi_encoder import BiEncoder
 from ecomjax.search.bm25 import BM25, stem, tokenize
 from ecomjax.search.config import load_search_config
 from ecomjax.search.features import LEXICAL_FEATURES, ProductPrior, lexical_features
-from ecomjax.search.metrics import ndcg_at_k, per_query_ndcg, rmse
+from ecomjax.search.metrics import ndcg_at_k, per_query_ndcg, query_ndcg_values, rmse
 from ecomjax.search.relevance import normalize_text, read_relevance, split_by_query
 from ecomjax.search.store import load_params, save_params
 from ecomjax.serve.ann import HNSWIndex, exact_top_k, recall_at_k
@@ -147,6 +147,10 @@ def test_ndcg_and_rmse_by_hand():
     assert ndcg_at_k(np.zeros(3), gains) == pytest.approx(worst)  # ties count against the model
     result = per_query_ndcg(np.array([1.0, 0.0, 5.0]), np.array([3.0, 1.0, 2.0]), np.array([0, 0, 1]))
     assert result == {"ndcg@10": pytest.approx(1.0), "queries": 1}  # the single-product query is left out
+    ids, values = query_ndcg_values(np.array([0.0, 1.0, 5.0, 3.0, 2.0]), np.array([3.0, 1.0, 2.0, 1.0, 1.0]),
+                                    np.array([7, 7, 1, 1, 4]))
+    assert ids.tolist() == [1, 7] and values == pytest.approx([1.0, worst_two := 1 / np.log2(3)])  # query 4: one product
+    assert worst_two == pytest.approx(ndcg_at_k(np.array([0.0, 1.0]), np.array([2.0, 0.0])))
     assert rmse(np.array([1.0, 2.0]), np.array([2.0, 2.0])) == pytest.approx(np.sqrt(0.5))
     with pytest.raises(ValueError, match="NaN"):
         rmse(np.array([np.nan]), np.array([1.0]))
@@ -186,6 +190,8 @@ def test_search_config_rejects_unknown_keys(tmp_path):
         load_search_config({"task": "search", "serve": {"candidate": 5}})
     with pytest.raises(ConfigError, match="stack_fraction"):
         load_search_config({"task": "search", "data": {"stack_fraction": 1.0}})
+    with pytest.raises(ConfigError, match=r"cross_encoder.lora_b_learning_rate_ratio: 0(\.0)? must be > 0"):
+        load_search_config({"task": "search", "cross_encoder": {"lora_b_learning_rate_ratio": 0}})
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +213,7 @@ def trained_search(tmp_path_factory):
                       "bi_encoder:\n  epochs: 3\n  batch_size: 64\n")
     assert main(["train", str(config), "cross_encoder.batch_size=16", "gbdt.max_rounds=100",
                  "gbdt.early_stopping_rounds=20", "cross_encoder.lora_rank=4",
-                 "cross_encoder.learning_rate=0.0005"]) == 0
+                 "cross_encoder.learning_rate=0.0005", "cross_encoder.lora_b_learning_rate_ratio=2"]) == 0
     return root / "run", other
 
 

@@ -10,6 +10,7 @@ a malformed line or a duplicated id is an error naming file and line.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class ItemText:
     features: np.ndarray  # [num_items + 1, D] float32; row 0 (padding) and missing items are zero
     missing: np.ndarray  # dense ids (1..num_items) that the titles file does not name
     unused: int  # titles of ids the dataset never mentions (other catalogue items)
-    words: np.ndarray | None = None  # [num_items + 1, max_words] int32 title-word ids, 0 = none
+    words: np.ndarray | None = None  # [num_items + 1, max_tokens] int32 title-word (+ attribute) ids, 0 = none
     vocabulary: tuple[str, ...] = ()  # word of id i + 1
 
 
@@ -91,6 +92,54 @@ def read_item_titles(path: str | Path) -> dict[int, str]:
     return titles
 
 
+def read_item_attributes(path: str | Path) -> dict[int, list[int]]:
+    """``{item id: [attribute id, ...]}`` from a JSON object (``Beauty_item2attributes.json``:
+    brand and category ids per item, as S3-Rec released them). Keys are the data file's item ids."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataFormatError(f"{path}: expected a non-empty JSON object {{item id: [attribute ids]}}")
+    attributes: dict[int, list[int]] = {}
+    for key, values in raw.items():
+        try:
+            item = int(key)
+        except ValueError:
+            raise DataFormatError(f"{path}: item id {key!r} is not an integer") from None
+        if (not isinstance(values, list)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
+            raise DataFormatError(f"{path}: item {key}: attributes must be a list of integer ids >= 0, "
+                                  f"got {values!r}")
+        attributes[item] = list(dict.fromkeys(values))
+    return attributes
+
+
+def attribute_token_ids(per_item: list[list[int]], min_items: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``[len(per_item), max attributes]`` token ids (1-based, 0 = padding) and their names
+    (``attr:<id>``) for the attributes that at least ``min_items`` items carry."""
+    counts = Counter(a for values in per_item for a in values)
+    kept = sorted(a for a, c in counts.items() if c >= min_items)
+    index = {a: i + 1 for i, a in enumerate(kept)}
+    width = max((len(v) for v in per_item), default=0)
+    ids = np.zeros((len(per_item), max(width, 1)), dtype=np.int32)
+    for row, values in enumerate(per_item):
+        known = [index[a] for a in values if a in index]
+        ids[row, : len(known)] = known
+    return ids, tuple(f"attr:{a}" for a in kept)
+
+
+def append_tokens(words: np.ndarray | None, vocabulary: tuple[str, ...],
+                  extra: np.ndarray, extra_vocabulary: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Join two per-item token id arrays into one (``extra``'s ids shifted past ``vocabulary``),
+    so attribute tokens and title words share one learned embedding table and one mean."""
+    if words is None:
+        return extra, extra_vocabulary
+    shifted = np.where(extra > 0, extra + len(vocabulary), 0).astype(np.int32)
+    return np.concatenate([words, shifted], axis=1), vocabulary + extra_vocabulary
+
+
 def normalize_features(features: np.ndarray, rows: np.ndarray,
                        how: TextNormalization = "center") -> np.ndarray:
     """Remove the direction every sentence embedding shares, then rescale rows to unit norm.
@@ -119,12 +168,15 @@ def normalize_features(features: np.ndarray, rows: np.ndarray,
 
 def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
                        normalization: TextNormalization = "center", word_min_items: int = 0,
-                       batch_size: int = 64, cache: bool = True) -> ItemText:
+                       attributes: str | Path | None = None, batch_size: int = 64,
+                       cache: bool = True) -> ItemText:
     """Embed the title of every dataset item with a pretrained sentence encoder (cached).
 
     ``item_ids`` is ``SequenceDataset.item_ids``: entry ``d`` is the file id of dense item ``d``
     (entry 0 is padding). ``word_min_items > 0`` also returns title-word ids (``title_word_ids``)
-    counted over the dataset's items.
+    counted over the dataset's items. ``attributes`` (``read_item_attributes``) adds each item's
+    attribute ids (brand, categories) as further tokens after its title words; attributes that only
+    one of the dataset's items carries are dropped (one more per-item ID, as for rare words).
     """
     from ecomjax.encoders.feature_cache import cached_text_embeddings
 
@@ -145,6 +197,12 @@ def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
     if word_min_items:
         words = np.zeros((len(item_ids), MAX_TITLE_WORDS), dtype=np.int32)
         words[rows], vocabulary = title_word_ids(texts, word_min_items)
+    if attributes is not None:
+        per_item = read_item_attributes(attributes)
+        tokens, names = attribute_token_ids([per_item.get(int(i), []) for i in item_ids[1:]], 2)
+        extra = np.zeros((len(item_ids), tokens.shape[1]), dtype=np.int32)
+        extra[1:] = tokens
+        words, vocabulary = append_tokens(words, vocabulary, extra, names)
     return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used), words, vocabulary)
 
 
@@ -154,10 +212,13 @@ def model_item_features(config, dataset) -> ItemText | None:
         return None
     from ecomjax.data.sequences import resolve_data_path
 
-    try:
-        path = resolve_data_path(config.item_text)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(str(error).replace("data.path", "model.item_text")) from None
-    return item_text_features(path, dataset.item_ids, encoder=config.text_encoder,
+    def resolve(field: str):
+        try:
+            return resolve_data_path(getattr(config, field))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(str(error).replace("data.path", f"model.{field}")) from None
+
+    return item_text_features(resolve("item_text"), dataset.item_ids, encoder=config.text_encoder,
                               normalization=config.text_normalization,
-                              word_min_items=config.title_word_min_items)
+                              word_min_items=config.title_word_min_items,
+                              attributes=resolve("item_attributes") if config.item_attributes else None)

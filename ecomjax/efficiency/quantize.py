@@ -251,9 +251,12 @@ def load_quantized_recommender(workdir: str | Path) -> nnx.Module:
     config = load_config(workdir / "config.yaml")
     if config.efficiency.quantize.weights == "none":
         raise ValueError(f"{workdir} was not quantized: train it with efficiency.quantize.weights=int8")
+    from ecomjax.data.split import leave_one_out
+
     dataset = load_sequences(config.data)
     item_text = model_item_features(config.model, dataset)
-    extra = {} if item_text is None else {"item_features": item_text.features, "item_words": item_text.words}
+    extra = {} if item_text is None else {"item_features": item_text.features, "item_words": item_text.words,
+                                          "item_counts": leave_one_out(dataset).train_item_counts()}
 
     def build() -> nnx.Module:
         return build_sequential_model(config.model, dataset.num_items, config.data.max_len, rngs=nnx.Rngs(0), **extra)

@@ -23,12 +23,14 @@ SEQUENTIAL_MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
 
 def build_sequential_model(
     config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs, item_features: np.ndarray | None = None,
-    item_words: np.ndarray | None = None,
+    item_words: np.ndarray | None = None, item_counts: np.ndarray | None = None,
 ) -> SASRec | GRU4Rec:
     """``item_features``: ``[num_items + 1, D]`` content vectors for ``config.item_fusion != "id"``;
-    ``item_words``: ``[num_items + 1, T]`` title-word ids for ``config.title_word_min_items``."""
+    ``item_words``: ``[num_items + 1, T]`` title-word ids for ``config.title_word_min_items``;
+    ``item_counts``: ``[num_items + 1]`` training interactions per item, kept when
+    ``config.item_id_min_interactions`` or ``config.item_count_buckets`` asks for them."""
     return SEQUENTIAL_MODELS[config.name](config, num_items, max_len, rngs=rngs, item_features=item_features,
-                                          item_words=item_words)
+                                          item_words=item_words, item_counts=item_counts)
 
 
 __all__ = ["SEQUENTIAL_MODELS", "GRU4Rec", "SASRec", "build_sequential_model"]

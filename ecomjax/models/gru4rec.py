@@ -15,7 +15,7 @@ from flax import nnx
 
 from ecomjax.config import ModelConfig
 from ecomjax.models.axes import logical_init
-from ecomjax.models.item_embedding import ItemEmbedding
+from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -77,7 +77,8 @@ class GRU4Rec(nnx.Module):
     """Embedding -> dropout -> stacked GRU/LSTM -> dropout; ``encode`` as in SASRec."""
 
     def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
-                 item_features: np.ndarray | None = None, item_words: np.ndarray | None = None):
+                 item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
+                 item_counts: np.ndarray | None = None):
         del max_len  # recurrent models need no position table
         self.dtype = jnp.dtype(config.compute_dtype)
         self.num_items = num_items
@@ -85,7 +86,8 @@ class GRU4Rec(nnx.Module):
         self.item_embedding = ItemEmbedding(num_items, width, fusion=config.item_fusion, features=item_features,
                                             id_init=config.item_id_init, id_dropout=config.item_id_dropout,
                                             text_adapter_size=config.text_adapter_size,
-                                            words=item_words, rngs=rngs)
+                                            words=item_words, **item_count_options(config, item_counts),
+                                            rngs=rngs)
         self.layers = nnx.List(
             [RecurrentLayer(config.rnn_cell, width, self.dtype, rngs=rngs) for _ in range(config.num_layers)]
         )

@@ -18,6 +18,16 @@ for another (a fifth of Beauty's test targets share a brand with the user's hist
 embeddings are trained with the recommender, so a brand or product-line word gathers the
 co-purchase signal of every item that names it, and a rarely bought item inherits it.
 
+Popularity (``counts``, training interactions per item): an ID row learns mostly from the full
+softmax pushing it away from users who bought something else, so a rarely bought item ends with a
+long row pointing away from everyone (Beauty: mean norm 1.3-2.5 for items with 0-4 interactions,
+0.8 for the most bought) that outweighs its title. ``id_min_interactions`` gives items below it no
+ID vector at all, and ``count_buckets`` adds one learned vector per popularity bucket
+(``floor(log2(1 + count))``) to every content vector: a shared popularity prior in place of the
+per-item one. Measured on Beauty (README): with both (5 interactions, 8 buckets) every target
+bucket from 5 interactions up gains 2-8% and the rarest fifth of targets loses 57%, for the same
+test NDCG@10 overall; the ID row of a rare item is also the evidence that it sells at all.
+
 Content features are ``ItemFeatures`` variables: part of the model (and of its checkpoints, so
 a restored run needs no encoder), never trained, laid out along ``vocab`` like the ID table.
 """
@@ -44,6 +54,17 @@ class ItemFeatures(nnx.Variable):
     """Fixed per-item content vectors: carried in the model state, excluded from training."""
 
 
+def item_count_options(config, counts: np.ndarray | None) -> dict:
+    """``ItemEmbedding`` keyword arguments for a ``ModelConfig``'s popularity options (none when off)."""
+    if not (config.item_id_min_interactions or config.item_count_buckets):
+        return {}
+    if counts is None:
+        raise ValueError("model.item_id_min_interactions / item_count_buckets need the training "
+                         "interactions per item (item_counts)")
+    return {"counts": counts, "id_min_interactions": config.item_id_min_interactions,
+            "count_buckets": config.item_count_buckets}
+
+
 class ItemEmbedding(nnx.Module):
     """``table() -> [padded_vocab(num_items + 1), width]``; ``__call__(items)`` looks rows up.
 
@@ -53,7 +74,8 @@ class ItemEmbedding(nnx.Module):
 
     def __init__(self, num_items: int, width: int, *, fusion: ItemFusion = "id",
                  features: np.ndarray | None = None, id_init: str = "normal", id_dropout: float = 0.0,
-                 text_adapter_size: int = 0, words: np.ndarray | None = None, rngs: nnx.Rngs):
+                 text_adapter_size: int = 0, words: np.ndarray | None = None, counts: np.ndarray | None = None,
+                 id_min_interactions: int = 0, count_buckets: int = 0, rngs: nnx.Rngs):
         if fusion not in ITEM_FUSIONS:
             raise ValueError(f"unknown item fusion {fusion!r}; choose one of {list(ITEM_FUSIONS)}")
         if (fusion == "id") != (features is None):
@@ -83,6 +105,8 @@ class ItemEmbedding(nnx.Module):
             raise ValueError("title words need the title features too (item fusion add, gated or text_only)")
         else:
             self._init_words(np.asarray(words), num_items, rows, width, rngs)
+        self._init_counts(counts, id_min_interactions, count_buckets, fusion, features is not None,
+                          num_items, rows, width, rngs)
         if features is None:
             self.features = self.text_proj = self.text_adapter = self.gate = None
             return
@@ -125,6 +149,46 @@ class ItemEmbedding(nnx.Module):
         # word 0 pads short titles: masked out of every mean, so its row never gets a gradient
         self.word_embedding = nnx.Embed(padded_vocab(vocab), width, embedding_init=word_init, rngs=rngs)
 
+    def _init_counts(self, counts, id_min_interactions: int, count_buckets: int, fusion: str, has_text: bool,
+                     num_items: int, rows: int, width: int, rngs: nnx.Rngs) -> None:
+        self.id_min_interactions, self.count_buckets = id_min_interactions, count_buckets
+        if not (id_min_interactions or count_buckets):
+            self.counts = self.count_embedding = None
+            return
+        if not has_text:
+            raise ValueError("id_min_interactions / count_buckets need item content vectors "
+                             "(item fusion add, gated or text_only)")
+        if id_min_interactions and fusion not in ("add", "gated"):
+            raise ValueError(f"id_min_interactions needs item fusion add or gated, not {fusion!r}")
+        counts = np.asarray(counts)
+        if counts.shape != (num_items + 1,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
+            raise ValueError(f"item counts must be integers >= 0 of shape [num_items + 1] = [{num_items + 1}], "
+                             f"got {counts.dtype} {list(counts.shape)}")
+        padded = np.zeros(rows, dtype=np.int32)
+        padded[: num_items + 1] = counts
+        self.counts = ItemFeatures(jnp.asarray(padded), **{"logical_axes": ("vocab",)})
+        self.count_embedding = (nnx.Embed(count_buckets, width, embedding_init=logical_init(_INIT, None, "embed"),
+                                          rngs=rngs) if count_buckets else None)
+
+    def _rows(self, items: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """Training interactions and ``is a catalogue item`` (not padding) of ``items`` (default: every row)."""
+        counts = self.counts[...]
+        index = jnp.arange(counts.shape[0]) if items is None else items
+        counts = counts if items is None else jnp.take(counts, items, axis=0)
+        return counts, (index >= 1) & (index <= self.num_items)
+
+    def count_vectors(self, items: jax.Array | None = None) -> jax.Array:
+        """The learned vector of each item's popularity bucket (zero for padding rows)."""
+        counts, real = self._rows(items)
+        bucket = jnp.minimum(jnp.floor(jnp.log2(1.0 + counts.astype(jnp.float32))), self.count_buckets - 1)
+        return jnp.where(real[..., None], self.count_embedding(bucket.astype(jnp.int32)), 0.0)
+
+    def _mask_ids(self, ids: jax.Array, items: jax.Array | None = None) -> jax.Array:
+        if not self.id_min_interactions:
+            return ids
+        counts, _ = self._rows(items)
+        return jnp.where((counts >= self.id_min_interactions)[..., None], ids, 0.0)
+
     def word_vectors(self, items: jax.Array | None = None) -> jax.Array:
         """Mean learned embedding of each item's title words (zero for an item with none)."""
         words = self.words[...]
@@ -144,7 +208,9 @@ class ItemEmbedding(nnx.Module):
         if self.text_adapter is not None:
             features = jax.nn.gelu(self.text_adapter(features))
         text = jnp.where(has_text, self.text_proj(features), 0.0)
-        return text if self.words is None else text + self.word_vectors(items)
+        if self.words is not None:
+            text = text + self.word_vectors(items)
+        return text if self.count_embedding is None else text + self.count_vectors(items)
 
     def _combine(self, ids: jax.Array | None, text: jax.Array) -> jax.Array:
         if self.fusion == "text_only":
@@ -163,7 +229,7 @@ class ItemEmbedding(nnx.Module):
         if self.ids is None:
             return None
         # an int8 table (ecomjax.efficiency.quantize.Int8Table) after post-training quantization
-        return self.ids.dequantize() if hasattr(self.ids, "dequantize") else self.ids.embedding[...]
+        return self._mask_ids(self.ids.dequantize() if hasattr(self.ids, "dequantize") else self.ids.embedding[...])
 
     def table(self, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         if self.fusion == "id":
@@ -186,5 +252,5 @@ class ItemEmbedding(nnx.Module):
         need a few hundred projections, not the whole catalogue's)."""
         if self.fusion == "id":
             return self.ids(items)
-        ids = None if self.ids is None else self.ids(items)
+        ids = None if self.ids is None else self._mask_ids(self.ids(items), items)
         return self._combine(self._drop(ids, deterministic, rngs), self.text_vectors(items))

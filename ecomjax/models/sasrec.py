@@ -15,7 +15,7 @@ from flax import nnx
 
 from ecomjax.config import ModelConfig
 from ecomjax.models.axes import logical_init
-from ecomjax.models.item_embedding import ItemEmbedding
+from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
@@ -103,14 +103,16 @@ class SASRec(nnx.Module):
     """Causal transformer recommender; ``encode`` gives one hidden state per input position."""
 
     def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
-                 item_features: np.ndarray | None = None, item_words: np.ndarray | None = None):
+                 item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
+                 item_counts: np.ndarray | None = None):
         self.dtype = jnp.dtype(config.compute_dtype)
         self.num_items = num_items
         width = config.hidden_size
         self.item_embedding = ItemEmbedding(num_items, width, fusion=config.item_fusion, features=item_features,
                                             id_init=config.item_id_init, id_dropout=config.item_id_dropout,
                                             text_adapter_size=config.text_adapter_size,
-                                            words=item_words, rngs=rngs)
+                                            words=item_words, **item_count_options(config, item_counts),
+                                            rngs=rngs)
         self.position_embedding = nnx.Embed(max_len, width, embedding_init=logical_init(_INIT, "positions", "embed"),
                                             rngs=rngs)
         self.embedding_norm = None if config.norm_first else _layer_norm(width, 1e-12, rngs)

@@ -31,18 +31,28 @@ def ndcg_at_k(scores: np.ndarray, grades: np.ndarray, k: int = 10) -> float:
     return float(np.sum(gains * discounts)) / best if best > 0 else 0.0
 
 
-def per_query_ndcg(scores: np.ndarray, grades: np.ndarray, query_index: np.ndarray, k: int = 10,
-                   low: float = 1.0) -> dict[str, float]:
-    """Mean NDCG@k over queries with at least two judged products and some gain."""
+def query_ndcg_values(scores: np.ndarray, grades: np.ndarray, query_index: np.ndarray, k: int = 10,
+                      low: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(query ids, NDCG@k of each)`` for the queries with at least two judged products and some
+    gain, in query-id order (per-query values: for paired comparisons and bootstrap intervals)."""
     scores, gains = np.asarray(scores, np.float64), np.asarray(grades, np.float64) - low
-    values = []
+    query_index = np.asarray(query_index)
+    ids, values = [], []
     order = np.argsort(query_index, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(query_index[order])) + 1)
     for rows in groups:
         if len(rows) < 2 or gains[rows].max() <= 0:
             continue
+        ids.append(query_index[rows[0]])
         values.append(ndcg_at_k(scores[rows], gains[rows], k))
-    return {f"ndcg@{k}": float(np.mean(values)) if values else float("nan"), "queries": len(values)}
+    return np.asarray(ids, dtype=query_index.dtype), np.asarray(values, dtype=np.float64)
+
+
+def per_query_ndcg(scores: np.ndarray, grades: np.ndarray, query_index: np.ndarray, k: int = 10,
+                   low: float = 1.0) -> dict[str, float]:
+    """Mean NDCG@k over queries with at least two judged products and some gain."""
+    _, values = query_ndcg_values(scores, grades, query_index, k, low)
+    return {f"ndcg@{k}": float(np.mean(values)) if len(values) else float("nan"), "queries": len(values)}
 
 
 def relevance_metrics(scores: np.ndarray, grades: np.ndarray, query_index: np.ndarray,

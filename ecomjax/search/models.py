@@ -216,8 +216,9 @@ class SearchModels:
                                               self.config.seed)
         pairs = {k: jnp.asarray(v) for k, v in tokenize_pairs(tokenizer, queries, titles, c.max_length).items()}
         pairs["relevance"] = jnp.asarray(data.relevance)
+        scales = {"_lora_b": c.lora_b_learning_rate_ratio} if c.lora_rank and c.lora_b_learning_rate_ratio != 1 else {}
         fit_config = FitConfig(c.epochs, c.batch_size, c.learning_rate, weight_decay=0.01, warmup_fraction=0.1,
-                               patience=c.patience, seed=self.config.seed)
+                               patience=c.patience, seed=self.config.seed, learning_rate_scales=scales)
         if c.lora_rank:  # adapters and head trained, merged: served (and saved) as a plain encoder
             from ecomjax.efficiency.lora import LoraConfig, train_merged
 

@@ -180,7 +180,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
 
     def device_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return to_global(batch, batch_sh, config.train.batch_size)
-    item_counts = np.bincount(dataset.items, minlength=dataset.num_items + 1)
+    item_counts = split.train_item_counts()  # the sampler prior knows no validation or test target
 
     # --- Model, state and update step ------------------------------------------------------------
     num_items = dataset.num_items
@@ -192,7 +192,7 @@ def _train(config: Config, mesh: jax.sharding.Mesh) -> TrainResult:
     teacher = _load_teacher(config, dataset, mesh)
     trainer = build_next_item_step(config, num_items, total_steps, log_prior, mesh,
                                    *(() if item_text is None else (item_text.features, item_text.words)),
-                                   teacher=teacher, item_counts=split.train_item_counts())
+                                   teacher=teacher, item_counts=item_counts)
     graphdef, schedule, step_fn = trainer.graphdef, trainer.schedule, trainer.step_fn
     train_step = trainer.train_step
     checkpoints = RunCheckpoints(workdir / "checkpoints")

@@ -68,8 +68,9 @@ def build_next_item_step(
     fixed ``ItemFeatures``: kept in ``state["buffers"]``, read by the step, never updated; so do
     the title-word ids ``item_words``. With a ``teacher`` (``efficiency.distill``) the loss mixes
     in the KL divergence to the teacher's catalogue distribution at every target position.
-    ``item_counts`` (``[num_items + 1]``) share out the kept rows of the item tables under
-    ``efficiency.prune.scope: popularity``.
+    ``item_counts`` (``[num_items + 1]``, training interactions) share out the kept rows of the item
+    tables under ``efficiency.prune.scope: popularity``, and become the model's fixed item counts
+    under ``model.item_id_min_interactions`` / ``model.item_count_buckets``.
     """
 
     quantize = config.efficiency.quantize
@@ -79,7 +80,7 @@ def build_next_item_step(
 
     def build_model() -> nnx.Module:
         model = build_sequential_model(config.model, num_items, config.data.max_len, rngs=nnx.Rngs(config.seed),
-                                       item_features=item_features, item_words=item_words)
+                                       item_features=item_features, item_words=item_words, item_counts=item_counts)
         if quantize.qat:
             model = quantization_aware(model, quantize, *recommender_example_inputs(config.data.max_len),
                                        method="encode")
