@@ -535,12 +535,13 @@ def seed_gain(head: np.ndarray, runs: dict[str, list[np.ndarray]], grades: np.nd
                 np.sqrt(squared[samples].sum(1) / pairs_per_query[samples].sum(1)))
 
     head_m = metrics(*head_q)
-    mean_m = {name: [np.mean([metrics(*q)[i] for q in qs], axis=0) for i in (0, 1)] for name, qs in model_q.items()}
+    seed_m = {name: [metrics(*q) for q in qs] for name, qs in model_q.items()}  # [seed](ndcg, rmse)[resample]
+    mean_m = {name: [np.mean([m[i] for m in ms], axis=0) for i in (0, 1)] for name, ms in seed_m.items()}
     out: dict[str, Any] = {}
     for i, (metric, sign) in enumerate((("ndcg@10", 1.0), ("rmse", -1.0))):
         kept = sign * (mean_m["lora"][i] - head_m[i]) / (sign * (mean_m["full"][i] - head_m[i]))
         out[metric] = {"frozen_encoder_head": float(head_m[i][0]),
-                       **{f"{name}_per_seed": [float(metrics(*q)[i][0]) for q in qs] for name, qs in model_q.items()},
+                       **{f"{name}_per_seed": [float(m[i][0]) for m in ms] for name, ms in seed_m.items()},
                        "gain_kept": float(kept[0]), "ci95": [float(x) for x in np.percentile(kept[1:], [2.5, 97.5])],
                        "share_of_resamples_at_least_0.95": float(np.mean(kept[1:] >= 0.95))}
     return out
