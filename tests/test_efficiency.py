@@ -397,6 +397,45 @@ def test_lora_starts_at_the_base_model_trains_only_adapters_and_merges_exactly(q
     np.testing.assert_allclose(merged(ids, mask), adapted(ids, mask), atol=2e-5)
 
 
+def test_lora_also_train_moves_norms_biases_and_segments_only_and_merges_exactly():
+    from ecomjax.efficiency.lora import (
+        BERT_NORMS_BIASES_SEGMENTS,
+        LoraConfig,
+        apply_lora,
+        lora_trainable,
+        merge_lora,
+        parameter_counts,
+    )
+
+    base = _tiny_bert()
+    rng = np.random.default_rng(8)
+    ids, mask = _bert_inputs(rng)
+    types = jnp.asarray(np.arange(10) >= 4, jnp.int32)[None].repeat(4, 0)  # a 4-token "query", then a "title"
+    config = LoraConfig(rank=4, alpha=8.0, also_train=BERT_NORMS_BIASES_SEGMENTS)
+    adapted = apply_lora(base, config, ids, mask, types)
+    trainable = lora_trainable(also_train=config.also_train)
+    extra = (2 * 32) * (1 + 2 * 2)  # LayerNorm scale + bias: embeddings, then 2 per layer
+    extra += 2 * (4 * 32 + 64 + 32)  # dense biases: query, key, value, attention output, intermediate, output
+    extra += 2 * 32  # token-type embeddings
+    assert parameter_counts(adapted, trainable)["trainable"] == parameter_counts(adapted, lora_trainable())["trainable"] + extra
+    before = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(adapted, nnx.Param))}
+    optimizer = nnx.Optimizer(adapted, optax.adam(1e-2), wrt=trainable)
+    target = jnp.asarray(rng.normal(size=(4, 10, 32)), jnp.float32)
+    for _ in range(5):
+        grads = nnx.grad(lambda m: jnp.mean((m(ids, mask, types) - target) ** 2),
+                         argnums=nnx.DiffState(0, trainable))(adapted)
+        optimizer.update(adapted, grads)
+    after = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(adapted, nnx.Param))}
+    moved = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert {"embeddings/token_type/embedding", "layers/1/output_norm/scale", "layers/0/attention/query/bias",
+            "layers/1/intermediate/kernel_lora_b"} <= moved
+    assert not any(k.endswith("/kernel") or "word" in k or "position" in k for k in moved)  # the base W stays
+    merged = merge_lora(adapted, base, config)
+    np.testing.assert_allclose(merged(ids, mask, types), adapted(ids, mask, types), atol=2e-5)
+    with pytest.raises(ValueError, match=r"also_train 'nowhere' matches no parameter path \(paths look like"):
+        apply_lora(base, LoraConfig(also_train="nowhere"), ids, mask)
+
+
 def test_lora_errors_name_the_problem():
     from ecomjax.efficiency.lora import LoraConfig, apply_lora
 

@@ -213,7 +213,8 @@ def trained_search(tmp_path_factory):
                       "bi_encoder:\n  epochs: 3\n  batch_size: 64\n")
     assert main(["train", str(config), "cross_encoder.batch_size=16", "gbdt.max_rounds=100",
                  "gbdt.early_stopping_rounds=20", "cross_encoder.lora_rank=4",
-                 "cross_encoder.learning_rate=0.0005", "cross_encoder.lora_b_learning_rate_ratio=2"]) == 0
+                 "cross_encoder.learning_rate=0.0005", "cross_encoder.lora_b_learning_rate_ratio=2",
+                 "cross_encoder.lora_also_train=.*(norm/.*|/bias|token_type/.*)"]) == 0
     return root / "run", other
 
 

@@ -29,6 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# ``LoraConfig.also_train`` for the BERT encoders (``ecomjax.encoders.bert``): every LayerNorm, every
+# bias and the token-type (segment) embeddings: 31k parameters, 0.14% of MiniLM-L6. A cross-encoder feeds query and
+# title as segments 0 and 1, a distinction MiniLM's sentence training barely used (the two rows differ
+# by 0.16 in norm, a word vector is ~1.1): full fine-tuning can sharpen it, adapters on dense layers
+# cannot.
+BERT_NORMS_BIASES_SEGMENTS = r".*(norm/.*|/bias|token_type/.*)"
+
 
 @dataclass
 class LoraConfig:
@@ -36,6 +43,10 @@ class LoraConfig:
     alpha: float = 16.0  # the update is scaled by alpha / r
     targets: str = r".*(attention/(query|key|value|out)|intermediate|output)"  # regex, full match of module paths
     quantize_base: bool = False  # QLoRA: the frozen weights in int8 (qwix), adapters float32
+    # Regex (full match of parameter paths such as ``encoder/layers/0/attention_norm/scale``) of
+    # pretrained parameters trained beside the adapters: a low-rank update cannot move a bias, a
+    # LayerNorm or a segment embedding, and these are few (BitFit); empty = adapters only.
+    also_train: str = ""
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -43,6 +54,7 @@ class LoraConfig:
         if not self.alpha > 0:
             raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
         re.compile(self.targets)
+        re.compile(self.also_train)
 
 
 def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int = 0,
@@ -57,7 +69,15 @@ def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int =
                                        methods=(method,), rngs=nnx.Rngs(seed))
     if not adapter_paths(adapted):
         raise ValueError(f"lora targets {config.targets!r} match no dense layer reached by {method}()")
+    if config.also_train and not jax.tree.leaves(nnx.state(adapted, _params_matching(config.also_train))):
+        raise ValueError(f"lora also_train {config.also_train!r} matches no parameter path "
+                         f"(paths look like {_first_param_path(adapted)!r})")
     return adapted
+
+
+def _first_param_path(model: nnx.Module) -> str:
+    path, _ = next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))
+    return "/".join(map(str, path))
 
 
 def adapter_paths(model: nnx.Module) -> list[str]:
@@ -66,9 +86,23 @@ def adapter_paths(model: nnx.Module) -> list[str]:
             if hasattr(module, "kernel_lora_a")]
 
 
-def lora_trainable(*fresh: str) -> nnx.filterlib.Filter:
-    """What fine-tuning trains: the adapters and the fresh modules named in ``fresh`` (``"head"``)."""
-    return nnx.Any(nnx.LoRAParam, *(nnx.All(nnx.Param, nnx.PathContains(name)) for name in fresh))
+def lora_trainable(*fresh: str, also_train: str = "") -> nnx.filterlib.Filter:
+    """What fine-tuning trains: the adapters, the fresh modules named in ``fresh`` (``"head"``) and
+    the pretrained parameters whose path matches ``also_train`` (``LoraConfig.also_train``)."""
+    filters = [nnx.LoRAParam, *(nnx.All(nnx.Param, nnx.PathContains(name)) for name in fresh)]
+    if also_train:
+        filters.append(_params_matching(also_train))
+    return nnx.Any(*filters)
+
+
+def _params_matching(pattern: str) -> Callable[[tuple, Any], bool]:
+    """An nnx filter: parameters whose ``/``-joined path fully matches ``pattern``."""
+    compiled = re.compile(pattern)
+
+    def matches(path: tuple, value: Any) -> bool:
+        return isinstance(value, nnx.Param) and compiled.fullmatch("/".join(map(str, path))) is not None
+
+    return matches
 
 
 def parameter_counts(model: nnx.Module, trainable: nnx.filterlib.Filter) -> dict[str, float]:
@@ -118,7 +152,7 @@ def train_merged(model: nnx.Module, config: LoraConfig, example_args: tuple,
     """Adapt ``model``, run ``train(adapted, trainable)`` (adapters + ``fresh`` modules), merge
     back: ``(plain model to serve and save, train's result, parameter_counts)``."""
     adapted = apply_lora(model, config, *example_args, seed=seed)
-    trainable = lora_trainable(*fresh)
+    trainable = lora_trainable(*fresh, also_train=config.also_train)
     result = train(adapted, trainable)
     return merge_lora(adapted, model, config), result, parameter_counts(adapted, trainable)
 

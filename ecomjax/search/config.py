@@ -72,6 +72,9 @@ class CrossEncoderSection:
     lora_alpha: float = 16.0
     lora_targets: str = r".*(attention/(query|key|value|output)|intermediate|output)"
     lora_quantize_base: bool = False  # QLoRA: the frozen encoder in int8 while the adapters train
+    # regex of encoder parameter paths trained beside the adapters, e.g. LayerNorms, biases and the
+    # segment embeddings (ecomjax.efficiency.lora.BERT_NORMS_BIASES_SEGMENTS); "" = adapters only
+    lora_also_train: str = ""
     # LoRA+ (Hayou et al. 2024): B's learning rate = ratio x A's (16 in the paper). On Home Depot
     # (12,000 pairs, one epoch) it did not help: lr 2e-4 x 16 reached valid RMSE 0.478, 5e-4 x 16
     # 0.535, plain LoRA at 1.4e-3 0.467 (benchmarks/efficiency.py notes)

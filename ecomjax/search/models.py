@@ -223,7 +223,7 @@ class SearchModels:
             from ecomjax.efficiency.lora import LoraConfig, train_merged
 
             model, result, _ = train_merged(
-                model, LoraConfig(c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_quantize_base),
+                model, LoraConfig(c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_quantize_base, c.lora_also_train),
                 (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2]),
                 lambda adapted, trainable: train_cross_encoder(pairs, splits["base"], splits["valid"], adapted,
                                                                fit_config, trainable=trainable),
