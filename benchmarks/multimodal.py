@@ -12,8 +12,10 @@ Three experiments, written to ``benchmarks/results/multimodal.json`` and printed
 3. **Beauty**: SASRec ID-only vs text-fused (item = ID embedding + projected MiniLM title
    embedding (``sentence``), + the mean of learned title-word embeddings (``text``, the shipped
    config), + S3-Rec's brand / category attributes as further learned tokens (``attributes``)),
-   full ranking, history excluded, same config otherwise; read from the runs' ``metrics.json``
-   (``--beauty-id`` / ``--beauty-sentence`` / ``--beauty-text`` / ``--beauty-attributes``), or
+   full ranking, history excluded, same config otherwise; also ID-only against text at 128
+   dimensions over seeds 0-2 (``128d_seed_means``); read from the runs' ``metrics.json``
+   (``--beauty-id`` / ``--beauty-sentence`` / ``--beauty-text`` / ``--beauty-attributes`` /
+   ``--beauty-run NAME=WORKDIR``), or
    trained here with ``--train-beauty``.
 
 Plus encoder throughput at batch 64 (sentences/s, images/s) measured here, alone.
@@ -40,14 +42,24 @@ import numpy as np  # noqa: E402
 from ecomjax.bench.report import print_table, write_results  # noqa: E402
 from ecomjax.models.fusion import FUSION_MODES  # noqa: E402
 
-# name -> (config, overrides): ID-only; ID + projected MiniLM title vector; the shipped text config
-# (that + learned title-word embeddings); that + S3-Rec's item attributes (brand, categories) as
-# further learned tokens
-BEAUTY_RUNS = {"id": ("configs/sasrec_beauty.yaml", []),
-               "sentence": ("configs/sasrec_beauty_text.yaml", ["model.title_word_min_items=0"]),
-               "text": ("configs/sasrec_beauty_text.yaml", []),
+# name -> (config, overrides, default workdir under runs/): ID-only; ID + projected MiniLM title
+# vector; the shipped text config (that + learned title-word embeddings); that + S3-Rec's item
+# attributes (brand, categories) as further learned tokens; ID-only and text at 128 dimensions
+# (ffn 512), three seeds each
+WIDE = ["model.hidden_size=128", "model.ffn_size=512"]
+BEAUTY_RUNS = {"id": ("configs/sasrec_beauty.yaml", [], "sasrec_beauty"),
+               "sentence": ("configs/sasrec_beauty_text.yaml", ["model.title_word_min_items=0"],
+                            "sasrec_beauty_text_sentence"),
+               "text": ("configs/sasrec_beauty_text.yaml", [], "sasrec_beauty_text"),
                "attributes": ("configs/sasrec_beauty_text.yaml",
-                              ["model.item_attributes=amazon-beauty/Beauty_item2attributes.json"])}
+                              ["model.item_attributes=amazon-beauty/Beauty_item2attributes.json"],
+                              "sasrec_beauty_text_attr"),
+               "id_128": ("configs/sasrec_beauty.yaml", WIDE, "beauty_id_h128"),
+               "id_128_seed1": ("configs/sasrec_beauty.yaml", [*WIDE, "seed=1"], "beauty_id_h128_s1"),
+               "text_128": ("configs/sasrec_beauty_text.yaml", WIDE, "beauty_text_h128"),
+               "text_128_seed1": ("configs/sasrec_beauty_text.yaml", [*WIDE, "seed=1"], "beauty_text_h128_s1"),
+               "id_128_seed2": ("configs/sasrec_beauty.yaml", [*WIDE, "seed=2"], "beauty_id_h128_s2"),
+               "text_128_seed2": ("configs/sasrec_beauty_text.yaml", [*WIDE, "seed=2"], "beauty_text_h128_s2")}
 
 
 def fashion_experiments(modes: list[str], setup_overrides: dict) -> dict:
@@ -86,8 +98,8 @@ def beauty(paths: dict[str, Path], train: bool, previous: dict) -> dict:
     this machine keeps the entry an earlier benchmark run recorded for the same config (its
     ``measured_utc`` says when); one never recorded is an error naming the command to run."""
     out = {}
-    for name, (config, overrides) in BEAUTY_RUNS.items():
-        workdir = paths[name]
+    for name, (config, overrides, default) in BEAUTY_RUNS.items():
+        workdir = paths.get(name, ROOT / "runs" / default)
         command = [sys.executable, "-m", "ecomjax", "train", config, *overrides, f"workdir={workdir}",
                    "train.progress=false"]
         if train:
@@ -112,6 +124,12 @@ def beauty(paths: dict[str, Path], train: bool, previous: dict) -> dict:
     out["relative_ndcg@10_gain"] = gain
     out["relative_ndcg@10_gain_sentence_only"] = out["sentence"]["test"]["ndcg@10"] / out["id"]["test"]["ndcg@10"] - 1
     out["relative_ndcg@10_gain_attributes"] = out["attributes"]["test"]["ndcg@10"] / out["id"]["test"]["ndcg@10"] - 1
+    means = {kind: float(np.mean([out[n]["test"]["ndcg@10"] for n in (f"{kind}_128", f"{kind}_128_seed1",
+                                                                       f"{kind}_128_seed2")]))
+             for kind in ("id", "text")}
+    out["128d_seed_means"] = {**{f"{kind}_test_ndcg@10": v for kind, v in means.items()},
+                              "relative_ndcg@10_gain": means["text"] / means["id"] - 1,
+                              "text_vs_64d_id_relative_ndcg@10_gain": means["text"] / out["id"]["test"]["ndcg@10"] - 1}
     return out
 
 
@@ -146,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beauty-text", type=Path, default=ROOT / "runs" / "sasrec_beauty_text")
     parser.add_argument("--beauty-sentence", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_sentence")
     parser.add_argument("--beauty-attributes", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_attr")
+    parser.add_argument("--beauty-run", action="append", default=[], metavar="NAME=WORKDIR",
+                        help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); default runs/<its name>")
     parser.add_argument("--setup", type=json.loads, default={},
                         help='FashionSetup overrides as JSON, e.g. \'{"train_queries": 2000}\'')
     args = parser.parse_args(argv)
@@ -159,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_fashion:
         results["fashion"] = {**fashion_experiments(args.modes, args.setup), "measured_utc": stamp}
     if not args.skip_beauty:
-        results["beauty"] = {**beauty({"id": args.beauty_id, "text": args.beauty_text,
-                                     "sentence": args.beauty_sentence, "attributes": args.beauty_attributes},
-                                    args.train_beauty, results.get("beauty", {})),
+        paths = {"id": args.beauty_id, "text": args.beauty_text, "sentence": args.beauty_sentence,
+                 "attributes": args.beauty_attributes}
+        for item in args.beauty_run:
+            name, _, workdir = item.partition("=")
+            if name not in BEAUTY_RUNS or not workdir:
+                parser.error(f"--beauty-run {item!r}: expected NAME=WORKDIR with NAME one of {list(BEAUTY_RUNS)}")
+            paths[name] = Path(workdir)
+        results["beauty"] = {**beauty(paths, args.train_beauty, results.get("beauty", {})),
                              "measured_utc": stamp}
 
     if "fashion" in results:
@@ -186,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = [{"items": name, "test ndcg@10": b[name]["test"]["ndcg@10"], "test hr@10": b[name]["test"]["hr@10"],
                  "valid ndcg@10": b[name]["valid"]["ndcg@10"], "s/epoch": b[name]["seconds_per_epoch"]}
                 for name in BEAUTY_RUNS]
+        wide = b.get("128d_seed_means", {})
         print_table(rows, list(rows[0]), title=f"Beauty SASRec, full ranking (text vs ID: "
-                                                f"{100 * b['relative_ndcg@10_gain']:+.1f}% NDCG@10)")
+                                                f"{100 * b['relative_ndcg@10_gain']:+.1f}% NDCG@10 at 64-d, "
+                                                f"{100 * wide.get('relative_ndcg@10_gain', float('nan')):+.1f}% "
+                                                "at 128-d on the means of seeds 0-2)")
     if "throughput_batch64" in results:
         t = results["throughput_batch64"]
         print_table([{"encoder": "MiniLM-L6 (Beauty titles)", "per second": t["text"]["sentences_per_second"]},

@@ -142,7 +142,12 @@ def multimodal_tables() -> str:
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for name, label in (("id", "ID embedding"), ("sentence", "ID + MiniLM title"),
                             ("text", "ID + MiniLM title + title words"),
-                            ("attributes", "ID + MiniLM title + title words + attributes")):
+                            ("attributes", "ID + MiniLM title + title words + attributes"),
+                            ("id_128", "ID embedding, 128-d"), ("id_128_seed1", "ID embedding, 128-d, seed 1"),
+                            ("id_128_seed2", "ID embedding, 128-d, seed 2"),
+                            ("text_128", "ID + MiniLM title + title words, 128-d"),
+                            ("text_128_seed1", "ID + MiniLM title + title words, 128-d, seed 1"),
+                            ("text_128_seed2", "ID + MiniLM title + title words, 128-d, seed 2")):
             if name not in beauty:
                 continue
             r = beauty[name]
@@ -156,6 +161,11 @@ def multimodal_tables() -> str:
         lines += ["", f"Text vs ID: {100 * beauty['relative_ndcg@10_gain']:+.1f}% test NDCG@10"
                       + (f" ({', '.join(notes)})" if notes else "")
                       + f" (measured {beauty['measured_utc']})."]
+        wide = beauty.get("128d_seed_means")
+        if wide:
+            lines += ["", f"128-d, means of seeds 0-2: text {wide['text_test_ndcg@10']:.4f} vs ID "
+                          f"{wide['id_test_ndcg@10']:.4f}, {100 * wide['relative_ndcg@10_gain']:+.1f}% test NDCG@10 "
+                          f"({100 * wide['text_vs_64d_id_relative_ndcg@10_gain']:+.1f}% over the 64-d ID run, seed 0)."]
     speed = res.get("throughput_batch64")
     if speed:
         lines += ["", "| encoder, batch 64 | per second |", "| --- | ---: |",

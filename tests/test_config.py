@@ -40,6 +40,7 @@ def test_integer_accepted_for_float_but_not_the_reverse():
         ("loss.name=softmax", r"loss.name: 'softmax' is not allowed; allowed values: \['full_softmax'"),
         ("model.dropout=1.5", r"model.dropout: 1.5 is out of range; allowed: a number in \[0, 1\)"),
         ("train.batch_size=0", r"train.batch_size: 0 is out of range"),
+        ("train.adam_eps=0", r"train.adam_eps: 0(\.0)? is out of range; allowed: a number > 0"),
         ("model.norm_first=maybe", r"model.norm_first: expected true or false, got 'maybe'"),
         ("eval.ks=10", r"eval.ks: expected a list of int"),
         ("model=3", r"model: expected a mapping"),
@@ -98,3 +99,21 @@ def test_parse_override_yaml_scalars():
     assert parse_override("a.b=null") == ("a.b", None)
     assert parse_override("a.b=") == ("a.b", "")
     assert parse_override("a.b=x=y") == ("a.b", "x=y")
+
+
+def test_adam_eps_reaches_the_optimizer():
+    """A gradient far below epsilon moves a weight by about lr * g / eps, not by lr."""
+    import jax.numpy as jnp
+
+    from ecomjax.train.optimizer import make_optimizer
+
+    steps = {}
+    for eps in (1e-8, 1e-6):
+        config = load_config(None, ["train.warmup_steps=0", "train.grad_clip_norm=0", f"train.adam_eps={eps}"]).train
+        optimizer, _ = make_optimizer(config, total_steps=10)
+        params = {"w": jnp.zeros(3)}
+        updates, _ = optimizer.update({"w": jnp.full(3, 1e-7)}, optimizer.init(params), params)
+        steps[eps] = float(-updates["w"][0])
+    lr = load_config(None, []).train.learning_rate
+    assert abs(steps[1e-8] - lr * 1e-7 / (1e-7 + 1e-8)) < 1e-3 * lr
+    assert abs(steps[1e-6] - lr * 1e-7 / (1e-7 + 1e-6)) < 1e-3 * lr

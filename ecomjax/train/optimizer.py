@@ -28,5 +28,5 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.Gradien
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=config.weight_decay))
+    parts.append(optax.adamw(schedule, b1=0.9, b2=0.999, eps=config.adam_eps, weight_decay=config.weight_decay))
     return optax.chain(*parts), schedule
