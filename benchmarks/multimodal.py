@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beauty-sentence", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_sentence")
     parser.add_argument("--beauty-attributes", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_attr")
     parser.add_argument("--beauty-run", action="append", default=[], metavar="NAME=WORKDIR",
-                        help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); default runs/<its name>")
+                        help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); defaults under runs/ in BEAUTY_RUNS")
     parser.add_argument("--setup", type=json.loads, default={},
                         help='FashionSetup overrides as JSON, e.g. \'{"train_queries": 2000}\'')
     args = parser.parse_args(argv)
