@@ -160,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-beauty", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--train-beauty", action="store_true", help="retrain both Beauty configs here")
-    parser.add_argument("--beauty-id", type=Path, default=ROOT / "runs" / "sasrec_beauty")
-    parser.add_argument("--beauty-text", type=Path, default=ROOT / "runs" / "sasrec_beauty_text")
-    parser.add_argument("--beauty-sentence", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_sentence")
-    parser.add_argument("--beauty-attributes", type=Path, default=ROOT / "runs" / "sasrec_beauty_text_attr")
+    for name in ("id", "text", "sentence", "attributes"):  # shorthands for --beauty-run NAME=WORKDIR
+        parser.add_argument(f"--beauty-{name}", type=Path, help=f"workdir of the {name!r} run")
     parser.add_argument("--beauty-run", action="append", default=[], metavar="NAME=WORKDIR",
                         help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); defaults under runs/ in BEAUTY_RUNS")
     parser.add_argument("--setup", type=json.loads, default={},
@@ -179,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_fashion:
         results["fashion"] = {**fashion_experiments(args.modes, args.setup), "measured_utc": stamp}
     if not args.skip_beauty:
-        paths = {"id": args.beauty_id, "text": args.beauty_text, "sentence": args.beauty_sentence,
-                 "attributes": args.beauty_attributes}
+        paths = {name: getattr(args, f"beauty_{name}") for name in ("id", "text", "sentence", "attributes")
+                 if getattr(args, f"beauty_{name}") is not None}
         for item in args.beauty_run:
             name, _, workdir = item.partition("=")
             if name not in BEAUTY_RUNS or not workdir:
