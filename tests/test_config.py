@@ -90,6 +90,23 @@ def test_shipped_configs_load_and_roundtrip(tmp_path):
         assert load(dumped) == config
 
 
+@pytest.mark.parametrize("id_only, text", [("sasrec_beauty.yaml", "sasrec_beauty_text.yaml"),
+                                             ("sasrec_beauty_d128.yaml", "sasrec_beauty_text_d128.yaml")])
+def test_beauty_text_configs_differ_from_id_only_in_the_item_representation_alone(id_only, text):
+    """The text-vs-ID gain on Beauty is only a measurement of the titles if nothing else differs."""
+    from pathlib import Path
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+
+    configs = Path(__file__).parent.parent / "configs"
+    a, b = (dict(flat(load_config(configs / name).to_dict())) for name in (id_only, text))
+    differ = {key for key in a if a[key] != b[key]}
+    assert differ == {"workdir", "model.item_fusion", "model.item_text", "model.title_word_min_items"}
+    assert b["model.item_fusion"] == "add" and a["model.item_text"] is None
+
+
 def test_an_unknown_task_is_named():
     with pytest.raises(ConfigError, match=r"task: 'rankr' is not a task; tasks: \['multi_behavior', 'ranker', 'search'\]"):
         load_config({"task": "rankr"})
