@@ -10,6 +10,7 @@ for type and range.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -244,6 +245,9 @@ class AdaptersConfig:
     rank: int = 0  # adapter rank r; 0 = off
     alpha: float = 16.0  # the update is scaled by alpha / r
     targets: str = r".*blocks/\d+/(attention/(qkv|out)|feed_forward/(up|down))"  # regex, full match of module paths
+    # regex, full match of parameter paths (``blocks/0/attention_norm/scale``): base parameters trained
+    # beside the adapters (a low-rank update cannot move a bias or a LayerNorm); empty = adapters only
+    also_train: str = ""
 
 
 @dataclass
@@ -315,8 +319,18 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "efficiency.distill.weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "efficiency.lora.rank": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "efficiency.lora.alpha": (lambda v: v > 0, "a number > 0"),
+    "efficiency.lora.targets": (lambda v: _is_regex(v) and v != "", "a non-empty regular expression"),
+    "efficiency.lora.also_train": (lambda v: _is_regex(v), "a regular expression ('' = adapters only)"),
     "efficiency.distill.temperature": (lambda v: v > 0, "a number > 0"),
 }
+
+
+def _is_regex(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
 
 
 def _type_name(tp: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -354,6 +355,32 @@ def test_quantization_aware_run_exports_int8_and_is_not_resumed_as_a_float_run(t
         ecomjax.train(None, workdir=str(tmp_path / "bad"), efficiency__quantize__qat=True)
 
 
+def test_recommender_lora_also_train_moves_the_norms_beside_the_adapters_and_merges_exactly(tmp_path):
+    from ecomjax.efficiency.lora import LoraConfig, merge_lora
+    from ecomjax.train.restore import restore_run
+
+    base = ecomjax.train(None, workdir=str(tmp_path / "base"), train__epochs=1, train__progress=False)
+    norms = r".*_norm/(scale|bias)"
+    adapted = ecomjax.train(None, workdir=str(tmp_path / "lora"), train__epochs=1, train__progress=False,
+                            train__init_from=str(tmp_path / "base"), efficiency__lora__rank=4,
+                            efficiency__lora__also_train=norms)
+    before = {"/".join(map(str, k)): v[...] for k, v in nnx.to_flat_state(nnx.state(base.model, nnx.Param))}
+    after = {"/".join(map(str, k)): v[...] for k, v in nnx.to_flat_state(nnx.state(adapted.model, nnx.Param))}
+    moved = {k for k in before if not np.array_equal(np.asarray(before[k]), np.asarray(after[k]))}
+    matching = {k for k in before if re.fullmatch(norms, k)}
+    assert matching and moved == matching  # every LayerNorm moved; kernels, biases, item table did not
+    assert float(jnp.max(jnp.abs(adapted.model.blocks[0].feed_forward.up.kernel_lora_b[...]))) > 0
+    merged = merge_lora(restore_run(tmp_path / "lora").model(), base.model,
+                        LoraConfig(rank=4, alpha=16.0, also_train=norms))
+    batch = _user_batch(np.random.default_rng(5), max_len=50)
+    np.testing.assert_allclose(_scores(merged, *batch), _scores(adapted.model, *batch), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"also_train '\.\*nrom' matches no parameter path .*blocks/0/"):
+        ecomjax.train(None, workdir=str(tmp_path / "typo"), train__init_from=str(tmp_path / "base"),
+                      efficiency__lora__rank=4, efficiency__lora__also_train=".*nrom")
+    with pytest.raises(ConfigError, match=r"efficiency\.lora\.also_train.*regular expression"):
+        ecomjax.train(None, workdir=str(tmp_path / "bad"), efficiency__lora__also_train="(norm")
+
+
 @pytest.mark.parametrize("quantize_base", [False, True])
 def test_lora_starts_at_the_base_model_trains_only_adapters_and_merges_exactly(quantize_base):
     from ecomjax.efficiency.lora import (
@@ -441,6 +468,8 @@ def test_lora_errors_name_the_problem():
 
     with pytest.raises(ValueError, match="rank must be >= 1"):
         LoraConfig(rank=0)
+    with pytest.raises(ValueError, match=r"lora also_train '\(norm' is not a regular expression: missing \)"):
+        LoraConfig(also_train="(norm")
     ids, mask = _bert_inputs(np.random.default_rng(7))
     with pytest.raises(ValueError, match="match no dense layer"):
         apply_lora(_tiny_bert(), LoraConfig(targets="nowhere"), ids, mask)

@@ -189,6 +189,13 @@ def test_ranker_adapts_a_finished_ranker_with_lora_and_saves_it_merged(tmp_path)
     rows = np.arange(64)
     np.testing.assert_allclose(predict(model, d, schema, rows).click, predict(adapted.model, d, schema, rows).click,
                                rtol=1e-5)
+    # adapt.lora_also_train: the first field's table trains beside the adapters, the others stay
+    table = train_ranker(_tiny(tmp_path / "table", **no_baselines, **{
+        "adapt.init_from": str(base.workdir), "adapt.lora_rank": 4, "train.learning_rate": 1e-2,
+        "adapt.lora_also_train": "embedding/tables/0/embedding"})).model
+    tables = [(np.asarray(a.embedding[...]), np.asarray(b.embedding[...]))
+              for a, b in zip(table.embedding.tables, base.model.embedding.tables, strict=True)]
+    assert not np.array_equal(*tables[0]) and all(np.array_equal(*pair) for pair in tables[1:])
     with pytest.raises(ValueError, match=r"set adapt\.init_from"):
         train_ranker(_tiny(tmp_path / "x", **no_baselines, **{"adapt.lora_rank": 4}))
     with pytest.raises(ValueError, match="other model settings"):

@@ -54,8 +54,11 @@ class LoraConfig:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
         if not self.alpha > 0:
             raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
-        re.compile(self.targets)
-        re.compile(self.also_train)
+        for name in ("targets", "also_train"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise ValueError(f"lora {name} {getattr(self, name)!r} is not a regular expression: {exc}") from None
 
 
 def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int = 0,

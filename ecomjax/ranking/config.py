@@ -114,6 +114,9 @@ class RankerAdaptConfig:
     # regex, full match of the module paths of the adapted layers: the nnx.Linear layers of the
     # interaction, experts, gates, towers and heads (embedding tables and wide terms stay frozen)
     lora_targets: str = "(interaction|experts|gates|towers|heads)/.*"
+    # regex, full match of parameter paths (``embedding/tables/0/embedding``) of base parameters
+    # trained beside the adapters (``LoraConfig.also_train``); empty = adapters only
+    lora_also_train: str = ""
 
 
 @dataclass

@@ -211,7 +211,7 @@ def train_heads(config: RankerConfig, data: ImpressionData, device: dict[str, ja
     if adapting and adapt.lora_rank:  # adapters trained, merged: served (and saved) as the plain architecture
         from ecomjax.efficiency.lora import LoraConfig, train_merged
 
-        lora = LoraConfig(adapt.lora_rank, adapt.lora_alpha, adapt.lora_targets)
+        lora = LoraConfig(adapt.lora_rank, adapt.lora_alpha, adapt.lora_targets, also_train=adapt.lora_also_train)
         model, result, counts = train_merged(
             model, lora, (device["categorical"][:2], device["numeric"][:2], device["sequences"][:2]),
             lambda adapted, trainable: fit(adapted, loss_fn, device, train_rows, evaluate, config.train,

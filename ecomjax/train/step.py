@@ -6,6 +6,7 @@ Kept apart from the loop so that what the sharding benchmark measures and what t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,7 @@ def build_next_item_step(
 
     tx, schedule = make_optimizer(config.train, total_steps)
     if adapters is not None:  # only the adapters move; the frozen base keeps no optimizer moments
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, adapter_labels)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, adapter_labels(adapters.also_train))
     distill = config.efficiency.distill
     if config.efficiency.prune.sparsity > 0:  # after the optimizer: pruned weights' updates are -weight
         row_counts = None
@@ -169,13 +170,28 @@ def recommender_adapters(config: Config) -> LoraConfig | None:
         raise ValueError("efficiency.lora adapts a trained model: set train.init_from to a finished run's workdir")
     if config.efficiency.prune.sparsity > 0:
         raise ValueError("efficiency.lora and efficiency.prune do not combine: the base weights are frozen")
-    return LoraConfig(section.rank, section.alpha, section.targets)
+    return LoraConfig(section.rank, section.alpha, section.targets, also_train=section.also_train)
 
 
-def adapter_labels(params: Any) -> Any:
-    """``"train"`` for the adapter matrices (qwix names them ``*_lora_a`` / ``*_lora_b``), else ``"frozen"``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if "_lora_" in jax.tree_util.keystr(path) else "frozen", params)
+def adapter_labels(also_train: str = "") -> Callable[[Any], Any]:
+    """The labels for ``optax.multi_transform``: ``"train"`` for the adapter matrices (qwix names them
+    ``*_lora_a`` / ``*_lora_b``) and for the parameters whose ``/``-joined path fully matches
+    ``also_train`` (``efficiency.lora.also_train``, the paths ``apply_lora`` checks), else ``"frozen"``."""
+    pattern = re.compile(also_train) if also_train else None
+
+    def label(path: tuple, _: Any) -> str:
+        if "_lora_" in jax.tree_util.keystr(path):
+            return "train"
+        return "train" if pattern is not None and pattern.fullmatch(_slash_path(path)) else "frozen"
+
+    return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+def _slash_path(path: tuple) -> str:
+    """``blocks/0/attention_norm/scale`` from a pytree key path (the Variable's ``.value`` dropped)."""
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
 
 
 def _init_state(build_model, tx) -> dict[str, Any]:
