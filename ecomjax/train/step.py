@@ -91,7 +91,7 @@ def build_next_item_step(
         return model
 
     tx, schedule = make_optimizer(config.train, total_steps)
-    if adapters is not None:  # only the adapters move; the frozen base keeps no optimizer moments
+    if adapters is not None:  # only the adapters (and also_train's parameters) move; the frozen base keeps no moments
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, adapter_labels(adapters.also_train))
     distill = config.efficiency.distill
     if config.efficiency.prune.sparsity > 0:  # after the optimizer: pruned weights' updates are -weight
