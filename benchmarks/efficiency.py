@@ -337,7 +337,7 @@ SEED_COLUMNS = ["run", "seeds", "test_ndcg@10", "mean", "std", "mean_change"]
 
 def _subsample_queries(data, rows: np.ndarray, fraction: float, salt: str) -> np.ndarray:
     """Whole queries (every judged product of a kept query), chosen by a stable hash."""
-    from ecomjax.search.relevance import hash_fraction, normalize_text
+    from ecomjax.data.relevance import hash_fraction, normalize_text
 
     keep = {q for q in {normalize_text(x) for x in data.queries[rows]} if hash_fraction(q, salt) < fraction}
     return np.asarray([r for r in rows if normalize_text(data.queries[r]) in keep])
@@ -352,6 +352,7 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
     import time
 
     from ecomjax.config import QuantizeConfig
+    from ecomjax.data.relevance import normalize_text
     from ecomjax.efficiency.lora import (
         LoraConfig,
         apply_lora,
@@ -360,6 +361,7 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
         parameter_counts,
     )
     from ecomjax.efficiency.quantize import model_bytes, quantize_model
+    from ecomjax.eval.graded import relevance_metrics
     from ecomjax.search.config import load_search_config
     from ecomjax.search.cross_encoder import (
         CrossEncoderConfig,
@@ -368,8 +370,6 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
         tokenize_pairs,
         train_cross_encoder,
     )
-    from ecomjax.search.metrics import relevance_metrics
-    from ecomjax.search.relevance import normalize_text
     from ecomjax.search.train import load_splits
     from ecomjax.tasks.fit import FitConfig
 
@@ -434,8 +434,8 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
                                                               "learning_rate": lora_lr})
     merged = merge_lora(trained["LoRA r=8"][0], pretrained, lora)
     # bf16 compute: the encoder built for bfloat16 matmuls, carrying the fine-tuned weights
-    from ecomjax.encoders.bert import load_bert
     from ecomjax.encoders.weights import resolve_checkpoint
+    from ecomjax.models.bert import load_bert
     from ecomjax.search.cross_encoder import CrossEncoder
 
     bf16 = CrossEncoder(load_bert(resolve_checkpoint(config.encoder), dtype=jnp.bfloat16), mean_grade,
@@ -523,12 +523,12 @@ def seed_gain(head: np.ndarray, runs: dict[str, list[np.ndarray]], grades: np.nd
     seeds (``runs["full"]``, ``runs["lora"]``: test predictions per seed), for NDCG@10 (per-query
     mean) and RMSE, each with a 95% bootstrap interval over test queries (queries resampled with
     their pairs; every model sees the same resample)."""
-    from ecomjax.search.metrics import query_ndcg_values
+    from ecomjax.eval.graded import grouped_ndcg
 
     queries, inverse = np.unique(query_index, return_inverse=True)
 
     def per_query(predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, values = query_ndcg_values(predicted, grades, query_index, 10, low)
+        ids, values = grouped_ndcg(predicted, np.asarray(grades, np.float64) - low, query_index, 10, min_size=2)
         ndcg = np.full(len(queries), np.nan)
         ndcg[np.searchsorted(queries, ids)] = values
         return ndcg, np.bincount(inverse, weights=(predicted - grades) ** 2, minlength=len(queries))
@@ -564,14 +564,14 @@ def bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_i
     target, weight 0.5), on the same training pairs. Latency: MiniLM over 32 queries + the query
     tower + a dot product with 32 cached product vectors (product vectors are precomputed for the
     catalogue), against the cross-encoder's one MiniLM pass per (query, title) pair."""
+    from ecomjax.data.relevance import normalize_text
     from ecomjax.efficiency.quantize import model_bytes
-    from ecomjax.encoders.bert import load_bert, mean_pool
     from ecomjax.encoders.text import load_tokenizer
     from ecomjax.encoders.weights import resolve_checkpoint
+    from ecomjax.eval.graded import relevance_metrics
+    from ecomjax.models.bert import load_bert, mean_pool
     from ecomjax.search.bi_encoder import BiEncoderConfig, predict_pairs, train_bi_encoder
-    from ecomjax.search.metrics import relevance_metrics
     from ecomjax.search.models import embed_texts
-    from ecomjax.search.relevance import normalize_text
     from ecomjax.tasks.fit import FitConfig
 
     rows_all = np.concatenate([train_rows, valid_rows, test_rows])

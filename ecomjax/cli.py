@@ -8,7 +8,7 @@ import json
 import sys
 
 from ecomjax.config import ConfigError, load_config, parse_override
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError
 
 _SUMMARY_KEYS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 

@@ -326,7 +326,7 @@ def test_training_run_reports_pruning_and_the_quantized_model(tmp_path):
 # --- LoRA -----------------------------------------------------------------------------------------
 
 def _tiny_bert():
-    from ecomjax.encoders.bert import BertConfig, BertModel
+    from ecomjax.models.bert import BertConfig, BertModel
 
     config = BertConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                         max_position_embeddings=16, type_vocab_size=2)

@@ -80,7 +80,7 @@ def test_data_dir_comes_from_the_environment(root, monkeypatch):
     monkeypatch.setenv("ECOMJAX_DATA_DIR", str(root.parent))
     assert len(read_fashion_catalog()) == NUM_PRODUCTS
     monkeypatch.setenv("ECOMJAX_DATA_DIR", str(root.parent / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="image archive"):
+    with pytest.raises(FileNotFoundError, match="directory 'fashion-products' not found as given or under"):
         read_fashion_catalog()
 
 

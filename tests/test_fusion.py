@@ -12,9 +12,8 @@ import pytest
 from flax import nnx
 
 from ecomjax.config import _default_rules
-from ecomjax.encoders.bert import BertConfig, BertModel
-from ecomjax.encoders.image import EfficientNetLite, Stage
 from ecomjax.models.axes import LOGICAL_AXES_KEY
+from ecomjax.models.bert import BertConfig, BertModel
 from ecomjax.models.fusion import (
     FROZEN,
     FUSION_MODES,
@@ -26,6 +25,7 @@ from ecomjax.models.fusion import (
     trainability_optimizer,
     trainable_filter,
 )
+from ecomjax.models.image import EfficientNetLite, Stage
 
 TEXT_DIM, IMAGE_DIM, OUT = 12, 20, 8
 TINY_STAGES = (Stage(3, 1, 1, 16, 1), Stage(3, 2, 6, 24, 2))  # 3 MBConv blocks

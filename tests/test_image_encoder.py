@@ -26,16 +26,10 @@ from flax import nnx
 
 from ecomjax.config import MeshConfig
 from ecomjax.encoders import image as image_module
-from ecomjax.encoders.image import (
-    FEATURE_DIM,
-    EfficientNetLite,
-    ImageEncoder,
-    center_crop_box,
-    preprocess,
-    resolve_weights,
-)
+from ecomjax.encoders.image import ImageEncoder, center_crop_box, preprocess, resolve_weights
 from ecomjax.encoders.torch_pickle import LEGACY_MAGIC, load_state_dict
 from ecomjax.models.axes import LOGICAL_AXES_KEY
+from ecomjax.models.image import FEATURE_DIM, EfficientNetLite
 
 FIXTURE = Path(__file__).parent / "fixtures" / "efficientnet_reference.npz"
 REL_TOLERANCE = 1e-3  # the bound on max|ours - ref| / max|ref|

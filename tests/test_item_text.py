@@ -11,6 +11,7 @@ from flax import nnx
 import ecomjax
 from ecomjax.config import ConfigError, load_config
 from ecomjax.data import load_sequences
+from ecomjax.data.files import DataFormatError
 from ecomjax.data.item_text import (
     append_tokens,
     attribute_token_ids,
@@ -21,7 +22,6 @@ from ecomjax.data.item_text import (
     title_word_ids,
     title_words,
 )
-from ecomjax.data.sequences import DataFormatError
 from ecomjax.encoders.feature_cache import cached_array, content_key
 from ecomjax.models.axes import padded_vocab
 from ecomjax.models.item_embedding import ItemEmbedding, ItemFeatures

@@ -13,6 +13,7 @@ from conftest import real_data
 from flax import nnx
 
 from ecomjax.config import ConfigError
+from ecomjax.data.taobao import Interactions, MultiBehaviorData, load_taobao
 from ecomjax.models.multi_behavior import MultiBehaviorRecommender
 from ecomjax.ranking.multi_behavior import LossSpec, train_multi_behavior, whole_data_loss
 from ecomjax.ranking.multi_behavior_config import (
@@ -20,7 +21,6 @@ from ecomjax.ranking.multi_behavior_config import (
     load_multi_behavior_config,
 )
 from ecomjax.ranking.multi_behavior_eval import full_ranking_metrics, padded_items, split_validation
-from ecomjax.ranking.taobao import Interactions, MultiBehaviorData, load_taobao
 from ecomjax.search.store import load_params
 
 CONFIG = Path(__file__).parent.parent / "configs" / "ranker_taobao.yaml"
@@ -68,7 +68,7 @@ def test_malformed_row_names_file_line_and_value(tmp_path, train, cart, where, v
 
 def test_missing_file_names_path_and_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ECOMJAX_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"nowhere/buy\.train\.txt.*ECOMJAX_DATA_DIR"):
+    with pytest.raises(FileNotFoundError, match=r"data\.path: directory .nowhere. not found as given or under ECOMJAX_DATA_DIR"):
         load_taobao("nowhere")
     _write_taobao(tmp_path / "taobao")
     assert load_taobao(None).num_users == 2  # default: $ECOMJAX_DATA_DIR/taobao

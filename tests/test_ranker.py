@@ -12,13 +12,13 @@ from conftest import real_data
 from flax import nnx
 
 from ecomjax.config import ConfigError, SyntheticConfig
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.ctr_files import read_ctr_files
+from ecomjax.data.files import DataFormatError
+from ecomjax.data.impressions import ImpressionConfig, generate_impressions
+from ecomjax.data.schema import split_by_group
 from ecomjax.models.ranker import MultiTaskRanker
 from ecomjax.ranking.config import load_ranker_config
-from ecomjax.ranking.ctr_files import read_ctr_files
-from ecomjax.ranking.impressions import ImpressionConfig, generate_impressions
 from ecomjax.ranking.losses import esmm_purchase_loss, log_ctcvr, ranker_losses
-from ecomjax.ranking.schema import split_by_group
 from ecomjax.ranking.train import device_data, load_impressions, load_ranker, predict, train_ranker
 
 SMALL_SHOP = SyntheticConfig(num_users=300, num_items=200, num_categories=8)
@@ -57,7 +57,7 @@ def test_validate_refuses_a_purchase_without_click(impressions):
 
 
 def test_drop_fields_removes_a_feature_and_names_unknown_ones(impressions):
-    from ecomjax.ranking.schema import drop_fields
+    from ecomjax.data.schema import drop_fields
 
     dropped = drop_fields(impressions, ["user", "log_price"])
     assert [f.name for f in dropped.schema.categorical][:2] == ["segment", "device"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sk_log_loss
-from sklearn.metrics import ndcg_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from ecomjax.eval import classification as cls
 
@@ -45,18 +45,6 @@ def test_log_loss_and_calibration():
     assert cls.log_loss(p, y) == pytest.approx(sk_log_loss(y, p), abs=1e-12)
     assert cls.calibration(np.full(4, 0.5), np.array([1, 0, 0, 0])) == pytest.approx(1.0)  # 2 predicted, 1 seen
     assert cls.expected_calibration_error(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 1]), bins=2) == pytest.approx(0.1)
-
-
-def test_list_ndcg_matches_sklearn_per_list():
-    rng = np.random.default_rng(3)
-    lists = np.repeat(np.arange(30), 12)
-    scores = rng.random(len(lists))
-    gains = rng.random(len(lists)) * (rng.random(len(lists)) < 0.4)
-    expected = [ndcg_score(gains[lists == g][None], scores[lists == g][None], k=10)
-                for g in range(30) if gains[lists == g].sum() > 0]
-    value, counted = cls.list_ndcg(scores, gains, lists, k=10)
-    assert counted == len(expected)
-    assert value == pytest.approx(np.mean(expected), abs=1e-12)
 
 
 def test_bad_metric_input_is_named():

@@ -11,13 +11,12 @@ from conftest import real_data
 from flax import nnx
 
 from ecomjax.config import ConfigError
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError
+from ecomjax.data.relevance import normalize_text, read_relevance, split_by_query
 from ecomjax.search.bi_encoder import BiEncoder
 from ecomjax.search.bm25 import BM25, stem, tokenize
 from ecomjax.search.config import load_search_config
 from ecomjax.search.features import LEXICAL_FEATURES, ProductPrior, lexical_features
-from ecomjax.search.metrics import ndcg_at_k, per_query_ndcg, query_ndcg_values, rmse
-from ecomjax.search.relevance import normalize_text, read_relevance, split_by_query
 from ecomjax.search.store import load_params, save_params
 from ecomjax.serve.ann import HNSWIndex, exact_top_k, recall_at_k
 
@@ -79,7 +78,7 @@ def test_normalize_text():
 
 def test_split_by_query_keeps_each_query_on_one_side():
     queries = np.array([f"q{i % 300}" for i in range(3000)], dtype=object)
-    from ecomjax.search.relevance import RelevanceData
+    from ecomjax.data.relevance import RelevanceData
 
     data = RelevanceData(queries, queries, queries, np.full(3000, 2.0, np.float32))
     splits = split_by_query(data, 0.1, 0.2, seed=0)
@@ -136,24 +135,6 @@ def test_product_prior_leaves_the_row_out():
     np.testing.assert_allclose(prior.leave_one_out(ids, grades)[:2], [[1.0, 1], [3.0, 1]])
     restored = ProductPrior.from_dict(json.loads(json.dumps(prior.to_dict())))
     np.testing.assert_allclose(restored.features(["a"]), prior.features(["a"]))
-
-
-def test_ndcg_and_rmse_by_hand():
-    gains = np.array([2.0, 0.0, 1.0])
-    # ranked 2, 1, 0 by score -> gains 2, 1, 0: ideal
-    assert ndcg_at_k(np.array([3.0, 1.0, 2.0]), gains) == pytest.approx(1.0)
-    worst = ndcg_at_k(np.array([1.0, 3.0, 2.0]), gains)  # gains 0, 1, 2
-    assert worst == pytest.approx((1 / np.log2(3) + 2 / np.log2(4)) / (2 + 1 / np.log2(3)))
-    assert ndcg_at_k(np.zeros(3), gains) == pytest.approx(worst)  # ties count against the model
-    result = per_query_ndcg(np.array([1.0, 0.0, 5.0]), np.array([3.0, 1.0, 2.0]), np.array([0, 0, 1]))
-    assert result == {"ndcg@10": pytest.approx(1.0), "queries": 1}  # the single-product query is left out
-    ids, values = query_ndcg_values(np.array([0.0, 1.0, 5.0, 3.0, 2.0]), np.array([3.0, 1.0, 2.0, 1.0, 1.0]),
-                                    np.array([7, 7, 1, 1, 4]))
-    assert ids.tolist() == [1, 7] and values == pytest.approx([1.0, worst_two := 1 / np.log2(3)])  # query 4: one product
-    assert worst_two == pytest.approx(ndcg_at_k(np.array([0.0, 1.0]), np.array([2.0, 0.0])))
-    assert rmse(np.array([1.0, 2.0]), np.array([2.0, 2.0])) == pytest.approx(np.sqrt(0.5))
-    with pytest.raises(ValueError, match="NaN"):
-        rmse(np.array([np.nan]), np.array([1.0]))
 
 
 def test_exact_top_k_and_hnsw_recall(tmp_path):

@@ -17,17 +17,15 @@ from flax import nnx
 
 from ecomjax.encoders import (
     DEFAULT_TEXT_CHECKPOINT,
-    BertConfig,
-    BertModel,
     CheckpointNotFoundError,
     TextEncoder,
     WeightsPackage,
-    load_hf_weights,
     resolve_checkpoint,
 )
 from ecomjax.encoders import weights as weights_module
 from ecomjax.encoders.text import check_texts
 from ecomjax.models.axes import LOGICAL_AXES_KEY
+from ecomjax.models.bert import BertConfig, BertModel, load_hf_weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minilm_reference.npz"
 PARITY_ATOL = 1e-4  # the bound on |ecomjax - sentence-transformers|

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from ecomjax.config import DataConfig
-from ecomjax.data.sequences import (
-    DataFormatError,
-    SequenceDataset,
-    read_sequence_file,
-    resolve_data_path,
-)
+from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.sequences import SequenceDataset, read_sequence_file
 from ecomjax.data.synthetic import generate_shop
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError, resolve_data_path
 
 DATASET_DIR = "fashion-products"
 STYLES_FILE, IMAGES_FILE = "styles.csv", "images-128.zip"
@@ -208,12 +208,7 @@ def read_fashion_catalog(
     ``catalog.products`` and listed in ``catalog.missing_images`` for the caller to handle.
     Photos without a row are ignored: there is nothing to learn about them.
     """
-    if root is None:
-        data_dir = os.environ.get("ECOMJAX_DATA_DIR")
-        if not data_dir:
-            raise FileNotFoundError("fashion catalogue: pass root or set ECOMJAX_DATA_DIR")
-        root = Path(data_dir) / DATASET_DIR
-    root = Path(root)
+    root = resolve_data_path(DATASET_DIR if root is None else root, directory=True, key="data.path")
     images_path = root / IMAGES_FILE
     if not images_path.is_file():
         raise FileNotFoundError(f"fashion catalogue: image archive {images_path} not found")

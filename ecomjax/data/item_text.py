@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError
 
 TextNormalization = Literal["center", "whiten", "none"]
 
@@ -210,13 +210,10 @@ def model_item_features(config, dataset) -> ItemText | None:
     """The fixed item features a ``ModelConfig`` asks for (``None`` for ID-only models)."""
     if config.item_fusion == "id":
         return None
-    from ecomjax.data.sequences import resolve_data_path
+    from ecomjax.data.files import resolve_data_path
 
     def resolve(field: str):
-        try:
-            return resolve_data_path(getattr(config, field))
-        except FileNotFoundError as error:
-            raise FileNotFoundError(str(error).replace("data.path", f"model.{field}")) from None
+        return resolve_data_path(getattr(config, field), key=f"model.{field}")
 
     return item_text_features(resolve("item_text"), dataset.item_ids, encoder=config.text_encoder,
                               normalization=config.text_normalization,

@@ -8,15 +8,12 @@ that predictions can be mapped back.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-class DataFormatError(ValueError):
-    """A data file that does not follow its format; the message names the file and line."""
+from ecomjax.data.files import DataFormatError
 
 
 @dataclass(frozen=True)
@@ -112,19 +109,3 @@ def read_sequence_file(path: str | Path) -> SequenceDataset:
         item_ids=np.concatenate([[-1], item_ids]),
         name=path.stem,
     )
-
-
-def resolve_data_path(path: str | Path) -> Path:
-    """Find a data file: as given, else relative to ``$ECOMJAX_DATA_DIR``.
-
-    Configs name real datasets relative to the data directory (``amazon-beauty/Beauty.txt``) so
-    the same config works on a laptop, in CI and on a TPU VM.
-    """
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return candidate
-    data_dir = os.environ.get("ECOMJAX_DATA_DIR")
-    if data_dir and not candidate.is_absolute() and (Path(data_dir) / candidate).is_file():
-        return Path(data_dir) / candidate
-    where = f" or under ECOMJAX_DATA_DIR={data_dir}" if data_dir else " (ECOMJAX_DATA_DIR is not set)"
-    raise FileNotFoundError(f"data.path: file {str(path)!r} not found as given{where}")

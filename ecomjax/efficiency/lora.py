@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# ``LoraConfig.also_train`` for the BERT encoders (``ecomjax.encoders.bert``): every LayerNorm, every
+from ecomjax.models.paths import param_path
+
+# ``LoraConfig.also_train`` for the BERT encoders (``ecomjax.models.bert``): every LayerNorm, every
 # bias and the token-type (segment) embeddings: 31k parameters, 0.14% of MiniLM-L6. A cross-encoder
 # feeds query and title as segments 0 and 1, a distinction MiniLM's sentence training barely used
 # (the two rows differ by 0.16 in norm, a word vector by ~1.1): full fine-tuning can sharpen it,
@@ -81,12 +83,12 @@ def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int =
 
 def _first_param_path(model: nnx.Module) -> str:
     path, _ = next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))
-    return "/".join(map(str, path))
+    return param_path(path)
 
 
 def adapter_paths(model: nnx.Module) -> list[str]:
     """Module paths of the layers that carry adapters."""
-    return ["/".join(map(str, path)) for path, module in nnx.iter_modules(model)
+    return [param_path(path) for path, module in nnx.iter_modules(model)
             if hasattr(module, "kernel_lora_a")]
 
 
@@ -104,7 +106,7 @@ def _params_matching(pattern: str) -> Callable[[tuple, Any], bool]:
     compiled = re.compile(pattern)
 
     def matches(path: tuple, value: Any) -> bool:
-        return isinstance(value, nnx.Param) and compiled.fullmatch("/".join(map(str, path))) is not None
+        return isinstance(value, nnx.Param) and compiled.fullmatch(param_path(path)) is not None
 
     return matches
 

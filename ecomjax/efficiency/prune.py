@@ -45,10 +45,7 @@ import numpy as np
 import optax
 
 from ecomjax.config import PruneConfig
-
-
-def _path(key_path) -> str:
-    return jax.tree_util.keystr(key_path, simple=True, separator="/")
+from ecomjax.models.paths import param_path
 
 
 def sparsity_at(step: jax.Array, sparsity: float, begin_step: int, end_step: int) -> jax.Array:
@@ -173,7 +170,7 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
 
     def init(params):
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-        paths = [_path(k) for k, _ in leaves]
+        paths = [param_path(k) for k, _ in leaves]
         structures = _structures(config.method)
         if structures != {"magnitude"}:
             pruned = set()
@@ -193,7 +190,7 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
                                      f"attention heads (model.num_heads={num_heads})")
                 pruned |= {i for b in blocks for i in b if i is not None}
         else:
-            pruned = {i for i, p in enumerate(paths) if targets.search(p.removesuffix("/value"))
+            pruned = {i for i, p in enumerate(paths) if targets.search(p)
                       and leaves[i][1].ndim >= 2}
             if not pruned:
                 raise ValueError(f"efficiency.prune.targets={config.targets!r} matches no parameter of "
@@ -229,7 +226,7 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
             for k, i in enumerate(pruned):
                 masks[i] = keep[offsets[k]:offsets[k + 1]].reshape(leaves[i].shape)
             return tuple(masks)
-        paths = [_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        paths = [param_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         structures = _structures(config.method)
         for block in feed_forward_blocks(paths) if "neurons" in structures else ():
             up, down = leaves[block.first], leaves[block.second]
@@ -277,7 +274,7 @@ def sparsity_report(params: Any, pattern: str = PruneConfig.targets) -> dict[str
     """Fraction of exact zeros per matching parameter (2-D and up) and over all of them."""
     rows, zeros, total = {}, 0, 0
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = _path(key_path).removesuffix("/value")
+        name = param_path(key_path)
         if leaf.ndim < 2 or not re.search(pattern, name):
             continue
         z = int(np.sum(np.asarray(leaf) == 0))

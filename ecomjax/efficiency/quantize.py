@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import QuantizeConfig
+from ecomjax.models.paths import param_path
 
 INT8_MAX = 127.0
 # The ops qwix rewrites: the dense layers' ``dot_general``s. Attention's activation x activation
@@ -167,7 +168,7 @@ def abstract_quantized(build_float: Callable[[], nnx.Module], config: QuantizeCo
 
 def _leaves(model: nnx.Module) -> list[tuple[str, Any]]:
     state = nnx.state(model, nnx.Not(nnx.RngState))
-    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+    return [(param_path(path), leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
@@ -222,7 +223,7 @@ def load_quantized(abstract: nnx.Module, directory: str | Path) -> nnx.Module:
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
     leaves = []
     for key_path, leaf in flat:
-        name = jax.tree_util.keystr(key_path, simple=True, separator="/")
+        name = param_path(key_path)
         if not hasattr(leaf, "dtype"):
             leaves.append(leaf)
             continue

@@ -1,4 +1,5 @@
-"""Pretrained encoders: Flax NNX networks with weights converted from their published formats.
+"""Pretrained encoders: text and photos to vectors, with weights converted from their published
+formats (the NNX networks themselves are ``ecomjax.models.bert`` and ``ecomjax.models.image``).
 
 Names resolve lazily (PEP 562), so ``import ecomjax.encoders`` stays cheap, resolving a checkpoint
 does not start JAX, and a module missing from a checkout only fails when one of its names is used.
@@ -10,17 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BertConfig": "bert",
-    "BertModel": "bert",
-    "cls_pool": "bert",
-    "l2_normalize": "bert",
-    "load_bert": "bert",
-    "load_hf_weights": "bert",
-    "mean_pool": "bert",
     "SentenceHead": "text",
     "TextEncoder": "text",
     "load_tokenizer": "text",
-    "EfficientNetLite": "image",
     "ImageEncoder": "image",
     "efficientnet_lite0": "image",
     "preprocess": "image",

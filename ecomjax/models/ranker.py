@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ecomjax.data.schema import FeatureSchema
 from ecomjax.models.axes import logical_init
-from ecomjax.ranking.schema import FeatureSchema
 
 _EMBED_INIT = nnx.initializers.normal(0.05)
 _KERNEL_INIT = nnx.initializers.xavier_uniform()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ecomjax.config import ConfigError, SyntheticConfig, _build, config_tree, declared_task
-from ecomjax.ranking.impressions import ImpressionConfig
+from ecomjax.data.impressions import ImpressionConfig
 from ecomjax.tasks.fit import FitConfig
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecomjax.data.schema import ImpressionData
 from ecomjax.eval import classification as cls
+from ecomjax.eval.graded import mean_grouped_ndcg, rmse
 from ecomjax.ranking.config import SatisfactionConfig
-from ecomjax.ranking.schema import ImpressionData
 
 
 @dataclass
@@ -89,7 +90,7 @@ def evaluate_predictions(pred: Predictions, data: ImpressionData, rows: np.ndarr
             out["cvr"] = cvr
     if data.dwell is not None and pred.dwell_log is not None:
         seen = click > 0
-        out["dwell"] = {"rmse_log": cls.rmse(pred.dwell_log[seen], np.log(data.dwell[rows][seen]))}
+        out["dwell"] = {"rmse_log": rmse(pred.dwell_log[seen], np.log(data.dwell[rows][seen]))}
     if pred.click is not None:
         top = pred.click_top if pred.click_top is not None else pred.click
         score = satisfaction_score(top, pred.cvr, pred.dwell_log, pred.dwell_sigma, weights)
@@ -97,8 +98,8 @@ def evaluate_predictions(pred: Predictions, data: ImpressionData, rows: np.ndarr
         if data.truth:
             truth = true_predictions(data, rows, dwell_noise or 0.0)
             gains = satisfaction_score(truth.click_top, truth.cvr, truth.dwell_log, truth.dwell_sigma, weights)
-            sat["ndcg@10_true"], _ = cls.list_ndcg(score, gains, data.groups[rows], 10)
-        sat["ndcg@10_observed"], sat["lists_observed"] = cls.list_ndcg(
+            sat["ndcg@10_true"], _ = mean_grouped_ndcg(score, gains, data.groups[rows], 10)
+        sat["ndcg@10_observed"], sat["lists_observed"] = mean_grouped_ndcg(
             score, observed_satisfaction(data, rows, weights), data.groups[rows], 10)
         out["satisfaction"] = sat
     return out

@@ -17,9 +17,9 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from ecomjax.data.schema import ImpressionData
 from ecomjax.ranking.config import RankerConfig
 from ecomjax.ranking.evaluate import Predictions
-from ecomjax.ranking.schema import ImpressionData
 
 MAX_BAG = 256
 

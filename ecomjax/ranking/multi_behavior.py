@@ -82,6 +82,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ecomjax.config import save_config
+from ecomjax.data.taobao import Interactions, MultiBehaviorData, load_taobao
 from ecomjax.models.multi_behavior import MultiBehaviorRecommender
 from ecomjax.ranking.multi_behavior_config import (
     TARGET_BEHAVIOR,
@@ -95,7 +96,6 @@ from ecomjax.ranking.multi_behavior_eval import (
     popularity_metrics,
     split_validation,
 )
-from ecomjax.ranking.taobao import Interactions, MultiBehaviorData, load_taobao
 from ecomjax.search.store import save_params
 from ecomjax.train.loop import NonFiniteLossError, TrainResult
 

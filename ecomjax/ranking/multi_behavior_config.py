@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ecomjax.config import ConfigError, _build, config_tree, declared_task
+from ecomjax.data.taobao import TARGET_BEHAVIOR
 
 Behavior = Literal["cart", "buy"]
-TARGET_BEHAVIOR = "buy"  # what is evaluated; the other behaviours are auxiliary tasks
 
 
 @dataclass

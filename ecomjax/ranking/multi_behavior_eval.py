@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.data.taobao import TARGET_BEHAVIOR, Interactions, MultiBehaviorData
 from ecomjax.eval.ranking import rank_metric_sums, target_rank
 from ecomjax.models.multi_behavior import MultiBehaviorRecommender
-from ecomjax.ranking.multi_behavior_config import TARGET_BEHAVIOR
-from ecomjax.ranking.taobao import Interactions, MultiBehaviorData
 
 # --- data ------------------------------------------------------------------------------------
 

@@ -28,13 +28,13 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import save_config
+from ecomjax.data.impressions import generate_impressions
+from ecomjax.data.schema import FeatureSchema, ImpressionData, drop_fields, split_by_group
 from ecomjax.eval.classification import log_loss
 from ecomjax.models.ranker import MultiTaskRanker
 from ecomjax.ranking.config import RankerConfig, TaskWeights
 from ecomjax.ranking.evaluate import Predictions, evaluate_predictions, true_predictions
-from ecomjax.ranking.impressions import generate_impressions
 from ecomjax.ranking.losses import ranker_losses, weighted_total
-from ecomjax.ranking.schema import FeatureSchema, ImpressionData, drop_fields, split_by_group
 from ecomjax.search.store import load_params, save_params
 from ecomjax.tasks.fit import fit, map_row_batches
 
@@ -53,7 +53,7 @@ def load_impressions(config: RankerConfig) -> tuple[ImpressionData, dict[str, np
         data = generate_impressions(cfg.synthetic, cfg.impressions)
         splits = split_by_group(data, cfg.valid_fraction, cfg.test_fraction, config.seed)
     else:
-        from ecomjax.ranking.ctr_files import read_ctr_splits
+        from ecomjax.data.ctr_files import read_ctr_splits
 
         data, splits = read_ctr_splits(cfg, config.seed)
     return (drop_fields(data, cfg.drop_fields) if cfg.drop_fields else data), splits

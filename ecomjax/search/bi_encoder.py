@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecomjax.encoders.bert import l2_normalize
+from ecomjax.models.bert import l2_normalize
 from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
 
 _ZEROS = nnx.initializers.zeros_init()

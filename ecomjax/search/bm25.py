@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ecomjax.search.relevance import normalize_text
+from ecomjax.data.relevance import normalize_text
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'/-][a-z0-9]+)*")
 

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecomjax.encoders.bert import BertModel, load_bert, mean_pool
 from ecomjax.encoders.text import load_tokenizer
 from ecomjax.encoders.weights import resolve_checkpoint
+from ecomjax.models.bert import BertModel, load_bert, mean_pool
 from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
 
 

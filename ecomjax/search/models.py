@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.data.relevance import RelevanceData, normalize_text
 from ecomjax.search.bi_encoder import BiEncoder, BiEncoderConfig, train_bi_encoder
 from ecomjax.search.bm25 import BM25
 from ecomjax.search.config import SearchConfig, load_search_config
 from ecomjax.search.features import LEXICAL_FEATURES, PRIOR_FEATURES, ProductPrior, lexical_features
-from ecomjax.search.relevance import RelevanceData, normalize_text
 from ecomjax.search.store import load_params, save_params
 from ecomjax.tasks.fit import FitConfig
 

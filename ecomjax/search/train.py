@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 
 from ecomjax.config import save_config
-from ecomjax.data.sequences import resolve_data_path
-from ecomjax.search.config import SearchConfig
-from ecomjax.search.metrics import relevance_metrics
-from ecomjax.search.relevance import (
+from ecomjax.data.files import resolve_data_path
+from ecomjax.data.relevance import (
     RelevanceData,
     hash_fraction,
     normalize_text,
     read_relevance,
     split_by_query,
 )
+from ecomjax.eval.graded import relevance_metrics
+from ecomjax.search.config import SearchConfig
 
 
 @dataclass

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ecomjax.data.relevance import normalize_text
 from ecomjax.search.features import lexical_features
 from ecomjax.search.models import SearchModels, tower_vectors
-from ecomjax.search.relevance import normalize_text
 
 
 @dataclass

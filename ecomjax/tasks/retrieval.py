@@ -28,6 +28,7 @@ from flax import nnx
 
 from ecomjax.data.fashion import QUERY_FIELDS, AttributeQuery, Product, render_query
 from ecomjax.data.fashion_features import FashionFeatures
+from ecomjax.eval.graded import ndcg_rows
 from ecomjax.models.fusion import MLP, FusionConfig, FusionHead
 from ecomjax.tasks.attributes import device_features, gather
 from ecomjax.tasks.fit import FitConfig, FitResult, fit, map_row_batches
@@ -63,18 +64,13 @@ def relevance_grades(queries: jax.Array | np.ndarray, products: jax.Array | np.n
 
 def ranking_metrics(scores: np.ndarray, grades: np.ndarray, k: int = 10) -> dict[str, float]:
     """Mean NDCG@k (gain ``2^g - 1``) and capped recall@k of grade-2 items over queries."""
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    gains = (2.0 ** np.take_along_axis(grades, top, axis=1)) - 1
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (gains * discounts).sum(1)
-    best_grades = np.sort(grades, axis=1)[:, ::-1][:, :k]
-    ideal = ((2.0 ** best_grades) - 1) @ discounts
     relevant = (grades == 2).sum(1)
+    if not (relevant > 0).all():
+        raise ValueError(f"{int((relevant == 0).sum())} queries have no relevant product in the pool")
+    gains = 2.0 ** grades - 1
+    top = np.lexsort((gains, -scores), axis=-1)[:, :k]  # the tie rule of ecomjax.eval.graded
     hits = (np.take_along_axis(grades, top, axis=1) == 2).sum(1)
-    valid = relevant > 0
-    if not valid.all():
-        raise ValueError(f"{int((~valid).sum())} queries have no relevant product in the pool")
-    return {f"ndcg@{k}": float(np.mean(dcg / ideal)),
+    return {f"ndcg@{k}": float(np.mean(ndcg_rows(scores, gains, k))),
             f"recall@{k}": float(np.mean(hits / np.minimum(relevant, k)))}
 
 

@@ -46,6 +46,7 @@ from ecomjax.efficiency.quantize import (
     save_quantized,
 )
 from ecomjax.eval.sequential import evaluate_split, make_evaluator, warm_up_evaluator
+from ecomjax.models.paths import flat_params
 from ecomjax.tasks.next_item import direct_softmax, item_log_prior
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
 from ecomjax.train.distributed import is_primary
@@ -449,8 +450,7 @@ def _initial_params(config: Config, dataset, mesh: jax.sharding.Mesh, trainer) -
         return None
     run = _restore_same_items("train.init_from", source, dataset, mesh)
     wanted = abstract_next_item_state(trainer)["params"]
-    have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(run.best_params)[0]}
-    need = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(wanted)[0]}
+    have, need = flat_params(run.best_params), flat_params(wanted)
     if config.efficiency.lora.rank:  # the adapters are new: they start fresh (B = 0: at the base model)
         need = {k: v for k, v in need.items() if "_lora_" not in k}
     if have.keys() != need.keys():

@@ -29,6 +29,7 @@ from ecomjax.efficiency.quantize import (
 from ecomjax.models import build_sequential_model
 from ecomjax.models.axes import padded_vocab
 from ecomjax.models.item_embedding import ItemFeatures
+from ecomjax.models.paths import param_path
 from ecomjax.tasks.next_item import next_item_loss
 from ecomjax.train.optimizer import make_optimizer
 from ecomjax.train.sharding import batch_sharding, replicated, tree_shardings
@@ -180,18 +181,11 @@ def adapter_labels(also_train: str = "") -> Callable[[Any], Any]:
     pattern = re.compile(also_train) if also_train else None
 
     def label(path: tuple, _: Any) -> str:
-        if "_lora_" in jax.tree_util.keystr(path):
+        if "_lora_" in param_path(path):
             return "train"
-        return "train" if pattern is not None and pattern.fullmatch(_slash_path(path)) else "frozen"
+        return "train" if pattern is not None and pattern.fullmatch(param_path(path)) else "frozen"
 
     return lambda params: jax.tree_util.tree_map_with_path(label, params)
-
-
-def _slash_path(path: tuple) -> str:
-    """``blocks/0/attention_norm/scale`` from a pytree key path (the Variable's ``.value`` dropped)."""
-    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-        path = path[:-1]
-    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
 
 
 def _init_state(build_model, tx) -> dict[str, Any]:
@@ -202,7 +196,7 @@ def _init_state(build_model, tx) -> dict[str, Any]:
 def init_next_item_state(step: NextItemStep, params: Any = None) -> dict[str, Any]:
     """Initial parameters and optimizer state, written by a jitted initialiser straight into
     ``step.state_sharding`` (never whole on one device). ``params`` (``train.init_from``: a
-    finished run's leaves, ``{keystr(path): array}``) replace the fresh values at their paths; the
+    finished run's leaves, ``{param_path: array}``) replace the fresh values at their paths; the
     optimizer state starts from them."""
     if params is None:
         return jax.jit(lambda: _init_state(step.build_model, step.tx), out_shardings=step.state_sharding)()
@@ -212,7 +206,7 @@ def init_next_item_state(step: NextItemStep, params: Any = None) -> dict[str, An
         leaves, treedef = jax.tree_util.tree_flatten_with_path(state["params"])
         # given: a finished run's leaves by path; adapters it lacks keep their fresh values
         merged = jax.tree_util.tree_unflatten(
-            treedef, [given.get(jax.tree_util.keystr(path), leaf) for path, leaf in leaves])
+            treedef, [given.get(param_path(path), leaf) for path, leaf in leaves])
         return {**state, "params": merged, "opt_state": step.tx.init(merged)}
 
     return jax.jit(start, out_shardings=step.state_sharding)(params)

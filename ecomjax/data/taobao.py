@@ -22,18 +22,18 @@ is kept in ``MultiBehaviorData.duplicates`` (the published files have none).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError, resolve_data_path
 
 BUY_TRAIN = "buy.train.txt"
 BUY_TEST = "buy.test.txt"
 CART = "cart.csv"
 DEFAULT_DIR = "taobao"  # under $ECOMJAX_DATA_DIR
+TARGET_BEHAVIOR = "buy"  # what is predicted and evaluated; the other behaviours are auxiliary
 
 
 @dataclass(frozen=True)
@@ -62,20 +62,6 @@ class MultiBehaviorData:
         out = {"users": self.num_users, "items": self.num_items, "test_buy": len(self.test)}
         out.update({f"train_{name}": len(pairs) for name, pairs in self.train.items()})
         return out
-
-
-def resolve_data_dir(path: str | Path | None) -> Path:
-    """``None`` -> ``$ECOMJAX_DATA_DIR/taobao``; a relative path is looked up under
-    ``$ECOMJAX_DATA_DIR`` first, then as given (a checkout's own test fixtures)."""
-    data_dir = os.environ.get("ECOMJAX_DATA_DIR")
-    candidate = Path(path if path is not None else DEFAULT_DIR).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    if data_dir and (Path(data_dir) / candidate).is_dir():
-        return Path(data_dir) / candidate
-    if candidate.is_dir() or not data_dir:
-        return candidate
-    return Path(data_dir) / candidate  # reported as missing, with the hint, by load_taobao
 
 
 def _read_pairs(path: Path, behaviour: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,20 +103,17 @@ def _dedupe(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[Inter
 def load_taobao(data_dir: str | Path | None = None) -> MultiBehaviorData:
     """Read ``buy.train.txt``, ``buy.test.txt`` and ``cart.csv`` from ``data_dir``.
 
-    ``None`` reads ``$ECOMJAX_DATA_DIR/taobao``; a relative path that is not a directory as given
-    is taken relative to ``$ECOMJAX_DATA_DIR``.
+    ``None`` reads ``$ECOMJAX_DATA_DIR/taobao``; a path that is not a directory as given is
+    looked up under ``$ECOMJAX_DATA_DIR`` (``ecomjax.data.files``).
     """
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_path(DEFAULT_DIR if data_dir is None else data_dir, directory=True)
     files = {"buy": (BUY_TRAIN, None), "test": (BUY_TEST, None), "cart": (CART, "cart")}
     raw = {}
     for key, (name, behaviour) in files.items():
         path = root / name
         if not path.is_file():
-            env = os.environ.get("ECOMJAX_DATA_DIR")
-            raise FileNotFoundError(
-                f"Taobao file {str(path)!r} not found (ECOMJAX_DATA_DIR={env!r}; the loader reads "
-                f"{BUY_TRAIN}, {BUY_TEST} and {CART} from $ECOMJAX_DATA_DIR/{DEFAULT_DIR} or from "
-                "the directory given)")
+            raise FileNotFoundError(f"Taobao file {str(path)!r} not found (the loader reads {BUY_TRAIN}, "
+                                    f"{BUY_TEST} and {CART} from the directory data.path names)")
         raw[key] = _read_pairs(path, behaviour)
     num_users = 1 + max(int(u.max()) for u, _ in raw.values())
     num_items = 1 + max(int(i.max()) for _, i in raw.values())

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.sequences import DataFormatError, resolve_data_path
-from ecomjax.ranking.schema import CategoricalField, FeatureSchema, ImpressionData, split_by_group
+from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.schema import CategoricalField, FeatureSchema, ImpressionData, split_by_group
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.sequences import DataFormatError
+from ecomjax.data.files import DataFormatError
 
 # canonical column -> accepted names in the file, first match wins
 COLUMNS = {
