@@ -150,15 +150,15 @@ def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
     from ecomjax.config import QuantizeConfig
     from ecomjax.efficiency.prune import shrink_pruned
     from ecomjax.efficiency.quantize import quantize_model, recommender_example_inputs
-    from ecomjax.models import build_sequential_model
-    from ecomjax.train.restore import restore_run
+    from ecomjax.models.sequential import build_sequential_model
+    from ecomjax.run import load
 
-    base = restore_run(workdirs["sasrec_base"])
+    base = load(workdirs["sasrec_base"])
     config = base.config
     example = recommender_example_inputs(config.data.max_len)
     int8 = QuantizeConfig(weights="int8", activations="int8")
     weight_only = QuantizeConfig(weights="int8", activations="none")
-    f32 = base.model()
+    f32 = base.model
     model_config = dataclasses.replace(config.model, compute_dtype="bfloat16")
     bf16 = build_sequential_model(model_config, f32.num_items, config.data.max_len, rngs=nnx.Rngs(0))
     nnx.update(bf16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(f32, nnx.Param)))
@@ -168,12 +168,12 @@ def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
         Variant("int8 (w8a8)", "PTQ int8 weights + activations", quantize_model(f32, int8, *example, method="encode")),
         Variant("int8 weight-only", "PTQ int8 weights", quantize_model(f32, weight_only, *example, method="encode")),
     ]
-    magnitude = restore_run(workdirs["sasrec_magnitude50"]).model()
-    magnitude_global = restore_run(workdirs["sasrec_magnitude50_global"]).model()
-    magnitude_d04 = restore_run(workdirs["sasrec_magnitude50_d04"]).model()
-    row_d04 = restore_run(workdirs["sasrec_row50_d04"]).model()
-    popularity_d04 = restore_run(workdirs["sasrec_popularity50_d04"]).model()
-    magnitude_e35 = restore_run(workdirs["sasrec_magnitude50_d04_e35"]).model()
+    magnitude = load(workdirs["sasrec_magnitude50"]).model
+    magnitude_global = load(workdirs["sasrec_magnitude50_global"]).model
+    magnitude_d04 = load(workdirs["sasrec_magnitude50_d04"]).model
+    row_d04 = load(workdirs["sasrec_row50_d04"]).model
+    popularity_d04 = load(workdirs["sasrec_popularity50_d04"]).model
+    magnitude_e35 = load(workdirs["sasrec_magnitude50_d04_e35"]).model
     variants += [
         Variant("magnitude 50%, per tensor", "unstructured pruning (dense kernels)", magnitude),
         Variant("magnitude 50%, per tensor, dropout 0.4", "unstructured pruning (dense kernels)", magnitude_d04),
@@ -192,9 +192,9 @@ def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
         Variant("magnitude 50%, rows by popularity, dropout 0.4 + int8", "pruning + PTQ int8",
                 quantize_model(popularity_d04, int8, *example, method="encode")),
     ]
-    neurons, widths = shrink_pruned(restore_run(workdirs["sasrec_neurons50"]).model())
+    neurons, widths = shrink_pruned(load(workdirs["sasrec_neurons50"]).model)
     note = "feed-forward " + ", ".join(f"{w[0]}->{w[1]}" for w in widths.values())
-    structured, widths = shrink_pruned(restore_run(workdirs["sasrec_structured50"]).model())
+    structured, widths = shrink_pruned(load(workdirs["sasrec_structured50"]).model)
     structured_note = "; ".join(f"{path} {w[0]}->{w[1]}" for path, w in widths.items())
     variants += [
         Variant("neurons 50% (shrunk)", "structured pruning", neurons, note),
@@ -204,14 +204,14 @@ def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
         Variant("neurons + heads 50% (shrunk) + int8", "structured pruning + PTQ int8",
                 quantize_model(structured, int8, *example, method="encode"), structured_note),
         Variant("QAT int8 (w8a8)", "quantization-aware training, int8 export",
-                quantize_model(restore_run(workdirs["sasrec_qat"]).model(), int8, *example, method="encode")),
+                quantize_model(load(workdirs["sasrec_qat"]).model, int8, *example, method="encode")),
     ]
     variants += [
-        Variant("small (32-d, 1 block)", "smaller model", restore_run(workdirs["sasrec_small"]).model()),
+        Variant("small (32-d, 1 block)", "smaller model", load(workdirs["sasrec_small"]).model),
         Variant("small, distilled (T=1, w=0.3)", "distillation (teacher: the f32 model)",
-                restore_run(workdirs["sasrec_small_distilled"]).model()),
+                load(workdirs["sasrec_small_distilled"]).model),
         Variant("small, distilled (T=2, w=0.5)", "distillation (teacher: the f32 model)",
-                restore_run(workdirs["sasrec_small_distilled_t2"]).model()),
+                load(workdirs["sasrec_small_distilled_t2"]).model),
     ]
     return variants, base
 

@@ -41,15 +41,18 @@ from ecomjax.config import load_config  # noqa: E402
 from ecomjax.data import load_sequences  # noqa: E402
 from ecomjax.data.pipeline import NextItemTrainData  # noqa: E402
 from ecomjax.data.split import leave_one_out  # noqa: E402
+from ecomjax.tasks.next_item import NextItemStage, NextItemTask  # noqa: E402
 from ecomjax.train.sharding import batch_sharding, make_mesh, per_device_bytes  # noqa: E402
-from ecomjax.train.step import (  # noqa: E402
-    BATCH_KEYS,
-    abstract_next_item_state,
-    build_next_item_step,
-    init_next_item_state,
-)
+from ecomjax.train.state import UpdateProgram, batch_shardings, device_batch  # noqa: E402
 
 MiB = 1 << 20
+
+
+def _stage(config, num_items: int) -> NextItemStage:
+    """The recommender stage training builds, for a catalogue of ``num_items`` (no data read)."""
+    stage = NextItemStage(NextItemTask(config), {"num_items": num_items, "max_len": config.data.max_len})
+    stage.log_prior = jnp.zeros(num_items + 1)  # the sampler prior shapes the update, not the state
+    return stage
 
 
 def mesh_shapes(devices: int) -> list[tuple[int, int]]:
@@ -68,14 +71,11 @@ def measure_mesh(config_path: str, data: int, model: int, steps: int, batches) -
     mesh = make_mesh(config.mesh)
     num_items = batches["num_items"]
     with jax.set_mesh(mesh):
-        step = build_next_item_step(config, num_items, 10_000, jnp.zeros(num_items + 1), mesh)
-        state = init_next_item_state(step)
-        sharding = batch_sharding(mesh)
-        device_batches = [
-            {key: jax.device_put(batch[key], sharding) for key in BATCH_KEYS} for batch in batches["rows"]
-        ]
+        program = UpdateProgram(_stage(config, num_items), config.mesh.rules, mesh, config.seed, 10_000)
+        state = program.init()
+        device_batches = [device_batch(rows, batch_shardings(rows, mesh)) for rows in batches["rows"]]
         t0 = time.perf_counter()
-        compiled = step.step_fn.lower(state, device_batches[0]).compile()
+        compiled = program.compile(state, device_batches[0])
         compile_s = time.perf_counter() - t0
         for i in range(3):  # warm-up
             state, metrics = compiled(state, device_batches[i % len(device_batches)])
@@ -111,12 +111,13 @@ def large_table_estimate(num_items: int, width: int, devices: int) -> list[dict]
             )
             mesh = make_mesh(config.mesh)
             with jax.set_mesh(mesh):
-                step = build_next_item_step(config, num_items, 10_000, jnp.zeros(num_items + 1), mesh)
-                state = abstract_next_item_state(step)
+                program = UpdateProgram(_stage(config, num_items), config.mesh.rules, mesh, config.seed, 10_000)
+                state = program.layout.abstract  # shapes and shardings only: nothing is allocated
                 shape = (config.train.batch_size, config.data.max_len)
-                batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh)) for key in BATCH_KEYS}
+                batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh))
+                         for key in ("items", "targets", "segments", "positions")}
                 t0 = time.perf_counter()
-                compiled = step.step_fn.lower(state, batch).compile()
+                compiled = program.compile(state, batch)
                 compile_s = time.perf_counter() - t0
             table = state["params"]["item_embedding"]["ids"]["embedding"].get_value()
             table_device = int(np.prod(table.sharding.shard_shape(table.shape))) * 4

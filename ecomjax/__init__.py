@@ -3,82 +3,70 @@
 Public API::
 
     import ecomjax
-    result = ecomjax.train("configs/sasrec_beauty.yaml", train__epochs=5)   # or "train.epochs": 5
-    result.metrics["test"]["ndcg@10"], result.model, result.workdir
+    run = ecomjax.train("configs/sasrec_beauty.yaml", train__epochs=5)   # or "train.epochs": 5
+    run.metrics["test"]["ndcg@10"], run.model, run.workdir
+    run = ecomjax.load("runs/sasrec_beauty")                 # no data, no training
+    run.recommend([12, 7, 301], k=10)                        # original item ids and scores
+    ecomjax.evaluate("runs/sasrec_beauty")                   # -> runs/sasrec_beauty/eval/metrics.json
 
-The config's ``task:`` picks what is trained: absent = a next-item recommender, ``search`` =
-relevance models and a search pipeline, ``ranker`` = the multi-task satisfaction ranker,
-``multi_behavior`` = the cart + buy recommender.
+The config's ``task:`` picks what is trained (``ecomjax.tasks.TASKS``); without one it is a
+next-item recommender. Importing ``ecomjax`` does not import JAX: the CLI answers ``--help``
+at once, and JAX starts with the first call that needs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Import the ``ecomjax.train`` subpackage before defining the ``train`` function below: importing
-# a subpackage sets it as an attribute of its parent, which would otherwise shadow the function.
-import ecomjax.train.loop as _loop
-from ecomjax.config import Config, ConfigError, declared_task, load_config
+# Bind the ``ecomjax.train`` subpackage before defining the ``train`` function below: importing a
+# subpackage for the first time sets it as an attribute of its parent, which would otherwise
+# replace the function later. The subpackage's own __init__ imports nothing.
+import ecomjax.train as _train_package  # noqa: F401
+from ecomjax.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:
+    from ecomjax.run import Run
+    from ecomjax.train.callbacks import Callback
 
 __version__ = "0.1.0"
 
 
-def train(config_or_path: str | Path | dict[str, Any] | Config | None = None, **overrides: Any):
-    """Train what the config describes and return a ``TrainResult`` (``.metrics``, ``.model``,
-    ``.workdir``).
+def train(config_or_path: str | Path | dict[str, Any] | RunConfig | None = None, *,
+          callbacks: Sequence[Callback] = (), **overrides: Any) -> Run:
+    """Train what the config describes (or resume it) and return the ``Run`` (``.metrics``,
+    ``.model``, ``.workdir``, the task's inference call).
 
     Keyword overrides use ``__`` for the dots of the CLI form (``model__num_layers=1`` is
     ``model.num_layers=1``); a dict of dotted keys can be passed as ``overrides={...}``.
     """
+    from ecomjax import _transition
+    from ecomjax.train.loop import train as run
+
     dotted = dict(overrides.pop("overrides", {}) or {})
     dotted.update(overrides)
-    task = declared_task(config_or_path)
-    if task == "search":  # relevance models + search pipeline
-        from ecomjax.search.config import load_search_config
-        from ecomjax.search.train import train_search
+    if _transition.unported_task(config_or_path):
+        return _transition.train(config_or_path, dotted)
+    return run(load_config(config_or_path, dotted), callbacks)
 
-        return train_search(load_search_config(config_or_path, dotted))
-    if task == "ranker":  # multi-task click / purchase / dwell ranker
-        from ecomjax.ranking.config import load_ranker_config
-        from ecomjax.ranking.train import train_ranker
 
-        return train_ranker(load_ranker_config(config_or_path, dotted))
-    if task == "multi_behavior":  # cart + buy recommender (Taobao)
-        from ecomjax.ranking.multi_behavior import train_multi_behavior
-        from ecomjax.ranking.multi_behavior_config import load_multi_behavior_config
+def load(workdir: str | Path) -> Run:
+    """A trained run, read-only: its config, metrics, models and inference call."""
+    from ecomjax.run import load as load_run
 
-        return train_multi_behavior(load_multi_behavior_config(config_or_path, dotted))
-    return _loop.train_next_item(load_config(config_or_path, dotted))
+    return load_run(workdir)
 
 
 def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
-    """Re-evaluate a finished run from its checkpoint (resolved config + best parameters).
+    """Re-score a finished run; writes ``WORKDIR/eval/metrics.json`` (``data.*`` / ``eval.*``
+    overrides, e.g. ``data__test_path=FILE``)."""
+    from ecomjax import _transition
+    from ecomjax.run import evaluate as evaluate_run
 
-    A search workdir takes ``data.test_path=FILE`` (a relevance file of the same format) and
-    writes ``WORKDIR/eval/metrics.json``; a ranker workdir re-scores its test split into the same
-    file.
-    """
-    workdir = Path(workdir)
-    task = declared_task(workdir / "config.yaml")
-    if task == "ranker":
-        from ecomjax.ranking.train import evaluate_ranker
-
-        if overrides:
-            raise ConfigError(f"a ranker workdir takes no overrides, not {sorted(overrides)}")
-        return evaluate_ranker(workdir)
-    if task == "multi_behavior":
-        raise ConfigError(f"{workdir}: a multi_behavior run is evaluated on buy.test when it trains; "
-                          "its test metrics are in metrics.json")
-    if task == "search":
-        from ecomjax.search.train import evaluate_search
-
-        unknown = set(overrides) - {"data.test_path", "data__test_path"}
-        if unknown:
-            raise ConfigError(f"a search workdir takes only data.test_path=FILE, not {sorted(unknown)}")
-        return evaluate_search(workdir, overrides.get("data.test_path") or overrides.get("data__test_path"))
-    dotted = {"train.progress": False, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return _loop.train_next_item(load_config(workdir / "config.yaml", dotted)).metrics
+    if _transition.unported_task(Path(workdir) / "config.yaml"):
+        return _transition.evaluate(Path(workdir), overrides)
+    return evaluate_run(workdir, overrides)
 
 
-__all__ = ["Config", "ConfigError", "evaluate", "load_config", "train"]
+__all__ = ["ConfigError", "RunConfig", "evaluate", "load", "load_config", "train"]

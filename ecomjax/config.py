@@ -1,10 +1,16 @@
-"""Typed run configuration: YAML files plus dotted ``key=value`` overrides, validated at once.
+"""The one config machinery: YAML files plus dotted ``key=value`` overrides, typed and validated.
 
 A misspelt key or a bad value must fail before any data is read or anything is compiled, with a
 message that names the key and says what would have been accepted; a long run that silently
 ignores ``model.hiden_size=128`` wastes an afternoon. Every section is a dataclass whose field
 types are the schema: ``Literal`` fields list their allowed values, numeric fields are checked
-for type and range.
+for type and for the ranges a section declares in ``RANGES``.
+
+The sections every task shares are defined here once: ``train`` (optimizer, schedule, stopping,
+checkpoints), ``mesh``, ``eval``, and the efficiency sections (``quantize``, ``prune``,
+``distill``, ``lora``). Each task owns its config class (a ``RunConfig`` with its own data and
+model sections) in its module; the ``task:`` key of a file picks it through the ``TASKS``
+registry (``ecomjax.tasks``), and no ``task:`` means the next-item recommender.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -24,157 +31,99 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
 
 
-@dataclass
-class SyntheticConfig:
-    """The built-in synthetic shop (see ``ecomjax.data.synthetic``)."""
-
-    num_users: int = 2000  # shoppers, each with a latent taste vector
-    num_items: int = 1000  # catalogue size
-    num_categories: int = 20  # items belong to one category each; tastes are over categories
-    mean_length: float = 12.0  # mean purchases per user (geometric tail, at least min_length)
-    min_length: int = 5  # like the 5-core filtering of the Amazon files
-    popularity_skew: float = 1.0  # Zipf exponent of item popularity inside a category
-    taste_concentration: float = 0.3  # Dirichlet concentration: small = users love few categories
-    sequential_strength: float = 0.6  # probability the next purchase follows the previous item's category
-    seed: int = 0  # the generator's own seed, separate from training randomness
+Check = tuple[Callable[[Any], bool], str]  # (predicate, description of the allowed values)
+AT_LEAST_1: Check = (lambda v: v >= 1, "an integer >= 1")
+AT_LEAST_0: Check = (lambda v: v >= 0, "an integer >= 0")
+POSITIVE: Check = (lambda v: v > 0, "a number > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
+FRACTION: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+DROPOUT: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
-@dataclass
-class DataConfig:
-    """Where interaction sequences come from and how they become model inputs."""
-
-    source: Literal["synthetic", "sequences"] = "synthetic"  # sequences = `user item item ...` file
-    path: str | None = None  # file for source=sequences; relative paths also tried under $ECOMJAX_DATA_DIR
-    max_len: int = 50  # most recent items a model sees; longer histories are truncated on the left
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+def _is_regex(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
 
 
-@dataclass
-class ModelConfig:
-    """Sequential recommender architecture (``ecomjax.models``)."""
-
-    name: Literal["sasrec", "gru4rec"] = "sasrec"
-    hidden_size: int = 64  # item embedding width = model width (embeddings are tied to the output)
-    num_layers: int = 2  # transformer blocks or stacked RNN layers
-    num_heads: int = 2  # attention heads (sasrec)
-    ffn_size: int = 256  # feed-forward inner width (sasrec)
-    dropout: float = 0.5  # embedding / residual / recurrent-output dropout
-    attention_dropout: float = 0.5  # dropout on attention weights (sasrec)
-    norm_first: bool = True  # pre-LN blocks (stable at larger learning rates); false = post-LN as in BERT
-    activation: Literal["gelu", "relu"] = "gelu"
-    rnn_cell: Literal["gru", "lstm"] = "gru"  # gru4rec only
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; parameters stay float32
-    # Item representation (``ecomjax.models.item_embedding``): id | add | gated | text_only. The
-    # last three read one title per item from ``item_text`` (tab-separated, header, first column
-    # the item id as in the data file, last column the title), embedded once with ``text_encoder``.
-    item_fusion: Literal["id", "add", "gated", "text_only"] = "id"
-    item_text: str | None = None  # titles file; relative paths also tried under $ECOMJAX_DATA_DIR
-    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # directory, weights package or hub id
-    item_id_init: Literal["normal", "zeros"] = "normal"  # zeros: IDs start as residuals on the title vector
-    item_id_dropout: float = 0.0  # training: drop whole ID vectors with this probability (add / gated)
-    text_adapter_size: int = 0  # 0: title vector -> linear map; N: GELU MLP with N hidden units
-    text_normalization: Literal["center", "whiten", "none"] = "center"  # catalogue mean off (+ PCA whitening), unit norm
-    # > 0: also learn an embedding per title word used by at least this many items; an item's
-    # content vector adds the mean of its words' (brands, product lines carry co-purchase signal)
-    title_word_min_items: int = 0
-    # JSON {item id: [attribute ids]} (brand, categories; Beauty_item2attributes.json): each
-    # attribute carried by >= 2 items becomes a learned token averaged in with the title words
-    item_attributes: str | None = None
-    # Warm IDs, content for the rest: items with fewer training interactions than this get no ID
-    # vector (title vector only), so a rarely bought item is not scored by an ID row that training
-    # mostly pushed away from every user; 0 = every item has one
-    item_id_min_interactions: int = 0
-    # > 0: add a learned vector per popularity bucket, floor(log2(1 + training interactions)),
-    # capped at this many buckets: the popularity prior of items without (or with weak) IDs
-    item_count_buckets: int = 0
-
-    def __post_init__(self) -> None:
-        if self.item_fusion != "id" and not self.item_text:
-            raise ConfigError(f"model.item_fusion={self.item_fusion!r} needs model.item_text "
-                              "(a file with one title per item)")
-        if self.item_id_init == "zeros" and self.item_fusion not in ("add", "gated"):
-            raise ConfigError("model.item_id_init='zeros' makes IDs residuals on title vectors: "
-                              "it needs model.item_fusion add or gated")
-        if self.item_id_dropout and self.item_fusion not in ("add", "gated"):
-            raise ConfigError("model.item_id_dropout needs model.item_fusion add or gated: an item "
-                              "whose ID is dropped must keep its title vector")
-        if not 0 <= self.item_id_dropout < 1:
-            raise ConfigError(f"model.item_id_dropout: {self.item_id_dropout} is out of range; allowed: [0, 1)")
-        if self.title_word_min_items < 0:
-            raise ConfigError(f"model.title_word_min_items: {self.title_word_min_items} must be >= 0 (0: off)")
-        if self.title_word_min_items and self.item_fusion == "id":
-            raise ConfigError("model.title_word_min_items needs titles: set model.item_fusion to add, "
-                              "gated or text_only and model.item_text")
-        if self.item_attributes and self.item_fusion == "id":
-            raise ConfigError("model.item_attributes needs titles: set model.item_fusion to add, "
-                              "gated or text_only and model.item_text")
-        for name in ("item_id_min_interactions", "item_count_buckets"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model.{name}: {getattr(self, name)} must be >= 0 (0: off)")
-        if self.item_id_min_interactions and self.item_fusion not in ("add", "gated"):
-            raise ConfigError("model.item_id_min_interactions leaves rare items their title vector only: "
-                              "it needs model.item_fusion add or gated")
-        if self.item_count_buckets and self.item_fusion == "id":
-            raise ConfigError("model.item_count_buckets adds to the content vector: set model.item_fusion "
-                              "to add, gated or text_only and model.item_text")
-        if self.item_fusion == "id" and self.item_text:
-            raise ConfigError("model.item_text is set but model.item_fusion is 'id', so the titles "
-                              "would be ignored; choose add, gated or text_only")
+REGEX: Check = (_is_regex, "a regular expression")
 
 
-@dataclass
-class LossConfig:
-    """Next-item objective over the catalogue (``ecomjax.tasks.next_item``)."""
-
-    name: Literal["full_softmax", "sampled_softmax", "bce"] = "full_softmax"
-    num_negatives: int = 256  # sampled_softmax: negatives shared by the batch
-    sampler: Literal["uniform", "popularity"] = "uniform"  # sampled_softmax negative distribution
-    logq_correction: bool = True  # sampled_softmax: subtract log Q(item) from every logit
+# ---------------------------------------------------------------------------------------------
+# Shared sections
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, stopping and checkpointing."""
+    """Optimisation, schedule, stopping and checkpointing of one trained model (the loop's input)."""
 
-    batch_size: int = 32  # rows per step; each row packs several users' sequences (max_len tokens)
+    batch_size: int = 32  # examples (or packed rows) per step, over all devices and processes
     epochs: int = 50  # upper bound; early stopping usually ends sooner
-    learning_rate: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.0  # decoupled AdamW decay; embeddings and norms included
+    optimizer: Literal["adamw", "adagrad"] = "adamw"
+    learning_rate: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # adamw: decoupled decay; adagrad: L2 added to the gradients
     # Adam's epsilon. An item that is never a target gets only tiny, one-signed softmax gradients
     # (rms ~1e-7 on Beauty); at the default 1e-8 Adam turns them into full-size steps that push its
     # row away from every user, and a larger epsilon damps exactly those coordinates. On Beauty
     # (text-fused, 128-d) 1e-6 did not help: test NDCG@10 0.0618 vs 0.0632.
     adam_eps: float = 1e-8
     warmup_steps: int = 100  # linear warm-up from 0 to learning_rate
+    warmup_fraction: float = 0.0  # > 0: warm up over this fraction of all planned steps instead
     decay: Literal["cosine", "linear", "constant"] = "cosine"  # after warm-up, over all planned steps
     end_learning_rate_ratio: float = 0.05  # final lr = ratio * learning_rate (cosine/linear)
     grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    # {parameter-path substring: multiplier} on the updates of matching parameters, e.g. LoRA+
+    # ({"_lora_b": 16}: the zero-initialised B matrices learn 16x faster than A, Hayou et al. 2024)
+    learning_rate_scales: dict[str, float] = field(default_factory=dict)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit); the schedule is unaffected
     eval_every_epochs: int = 1  # validation frequency for early stopping
-    early_stopping_patience: int = 5  # evaluations without a better validation ndcg@10 before stopping
+    early_stopping_patience: int = 5  # evaluations without a better validation monitor before stopping
     checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only after each evaluation)
     resume: bool = True  # continue from workdir/checkpoints when they exist
-    init_from: str | None = None  # workdir of a finished run on the same items: its best parameters start
-    # this one (same model shapes; fresh optimizer and schedule): fine-tune, prune or adapt a trained model
+    # workdir of a finished run of the same task and model: its best parameters start this one
+    # (same shapes; fresh optimizer and schedule): fine-tune, prune or adapt a trained model
+    init_from: str | None = None
     prng_impl: Literal["threefry2x32", "rbg", "unsafe_rbg"] = "threefry2x32"  # dropout RNG
     progress: bool = True  # progress bar on the terminal
+
+    RANGES: ClassVar[dict[str, Check]] = {
+        "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "learning_rate": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "adam_eps": POSITIVE, "warmup_steps": AT_LEAST_0,
+        "warmup_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "end_learning_rate_ratio": FRACTION, "grad_clip_norm": NON_NEGATIVE,
+        "learning_rate_scales": (lambda v: all(x > 0 for x in v.values()), "multipliers > 0"),
+        "max_steps": AT_LEAST_0, "eval_every_epochs": AT_LEAST_1, "early_stopping_patience": AT_LEAST_1,
+        "checkpoint_every_steps": AT_LEAST_0,
+    }
 
 
 @dataclass
 class EvalConfig:
-    """Leave-one-out ranking evaluation (``ecomjax.eval``)."""
+    """Evaluation of a ranking task (next item, multi-behaviour): cut-offs, batch, selection."""
 
-    exclude_history: bool = True  # earlier items of the user get -inf before ranking (S3-Rec protocol)
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     batch_size: int = 512  # users scored per batch
-    sampled_negatives: int = 0  # >0 adds the sampled protocol (e.g. 100 uniform negatives) beside full ranking
-    monitor: str = "ndcg@10"  # validation metric for early stopping and best checkpoint
+    monitor: str = "ndcg@10"  # validation metric for early stopping and the kept checkpoint
+
+    RANGES: ClassVar[dict[str, Check]] = {
+        "ks": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
+        "batch_size": AT_LEAST_1,
+    }
+
+    def __post_init__(self) -> None:
+        name, _, k = self.monitor.partition("@")
+        if self.monitor != "mrr" and (name not in ("hr", "ndcg", "mrr") or not k.isdigit() or int(k) not in self.ks):
+            raise ConfigError(f"eval.monitor: {self.monitor!r} is not computed; allowed: hr@k, ndcg@k, mrr@k "
+                              f"with k in eval.ks {self.ks}, or mrr")
 
 
 def _default_rules() -> dict[str, str | None]:
     return {
         "batch": "data",  # examples / packed rows
-        "vocab": "model",  # item-table rows: vocab-parallel embeddings and logits
+        "vocab": "model",  # id-table rows (items, users, feature values): vocab-parallel embeddings
         "embed": None,  # model width
         "mlp": "model",  # feed-forward inner width
         "heads": "model",  # attention projections (query/key/value outputs, output input)
@@ -193,6 +142,11 @@ class MeshConfig:
     # logical axis -> mesh axis (data, model) or null (kept whole), MaxText-style
     rules: dict[str, Literal["data", "model"] | None] = field(default_factory=_default_rules)
 
+    RANGES: ClassVar[dict[str, Check]] = {
+        "data": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
+        "model": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
+    }
+
 
 @dataclass
 class QuantizeConfig:
@@ -206,6 +160,8 @@ class QuantizeConfig:
     min_table_rows: int = 256  # smaller tables (positions) stay float32: a rounding error of the bytes
     module_path: str = ".*"  # regex of the module paths whose dense layers qwix quantizes
     qat: bool = False  # quantization-aware training: int8 fake quantization (straight-through) while training
+
+    RANGES: ClassVar[dict[str, Check]] = {"min_table_rows": AT_LEAST_1, "module_path": REGEX}
 
 
 @dataclass
@@ -225,6 +181,11 @@ class PruneConfig:
     scope: Literal["tensor", "row", "global", "popularity"] = "tensor"
     popularity_power: float = 0.25  # scope=popularity: 0 = every row the same share (= row)
 
+    RANGES: ClassVar[dict[str, Check]] = {
+        "sparsity": DROPOUT, "begin_fraction": FRACTION, "end_fraction": FRACTION, "frequency": AT_LEAST_1,
+        "popularity_power": NON_NEGATIVE, "targets": REGEX,
+    }
+
 
 @dataclass
 class DistillConfig:
@@ -235,102 +196,51 @@ class DistillConfig:
     weight: float = 0.5  # loss = (1 - weight) * cross-entropy + weight * T^2 * KL(teacher || student)
     temperature: float = 2.0  # softens both distributions: the teacher's near-misses carry weight
 
+    RANGES: ClassVar[dict[str, Check]] = {"weight": FRACTION, "temperature": POSITIVE}
+
 
 @dataclass
-class AdaptersConfig:
-    """LoRA adapters on a trained recommender (``ecomjax.efficiency.lora``): the model of
-    ``train.init_from`` stays frozen and only low-rank updates of its dense layers train (a new
-    market, a new season, a user segment: one small set of adapters each, one shared base)."""
+class LoraSection:
+    """LoRA adapters (``ecomjax.efficiency.lora``): only low-rank updates of the dense layers
+    matching ``targets`` train (plus ``also_train``'s parameters); the base stays frozen. Which
+    base is adapted is the task's: a finished run (``train.init_from``) for the recommender and
+    the ranker, the pretrained encoder for the search cross-encoder."""
 
     rank: int = 0  # adapter rank r; 0 = off
     alpha: float = 16.0  # the update is scaled by alpha / r
-    targets: str = r".*blocks/\d+/(attention/(qkv|out)|feed_forward/(up|down))"  # regex, full match of module paths
+    targets: str = ".*"  # regex, full match of the module paths of the adapted layers (tasks set theirs)
     # regex, full match of parameter paths (``blocks/0/attention_norm/scale``): base parameters trained
     # beside the adapters (a low-rank update cannot move a bias or a LayerNorm); empty = adapters only
     also_train: str = ""
+    quantize_base: bool = False  # QLoRA: the frozen base weights in int8 while the adapters train
+    # LoRA+ (Hayou et al. 2024): B's learning rate = ratio x A's (16 in the paper)
+    b_learning_rate_ratio: float = 1.0
+
+    RANGES: ClassVar[dict[str, Check]] = {
+        "rank": (lambda v: v >= 0, "an integer >= 0 (0 = off)"), "alpha": POSITIVE,
+        "targets": (lambda v: _is_regex(v) and v != "", "a non-empty regular expression"),
+        "also_train": (_is_regex, "a regular expression ('' = adapters only)"),
+        "b_learning_rate_ratio": POSITIVE,
+    }
 
 
 @dataclass
-class EfficiencyConfig:
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    lora: AdaptersConfig = field(default_factory=AdaptersConfig)
+class RunConfig:
+    """What every run has: its task, where it writes, its seed and its device mesh. A task's
+    config class extends it with the task's own sections."""
 
-
-@dataclass
-class Config:
-    """A whole run: what to train on, what to train, how, and where to write."""
-
-    workdir: str = "runs/quickstart"
-    seed: int = 0  # training randomness: initialisation, shuffling, dropout
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    task: str = "next_item"  # the TASKS registry key (ecomjax.tasks)
+    workdir: str = "runs/run"
+    seed: int = 0  # training randomness: initialisation, shuffling, dropout, splits
     mesh: MeshConfig = field(default_factory=MeshConfig)
-    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# Range checks beyond types: key -> (predicate, description of the allowed values).
-_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "data.max_len": (lambda v: v >= 1, "an integer >= 1"),
-    "data.synthetic.num_users": (lambda v: v >= 1, "an integer >= 1"),
-    "data.synthetic.num_items": (lambda v: v >= 2, "an integer >= 2"),
-    "data.synthetic.num_categories": (lambda v: v >= 1, "an integer >= 1"),
-    "data.synthetic.min_length": (lambda v: v >= 3, "an integer >= 3 (leave-one-out needs 3)"),
-    "data.synthetic.mean_length": (lambda v: v >= 3, "a number >= 3"),
-    "data.synthetic.taste_concentration": (lambda v: v > 0, "a number > 0"),
-    "data.synthetic.sequential_strength": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "model.hidden_size": (lambda v: v >= 1, "an integer >= 1"),
-    "model.num_layers": (lambda v: v >= 1, "an integer >= 1"),
-    "model.num_heads": (lambda v: v >= 1, "an integer >= 1"),
-    "model.ffn_size": (lambda v: v >= 1, "an integer >= 1"),
-    "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "model.attention_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "loss.num_negatives": (lambda v: v >= 1, "an integer >= 1"),
-    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "train.learning_rate": (lambda v: v > 0, "a number > 0"),
-    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "train.adam_eps": (lambda v: v > 0, "a number > 0"),
-    "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "train.end_learning_rate_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "train.grad_clip_norm": (lambda v: v >= 0, "a number >= 0"),
-    "train.max_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "train.eval_every_epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "train.early_stopping_patience": (lambda v: v >= 1, "an integer >= 1"),
-    "train.checkpoint_every_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "mesh.data": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
-    "mesh.model": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
-    "eval.ks": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
-    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "eval.sampled_negatives": (lambda v: v >= 0, "an integer >= 0"),
-    "efficiency.quantize.min_table_rows": (lambda v: v >= 1, "an integer >= 1"),
-    "efficiency.prune.sparsity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "efficiency.prune.begin_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "efficiency.prune.end_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "efficiency.prune.frequency": (lambda v: v >= 1, "an integer >= 1"),
-    "efficiency.prune.popularity_power": (lambda v: v >= 0, "a number >= 0"),
-    "efficiency.distill.weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "efficiency.lora.rank": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
-    "efficiency.lora.alpha": (lambda v: v > 0, "a number > 0"),
-    "efficiency.lora.targets": (lambda v: _is_regex(v) and v != "", "a non-empty regular expression"),
-    "efficiency.lora.also_train": (lambda v: _is_regex(v), "a regular expression ('' = adapters only)"),
-    "efficiency.distill.temperature": (lambda v: v > 0, "a number > 0"),
-}
-
-
-def _is_regex(value: str) -> bool:
-    try:
-        re.compile(value)
-    except re.error:
-        return False
-    return True
+# ---------------------------------------------------------------------------------------------
+# Machinery
+# ---------------------------------------------------------------------------------------------
 
 
 def _type_name(tp: Any) -> str:
@@ -393,8 +303,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported schema type {tp}")  # pragma: no cover - schema bug
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, validating every key and value."""
+def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, validating every key and value;
+    ``prefix`` (``"train."``) is how error messages name the section."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -404,23 +315,32 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if key not in names:
             section = prefix.rstrip(".") or "the top level"
             raise ConfigError(f"unknown key '{prefix}{key}'; allowed keys in {section}: {names}")
+    ranges = getattr(cls, "RANGES", {})
     kwargs = {}
     for name in names:
         if name not in values:
             continue
         key, tp, value = f"{prefix}{name}", hints[name], values[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key + ".")
+            # a section's defaults come from the enclosing class (a task's own train defaults)
+            default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+            merged = {**(dataclasses.asdict(default) if default is not None else {}), **(value or {})} \
+                if isinstance(value, dict) or value is None else value
+            kwargs[name] = build_section(tp, merged, key + ".")
             continue
         value = _coerce(key, value, tp)
         if typing.get_origin(tp) is dict and fields[name].default_factory is not dataclasses.MISSING:
             value = {**fields[name].default_factory(), **value}  # a mapping extends its defaults
-        if key in _RANGES and value is not None:
-            check, allowed = _RANGES[key]
+        if name in ranges and value is not None:
+            check, allowed = ranges[name]
             if not check(value):
                 raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section's own cross-field check: name its place
+        message = str(exc)
+        raise ConfigError(message if not prefix or message.startswith(prefix) else f"{prefix.rstrip('.')}: {message}") from None
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -455,8 +375,7 @@ def config_tree(source: str | Path | dict[str, Any] | Any | None,
 
     ``source``: a YAML path, a mapping, a config dataclass (anything with ``to_dict``) or
     ``None``; ``overrides``: CLI-style ``["train.epochs=3"]`` or a mapping ``{"train.epochs": 3}``
-    (keyword arguments arrive as the latter, with ``__`` standing for ``.``). Shared by every
-    config schema (``Config``, ``ecomjax.search.config.SearchConfig``).
+    (keyword arguments arrive as the latter, with ``__`` standing for ``.``).
     """
     if source is None:
         tree: dict[str, Any] = {}
@@ -483,48 +402,22 @@ def config_tree(source: str | Path | dict[str, Any] | Any | None,
     return tree
 
 
-TASKS = ("multi_behavior", "ranker", "search")  # ``task:`` values beside the default next-item recommender
-
-
-def declared_task(source: Any) -> str | None:
-    """The ``task:`` a config source declares (``search``, ``ranker``, ...), or None for the
-    default next-item recommender. A config object answers with its ``task`` attribute; a
-    YAML file that does not parse answers None (loading it then reports the syntax error)."""
-    if isinstance(source, dict):
-        task = source.get("task")
-    elif isinstance(source, str | Path):
-        path = Path(source)
-        if not path.is_file():
-            return None
-        try:
-            tree = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
-            return None
-        task = tree.get("task") if isinstance(tree, dict) else None
-    else:
-        task = getattr(source, "task", None)
-    return task if isinstance(task, str) else None
-
-
-def load_config(
-    source: str | Path | dict[str, Any] | Config | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
-) -> Config:
-    """Resolve a config from a YAML path, a dict or a Config, then apply dotted overrides.
+def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a config from a YAML path, a mapping or a config, apply dotted overrides and
+    validate it against the schema of its ``task:`` (default ``next_item``).
 
     ``overrides`` is either CLI-style ``["train.epochs=3"]`` or a mapping
     ``{"train.epochs": 3}`` (keyword arguments of ``ecomjax.train`` arrive as the latter, with
     ``__`` standing for ``.`` so that ``train__epochs=3`` works as a Python keyword).
     """
+    from ecomjax.tasks import task_class
+
     tree = config_tree(source, overrides)
-    if "task" in tree:  # the other tasks have their own loaders (``ecomjax.train`` dispatches)
-        raise ConfigError(f"task: {tree['task']!r} is not a task; tasks: {sorted(TASKS)} (none: a next-item "
-                          "recommender)" if tree["task"] not in TASKS else
-                          f"task: {tree['task']!r} configs are loaded by ecomjax.train, not load_config")
-    return _build(Config, tree, "")
+    name = tree.get("task", RunConfig.task)
+    return build_section(task_class(name).Config, tree)
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    """Write any config schema (``Config``, ``SearchConfig``, ``RankerConfig``, ...) as the YAML
-    its loader reads back."""
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write a config as the YAML ``load_config`` reads back."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,7 +1,7 @@
 """Run inside a fresh process with its own device count (``JAX_NUM_CPU_DEVICES``) for test_sharding.
 
     python tests/mesh_worker.py table DATA MODEL LOSS NUM_ITEMS   -> JSON: shardings, bytes, collectives
-    python tests/mesh_worker.py dump WORKDIR OUT.npz [DATA MODEL] -> restore a run there, save its params
+    python tests/mesh_worker.py dump WORKDIR OUT.npz [DATA MODEL] -> load a run there, save its params
 """
 
 from __future__ import annotations
@@ -13,27 +13,31 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+import ecomjax.run
 from ecomjax.config import load_config
-from ecomjax.train.restore import restore_run
+from ecomjax.models.paths import flat_params
+from ecomjax.tasks.next_item import NextItemStage, NextItemTask
 from ecomjax.train.sharding import make_mesh, per_device_bytes
-from ecomjax.train.step import build_next_item_step, init_next_item_state
+from ecomjax.train.state import UpdateProgram
 
 
 def table(data: int, model: int, loss: str, num_items: int) -> dict:
-    config = load_config(
-        "configs/sasrec_beauty.yaml", [f"mesh.data={data}", f"mesh.model={model}", f"loss.name={loss}"]
-    )
+    """The update step the loop compiles for a Beauty-sized catalogue, on a data x model mesh."""
+    config = load_config("configs/sasrec_beauty.yaml", [f"mesh.data={data}", f"mesh.model={model}", f"loss.name={loss}"])
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
-        step = build_next_item_step(config, num_items, 100, jnp.zeros(num_items + 1), mesh)
-        state = init_next_item_state(step)
+        stage = NextItemStage(NextItemTask(config), {"num_items": num_items, "max_len": config.data.max_len})
+        stage.log_prior = jnp.zeros(num_items + 1)  # the sampler prior shapes the update, not the state
+        program = UpdateProgram(stage, config.mesh.rules, mesh, config.seed, total_steps=100)
+        state = program.init()
         rows, length = config.train.batch_size, config.data.max_len
         rng = np.random.default_rng(0)
         batch = {key: rng.integers(1, num_items + 1, (rows, length)).astype(np.int32) for key in ("items", "targets")}
         batch["segments"] = np.ones((rows, length), np.int32)
         batch["positions"] = np.broadcast_to(np.arange(length)[::-1], (rows, length)).astype(np.int32).copy()
-        compiled = step.step_fn.lower(state, batch).compile()
+        compiled, _, _ = program.step(state, batch)
     table = state["params"]["item_embedding"]["ids"]["embedding"][...]
     adam = state["opt_state"][1][0]  # chain(clip, adamw) -> adamw -> ScaleByAdamState
     gathered = re.findall(r"= (\S+) all-gather\(", compiled.as_text())
@@ -51,18 +55,16 @@ def table(data: int, model: int, loss: str, num_items: int) -> dict:
 
 
 def dump(workdir: str, out: str, *mesh: str) -> dict:
-    overrides = {"data": int(mesh[0]), "model": int(mesh[1])} if mesh else {}
-    run = restore_run(workdir, **overrides)
-    arrays = {}
-    for prefix, tree in (("best", run.best_params), ("params", run.state["params"])):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            arrays[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
-    np.savez(out, **arrays)
-    table = run.state["params"]["item_embedding"]["ids"]["embedding"][...]
-    return {"devices": jax.device_count(), "step": run.step,
+    """Load a run onto a mesh (default: the one in its config) and save its kept parameters."""
+    config = load_config(f"{workdir}/config.yaml", [f"mesh.data={mesh[0]}", f"mesh.model={mesh[1]}"] if mesh else [])
+    run = ecomjax.run.load(workdir, mesh=make_mesh(config.mesh))
+    params = nnx.state(run.model, nnx.Param)
+    np.savez(out, **{name: np.asarray(leaf) for name, leaf in flat_params(params).items()})
+    table = params["item_embedding"]["ids"]["embedding"][...]
+    return {"devices": jax.device_count(), "step": run.metrics["steps"] if run.metrics else None,
             "table_spec": [str(axis) for axis in table.sharding.spec],
             "table_shard_shape": list(table.sharding.shard_shape(table.shape)),
-            "mesh": dict(run.mesh.shape)}
+            "mesh": {k: int(v) for k, v in make_mesh(config.mesh).shape.items()}}
 
 
 if __name__ == "__main__":

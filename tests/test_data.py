@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from ecomjax.config import DataConfig, SyntheticConfig
-from ecomjax.data import DataFormatError, load_sequences, read_sequence_file
+from ecomjax.data import DataConfig, DataFormatError, load_sequences, read_sequence_file
 from ecomjax.data.pipeline import (
     NextItemTrainData,
     eval_arrays,
@@ -12,7 +11,7 @@ from ecomjax.data.pipeline import (
 )
 from ecomjax.data.sequences import from_lists
 from ecomjax.data.split import leave_one_out
-from ecomjax.data.synthetic import generate_shop
+from ecomjax.data.synthetic import SyntheticConfig, generate_shop
 
 
 def write(tmp_path, text, name="seq.txt"):

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import ecomjax
-from ecomjax.config import ConfigError, ModelConfig, PruneConfig, QuantizeConfig, load_config
+from ecomjax.config import ConfigError, PruneConfig, QuantizeConfig, load_config
 from ecomjax.efficiency.prune import pruning, shrink_pruned, sparsity_at, sparsity_report
 from ecomjax.efficiency.quantize import (
     Int8Table,
@@ -30,12 +30,13 @@ from ecomjax.efficiency.quantize import (
     save_quantized,
 )
 from ecomjax.models.sasrec import SASRec
+from ecomjax.models.sequential import SequentialModelConfig
 
 INT8 = QuantizeConfig(weights="int8")
 
 
 def _sasrec(seed: int = 0, **overrides) -> SASRec:
-    config = ModelConfig(dropout=0.0, attention_dropout=0.0, **overrides)
+    config = SequentialModelConfig(dropout=0.0, attention_dropout=0.0, **overrides)
     return SASRec(config, num_items=500, max_len=20, rngs=nnx.Rngs(seed))
 
 
@@ -277,7 +278,6 @@ def test_init_from_starts_at_a_finished_runs_parameters(tmp_path):
 
 def test_recommender_lora_trains_only_adapters_on_a_finished_run_and_merges_exactly(tmp_path):
     from ecomjax.efficiency.lora import LoraConfig, lora_trainable, merge_lora, parameter_counts
-    from ecomjax.train.restore import restore_run
 
     base = ecomjax.train(None, workdir=str(tmp_path / "base"), train__epochs=1, train__progress=False)
     adapted = ecomjax.train(None, workdir=str(tmp_path / "lora"), train__epochs=1, train__progress=False,
@@ -289,7 +289,7 @@ def test_recommender_lora_trains_only_adapters_on_a_finished_run_and_merges_exac
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the base did not move
     b_matrix = adapted.model.blocks[0].feed_forward.up.kernel_lora_b[...]
     assert float(jnp.max(jnp.abs(b_matrix))) > 0  # the adapters did (they start at B = 0)
-    merged = merge_lora(restore_run(tmp_path / "lora").model(), base.model, LoraConfig(rank=4, alpha=16.0))
+    merged = merge_lora(ecomjax.load(tmp_path / "lora").model, base.model, LoraConfig(rank=4, alpha=16.0))
     batch = _user_batch(np.random.default_rng(4), max_len=50)
     np.testing.assert_allclose(_scores(merged, *batch), _scores(adapted.model, *batch), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"set train\.init_from"):
@@ -343,9 +343,8 @@ def test_quantization_aware_run_exports_int8_and_is_not_resumed_as_a_float_run(t
                            efficiency__quantize__weights="int8", efficiency__quantize__qat=True)
     metrics = result.metrics
     assert abs(metrics["quantized"]["test"]["ndcg@10"] - metrics["test"]["ndcg@10"]) < 0.05 * metrics["test"]["ndcg@10"]
-    from ecomjax.train.restore import restore_run
 
-    restored = restore_run(workdir).model()
+    restored = ecomjax.load(workdir).model
     batch = _user_batch(np.random.default_rng(3))
     np.testing.assert_allclose(restored.encode(*batch), result.model.encode(*batch), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="different config"):
@@ -357,7 +356,6 @@ def test_quantization_aware_run_exports_int8_and_is_not_resumed_as_a_float_run(t
 
 def test_recommender_lora_also_train_moves_the_norms_beside_the_adapters_and_merges_exactly(tmp_path):
     from ecomjax.efficiency.lora import LoraConfig, merge_lora
-    from ecomjax.train.restore import restore_run
 
     base = ecomjax.train(None, workdir=str(tmp_path / "base"), train__epochs=1, train__progress=False)
     norms = r".*_norm/(scale|bias)"
@@ -370,7 +368,7 @@ def test_recommender_lora_also_train_moves_the_norms_beside_the_adapters_and_mer
     matching = {k for k in before if re.fullmatch(norms, k)}
     assert matching and moved == matching  # every LayerNorm moved; kernels, biases, item table did not
     assert float(jnp.max(jnp.abs(adapted.model.blocks[0].feed_forward.up.kernel_lora_b[...]))) > 0
-    merged = merge_lora(restore_run(tmp_path / "lora").model(), base.model,
+    merged = merge_lora(ecomjax.load(tmp_path / "lora").model, base.model,
                         LoraConfig(rank=4, alpha=16.0, also_train=norms))
     batch = _user_batch(np.random.default_rng(5), max_len=50)
     np.testing.assert_allclose(_scores(merged, *batch), _scores(adapted.model, *batch), rtol=1e-4, atol=1e-4)
@@ -618,14 +616,13 @@ def test_popularity_pruning_never_revives_a_pruned_weight_on_the_schedule():
 def test_training_with_popularity_pruning_keeps_more_of_popular_items(tmp_path):
     from ecomjax.data import load_sequences
     from ecomjax.data.split import leave_one_out
-    from ecomjax.train.restore import restore_run
 
     result = ecomjax.train(None, workdir=str(tmp_path / "run"), train__epochs=2, train__progress=False,
                            efficiency__prune__sparsity=0.5, efficiency__prune__end_fraction=0.5,
                            efficiency__prune__scope="popularity")
     table = np.asarray(nnx.state(result.model, nnx.Param)["item_embedding"]["ids"]["embedding"][...])
-    restored = restore_run(tmp_path / "run")  # the optimizer state restores without the counts
-    np.testing.assert_array_equal(np.asarray(nnx.state(restored.model(), nnx.Param)["item_embedding"]["ids"]["embedding"][...]),
+    restored = ecomjax.load(tmp_path / "run")  # the kept model restores without the data
+    np.testing.assert_array_equal(np.asarray(nnx.state(restored.model, nnx.Param)["item_embedding"]["ids"]["embedding"][...]),
                                   table)
     split = leave_one_out(load_sequences(restored.config.data))
     counts = split.train_item_counts()

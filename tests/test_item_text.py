@@ -280,7 +280,6 @@ TINY = {
 def test_text_fused_sasrec_trains_keeps_features_fixed_and_restores(tmp_path, beauty_path):
     """600 real Beauty users with their real titles: train, check the features never move, and
     restore the run (features come back from the checkpoint, bit-identical)."""
-    from ecomjax.train.restore import restore_run
 
     slice_path = tmp_path / "beauty_600.txt"
     slice_path.write_text("".join(beauty_path.read_text().splitlines(keepends=True)[:600]))
@@ -304,13 +303,13 @@ def test_text_fused_sasrec_trains_keeps_features_fixed_and_restores(tmp_path, be
     assert sum(v.startswith("attr:") for v in expected.vocabulary) > 20  # brands and categories too
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in history if "loss" in r)
-    run = restore_run(tmp_path / "run")
-    np.testing.assert_array_equal(np.asarray(run.model().item_embedding.features[...]), stored)
-    np.testing.assert_array_equal(np.asarray(run.model().item_embedding.words[...]), words)
+    run = ecomjax.load(tmp_path / "run")
+    np.testing.assert_array_equal(np.asarray(run.model.item_embedding.features[...]), stored)
+    np.testing.assert_array_equal(np.asarray(run.model.item_embedding.words[...]), words)
     from ecomjax.data.split import leave_one_out
 
     counts = leave_one_out(dataset).train_item_counts()  # training part only: no test target counted
     np.testing.assert_array_equal(np.asarray(model.item_embedding.counts[...])[: dataset.num_items + 1], counts)
-    np.testing.assert_array_equal(np.asarray(run.model().item_embedding.counts[...]),
+    np.testing.assert_array_equal(np.asarray(run.model.item_embedding.counts[...]),
                                   np.asarray(model.item_embedding.counts[...]))
-    np.testing.assert_array_equal(np.asarray(run.model().item_table()), np.asarray(model.item_table()))
+    np.testing.assert_array_equal(np.asarray(run.model.item_table()), np.asarray(model.item_table()))

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ecomjax.config import LossConfig, ModelConfig
-from ecomjax.models import build_sequential_model
-from ecomjax.tasks.next_item import item_log_prior, next_item_loss
+from ecomjax.models.sequential import SequentialModelConfig, build_sequential_model
+from ecomjax.tasks.next_item_losses import LossConfig, item_log_prior, next_item_loss
 
 NUM_ITEMS, MAX_LEN = 30, 8
 
 
 def make(name, **kw):
-    config = ModelConfig(name=name, hidden_size=16, num_heads=2, ffn_size=32, num_layers=2, **kw)
+    config = SequentialModelConfig(name=name, hidden_size=16, num_heads=2, ffn_size=32, num_layers=2, **kw)
     return build_sequential_model(config, NUM_ITEMS, MAX_LEN, rngs=nnx.Rngs(0))
 
 
@@ -127,7 +126,7 @@ def test_uniform_log_prior_excludes_padding():
 
 
 def test_chunked_softmax_matches_direct_form_in_value_and_gradient():
-    from ecomjax.tasks.next_item import chunked_softmax_xent
+    from ecomjax.tasks.next_item_losses import chunked_softmax_xent
 
     rng = np.random.default_rng(7)
     hidden = jnp.asarray(rng.normal(size=(24, 8)), jnp.float32)

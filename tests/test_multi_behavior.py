@@ -17,7 +17,6 @@ from ecomjax.data.taobao import Interactions, MultiBehaviorData, load_taobao
 from ecomjax.models.multi_behavior import MultiBehaviorRecommender
 from ecomjax.ranking.multi_behavior import LossSpec, train_multi_behavior, whole_data_loss
 from ecomjax.ranking.multi_behavior_config import (
-    is_multi_behavior_config,
     load_multi_behavior_config,
 )
 from ecomjax.ranking.multi_behavior_eval import full_ranking_metrics, padded_items, split_validation
@@ -246,7 +245,6 @@ def test_nan_loss_names_the_epoch(tmp_path):
 
 
 def test_config_file_loads_and_rejects_unknown_keys():
-    assert is_multi_behavior_config(CONFIG)
     config = load_multi_behavior_config(CONFIG, ["behaviors=[buy]", "model.dim=8"])
     assert config.behaviors == ["buy"] and config.model.dim == 8
     assert config.behavior_weights["buy"] > 0

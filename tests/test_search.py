@@ -252,7 +252,6 @@ def test_search_eval_on_another_file_and_pipeline(trained_search, capsys):
 def test_history_personalizer_scores_products_by_the_recommenders_next_item_logits(tmp_path):
     import ecomjax
     from ecomjax.serve import HistoryPersonalizer
-    from ecomjax.train.restore import restore_run
 
     result = ecomjax.train(None, overrides={
         "data.synthetic.num_users": 200, "data.synthetic.num_items": 60, "data.max_len": 10,
@@ -262,13 +261,14 @@ def test_history_personalizer_scores_products_by_the_recommenders_next_item_logi
     history = ["3", "7", "7", "12"]  # synthetic item ids are their dense ids
     scores = personalizer.user_scores(history)
     # the same logits the evaluator computes: right-aligned window, positions counted from the end
-    model = restore_run(result.workdir).model()
+    model = ecomjax.load(result.workdir).model
     items = np.zeros((1, 10), np.int32)
     items[0, -4:] = [3, 7, 7, 12]
     segments = (items > 0).astype(np.int32)
     positions = (9 - np.arange(10))[None] * segments
     expected = np.asarray(model.encode(items, positions, segments)[:, -1] @ model.item_table().T)[0]
-    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    assert scores.shape == (61,) and scores[0] == -np.inf  # dense ids 0..60, padding ranked out
+    np.testing.assert_allclose(scores[1:], expected[1:61], rtol=1e-5, atol=1e-5)
     mixed = personalizer(history, ["5", "not-a-product", "9"])
     np.testing.assert_allclose(mixed, [scores[5], (scores[5] + scores[9]) / 2, scores[9]], rtol=1e-6)
     with pytest.raises(KeyError, match="unknown to the recommender: \\['999'\\]"):

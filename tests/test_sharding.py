@@ -97,9 +97,9 @@ def test_mesh_rules_in_config_extend_defaults_and_validate_axes():
 
 def test_mesh_that_does_not_fit_the_devices_fails_naming_the_keys(tmp_path):
     with pytest.raises(ValueError, match=r"mesh.data=2 x mesh.model=2 = 4 devices, but 1 are available"):
-        from ecomjax.train.loop import train_next_item
+        from ecomjax.train.loop import train
 
-        train_next_item(load_config(None, [*TINY[:-2], "mesh.data=2", "mesh.model=2", f"workdir={tmp_path}"]))
+        train(load_config(None, [*TINY[:-2], "mesh.data=2", "mesh.model=2", f"workdir={tmp_path}"]))
 
 
 # --- Multi-device behaviour (fresh processes) ----------------------------------------------------

@@ -79,16 +79,17 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from ecomjax.train import loop, step
+    from ecomjax.tasks import next_item
+    from ecomjax.train import loop
 
-    real = step.next_item_loss
+    real = next_item.next_item_loss
 
-    def poisoned(hidden, targets, table, config, key, log_prior, num_items):
-        loss, count = real(hidden, targets, table, config, key, log_prior, num_items)
+    def poisoned(hidden, targets, table, config, key, log_prior, num_items, **options):
+        loss, count = real(hidden, targets, table, config, key, log_prior, num_items, **options)
         return loss * jnp.where(count > 0, jnp.nan, 1.0), count
 
-    monkeypatch.setattr(step, "next_item_loss", poisoned)
-    with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 0 \(epoch 1\)"):
+    monkeypatch.setattr(next_item, "next_item_loss", poisoned)
+    with pytest.raises(loop.NonFiniteLossError, match=r"model: loss is nan at step 0 \(epoch 1\)"):
         ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path)})
 
 
@@ -115,8 +116,7 @@ def test_beauty_slice_end_to_end(tmp_path, beauty_path):
 
 def test_beauty_config_trains_on_another_category_file(tmp_path):
     """`data.path=` swaps the dataset; ids need not be contiguous or start at 1."""
-    from ecomjax.config import SyntheticConfig
-    from ecomjax.data.synthetic import generate_shop
+    from ecomjax.data.synthetic import SyntheticConfig, generate_shop
 
     shop = generate_shop(SyntheticConfig(num_users=150, num_items=90, num_categories=6, seed=11))
     ds = shop.dataset

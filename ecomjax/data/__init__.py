@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from ecomjax.config import DataConfig
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from ecomjax.config import AT_LEAST_1, Check
 from ecomjax.data.files import DataFormatError, resolve_data_path
 from ecomjax.data.sequences import SequenceDataset, read_sequence_file
-from ecomjax.data.synthetic import generate_shop
+from ecomjax.data.synthetic import SyntheticConfig, generate_shop
+
+
+@dataclass
+class DataConfig:
+    """Where interaction sequences come from and how they become model inputs."""
+
+    source: Literal["synthetic", "sequences"] = "synthetic"  # sequences = `user item item ...` file
+    path: str | None = None  # file for source=sequences; relative paths also tried under $ECOMJAX_DATA_DIR
+    max_len: int = 50  # most recent items a model sees; longer histories are truncated on the left
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    RANGES: ClassVar[dict[str, Check]] = {"max_len": AT_LEAST_1}
 
 
 def load_sequences(config: DataConfig) -> SequenceDataset:
@@ -20,6 +35,7 @@ def load_sequences(config: DataConfig) -> SequenceDataset:
 
 
 __all__ = [
+    "DataConfig",
     "DataFormatError",
     "SequenceDataset",
     "generate_shop",

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecomjax.config import SyntheticConfig
 from ecomjax.data.schema import CategoricalField, FeatureSchema, ImpressionData, SequenceField
-from ecomjax.data.synthetic import _BRANDS, _COLOURS, _STYLES, generate_shop
+from ecomjax.data.synthetic import _BRANDS, _COLOURS, _STYLES, SyntheticConfig, generate_shop
 
 
 @dataclass

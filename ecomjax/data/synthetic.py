@@ -19,10 +19,11 @@ the same tastes and attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from ecomjax.config import SyntheticConfig
+from ecomjax.config import AT_LEAST_1, FRACTION, POSITIVE, Check
 from ecomjax.data.sequences import SequenceDataset, from_lists
 
 _CATEGORY_NOUNS = (
@@ -34,6 +35,28 @@ _CATEGORY_NOUNS = (
 _BRANDS = ("Aurora", "Brindle", "Cobalt", "Dune", "Ember", "Fjord", "Grove", "Halo", "Iris", "Juniper")
 _COLOURS = ("black", "white", "red", "blue", "green", "beige", "pink", "grey", "navy", "gold")
 _STYLES = ("classic", "slim", "premium", "everyday", "travel", "sport", "organic", "compact")
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic shop (see ``ecomjax.data.synthetic``)."""
+
+    num_users: int = 2000  # shoppers, each with a latent taste vector
+    num_items: int = 1000  # catalogue size
+    num_categories: int = 20  # items belong to one category each; tastes are over categories
+    mean_length: float = 12.0  # mean purchases per user (geometric tail, at least min_length)
+    min_length: int = 5  # like the 5-core filtering of the Amazon files
+    popularity_skew: float = 1.0  # Zipf exponent of item popularity inside a category
+    taste_concentration: float = 0.3  # Dirichlet concentration: small = users love few categories
+    sequential_strength: float = 0.6  # probability the next purchase follows the previous item's category
+    seed: int = 0  # the generator's own seed, separate from training randomness
+
+    RANGES: ClassVar[dict[str, Check]] = {
+        "num_users": AT_LEAST_1, "num_items": (lambda v: v >= 2, "an integer >= 2"),
+        "num_categories": AT_LEAST_1, "min_length": (lambda v: v >= 3, "an integer >= 3 (leave-one-out needs 3)"),
+        "mean_length": (lambda v: v >= 3, "a number >= 3"), "taste_concentration": POSITIVE,
+        "sequential_strength": FRACTION,
+    }
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from ecomjax.efficiency.quantize import (
     Int8Table,
     fake_quantize_rows,
     load_quantized,
-    load_quantized_recommender,
     model_bytes,
     quantization_aware,
     quantize_model,
@@ -20,6 +19,6 @@ from ecomjax.efficiency.quantize import (
 )
 
 __all__ = ["Int8Table", "LoraConfig", "apply_lora", "distillation_kl", "fake_quantize_rows", "load_quantized",
-           "load_quantized_recommender", "lora_trainable", "merge_lora", "model_bytes", "pruning",
+           "lora_trainable", "merge_lora", "model_bytes", "pruning",
            "quantization_aware", "quantize_model", "save_quantized", "shrink_pruned", "sparsity_report",
            "train_merged"]

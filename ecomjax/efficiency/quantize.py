@@ -235,33 +235,3 @@ def load_quantized(abstract: nnx.Module, directory: str | Path) -> nnx.Module:
                              f"{leaf.dtype}{list(leaf.shape)}")
         leaves.append(jnp.asarray(value))
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
-
-
-def load_quantized_recommender(workdir: str | Path) -> nnx.Module:
-    """The int8 recommender a run saved (``efficiency.quantize`` in its config): the config
-    rebuilds the architecture (the data file fixes the catalogue size), the arrays come from
-    ``workdir/quantized``; no float checkpoint is read."""
-    from ecomjax.config import load_config
-    from ecomjax.data import load_sequences
-    from ecomjax.data.item_text import model_item_features
-    from ecomjax.models import build_sequential_model
-
-    workdir = Path(workdir)
-    if not (workdir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{workdir} has no config.yaml: not a run directory")
-    config = load_config(workdir / "config.yaml")
-    if config.efficiency.quantize.weights == "none":
-        raise ValueError(f"{workdir} was not quantized: train it with efficiency.quantize.weights=int8")
-    from ecomjax.data.split import leave_one_out
-
-    dataset = load_sequences(config.data)
-    item_text = model_item_features(config.model, dataset)
-    extra = {} if item_text is None else {"item_features": item_text.features, "item_words": item_text.words,
-                                          "item_counts": leave_one_out(dataset).train_item_counts()}
-
-    def build() -> nnx.Module:
-        return build_sequential_model(config.model, dataset.num_items, config.data.max_len, rngs=nnx.Rngs(0), **extra)
-
-    abstract = abstract_quantized(build, config.efficiency.quantize, *recommender_example_inputs(config.data.max_len),
-                                  method="encode")
-    return load_quantized(abstract, workdir / "quantized")

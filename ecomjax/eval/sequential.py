@@ -14,24 +14,23 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ecomjax.config import EvalConfig
 from ecomjax.eval.ranking import full_ranking_scores, rank_metric_sums, sampled_rank, target_rank
 
 
-def make_evaluator(graphdef: nnx.GraphDef, config: EvalConfig, sampled: bool):
+def make_evaluator(graphdef: nnx.GraphDef, ks: tuple[int, ...], exclude_history: bool, sampled: bool):
     """A jitted ``(variables, batch arrays) -> metric sums`` for one model architecture.
 
-    ``variables`` is what ``nnx.merge(graphdef, *variables)`` needs: ``(params, buffers)`` from the
-    train state (buffers hold fixed item features; an empty state for ID-only models).
+    ``variables`` is what ``nnx.merge(graphdef, *variables)`` needs (the model's state, split
+    any way). ``exclude_history``: the user's earlier items get -inf before ranking.
     """
-    ks = tuple(config.ks)
+    ks = tuple(ks)
 
     @jax.jit
     def evaluate_batch(variables, items, positions, segments, history, targets, negatives, valid):
         model = nnx.merge(graphdef, *variables)
         hidden = model.encode(items, positions, segments, deterministic=True)[:, -1]
         scores = model.catalogue_scores(hidden)
-        ranked = full_ranking_scores(scores, history if config.exclude_history else None, model.num_items)
+        ranked = full_ranking_scores(scores, history if exclude_history else None, model.num_items)
         sums = rank_metric_sums(target_rank(ranked, targets), valid, ks)
         if sampled:
             sampled_sums = rank_metric_sums(sampled_rank(scores, targets, negatives), valid, ks)

@@ -8,14 +8,18 @@ embeddings are shared with the output layer, as in SASRec, so both models are sc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecomjax.config import ModelConfig
 from ecomjax.models.axes import logical_init
 from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
+
+if TYPE_CHECKING:
+    from ecomjax.models.sequential import SequentialModelConfig
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -76,7 +80,7 @@ class RecurrentLayer(nnx.Module):
 class GRU4Rec(nnx.Module):
     """Embedding -> dropout -> stacked GRU/LSTM -> dropout; ``encode`` as in SASRec."""
 
-    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
+    def __init__(self, config: SequentialModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
                  item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
                  item_counts: np.ndarray | None = None):
         del max_len  # recurrent models need no position table

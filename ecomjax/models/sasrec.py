@@ -8,14 +8,18 @@ several users: attention is causal and restricted to equal segment ids.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ecomjax.config import ModelConfig
 from ecomjax.models.axes import logical_init
 from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
+
+if TYPE_CHECKING:
+    from ecomjax.models.sequential import SequentialModelConfig
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
@@ -40,7 +44,7 @@ def segment_causal_mask(segments: jax.Array) -> jax.Array:
 
 
 class CausalSelfAttention(nnx.Module):
-    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+    def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         width = config.hidden_size
         if width % config.num_heads:
             raise ValueError(
@@ -65,7 +69,7 @@ class CausalSelfAttention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+    def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         self.up = _linear(config.hidden_size, config.ffn_size, ("embed", "mlp"), dtype, rngs)
         self.down = _linear(config.ffn_size, config.hidden_size, ("mlp", "embed"), dtype, rngs)
         self.activation = jax.nn.gelu if config.activation == "gelu" else jax.nn.relu
@@ -79,7 +83,7 @@ class FeedForward(nnx.Module):
 class TransformerBlock(nnx.Module):
     """Pre-LN (``norm_first``) or post-LN (BERT/RecBole) residual block."""
 
-    def __init__(self, config: ModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+    def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         self.norm_first = config.norm_first
         self.attention = CausalSelfAttention(config, dtype, rngs=rngs)
         self.feed_forward = FeedForward(config, dtype, rngs=rngs)
@@ -102,7 +106,7 @@ class TransformerBlock(nnx.Module):
 class SASRec(nnx.Module):
     """Causal transformer recommender; ``encode`` gives one hidden state per input position."""
 
-    def __init__(self, config: ModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
+    def __init__(self, config: SequentialModelConfig, num_items: int, max_len: int, *, rngs: nnx.Rngs,
                  item_features: np.ndarray | None = None, item_words: np.ndarray | None = None,
                  item_counts: np.ndarray | None = None):
         self.dtype = jnp.dtype(config.compute_dtype)

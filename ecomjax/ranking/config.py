@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ecomjax.config import ConfigError, SyntheticConfig, _build, config_tree, declared_task
+from ecomjax.config import ConfigError, build_section, config_tree
 from ecomjax.data.impressions import ImpressionConfig
+from ecomjax.data.synthetic import SyntheticConfig
 from ecomjax.tasks.fit import FitConfig
 
 
@@ -137,12 +138,8 @@ class RankerConfig:
         return dataclasses.asdict(self)
 
 
-def is_ranker_config(source: Any) -> bool:
-    """Whether a YAML path, mapping or config declares ``task: ranker``."""
-    return declared_task(source) == "ranker"
-
 
 def load_ranker_config(source: str | Path | dict | RankerConfig,
                        overrides: list[str] | dict[str, Any] | None = None) -> RankerConfig:
-    return _build(RankerConfig, config_tree(source, overrides), "")
+    return build_section(RankerConfig, config_tree(source, overrides))
 

@@ -97,9 +97,16 @@ from ecomjax.ranking.multi_behavior_eval import (
     split_validation,
 )
 from ecomjax.search.store import save_params
-from ecomjax.train.loop import NonFiniteLossError, TrainResult
+from ecomjax.train.loop import NonFiniteLossError
 
 # --- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    model: MultiBehaviorRecommender
+    workdir: Path
 
 
 @dataclass

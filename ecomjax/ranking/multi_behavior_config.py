@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ecomjax.config import ConfigError, _build, config_tree, declared_task
+from ecomjax.config import ConfigError, build_section, config_tree
 from ecomjax.data.taobao import TARGET_BEHAVIOR
 
 Behavior = Literal["cart", "buy"]
@@ -147,13 +147,9 @@ class MultiBehaviorConfig:
         return dataclasses.asdict(self)
 
 
-def is_multi_behavior_config(source: Any) -> bool:
-    """Whether a YAML path, mapping or config declares ``task: multi_behavior``."""
-    return declared_task(source) == "multi_behavior"
-
 
 def load_multi_behavior_config(source: str | Path | dict | MultiBehaviorConfig | None = None,
                                overrides: list[str] | dict[str, Any] | None = None
                                ) -> MultiBehaviorConfig:
     """Resolve a config from a YAML path, a mapping or a config, then apply dotted overrides."""
-    return _build(MultiBehaviorConfig, config_tree(source, overrides), "")
+    return build_section(MultiBehaviorConfig, config_tree(source, overrides))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ecomjax.config import ConfigError, _build, config_tree, declared_task
+from ecomjax.config import ConfigError, build_section, config_tree
 
 
 @dataclass
@@ -123,11 +123,7 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
-def is_search_config(source: Any) -> bool:
-    """Whether a YAML path, mapping or config declares ``task: search``."""
-    return declared_task(source) == "search"
-
 
 def load_search_config(source: str | Path | dict | SearchConfig,
                        overrides: list[str] | dict[str, Any] | None = None) -> SearchConfig:
-    return _build(SearchConfig, config_tree(source, overrides), "")
+    return build_section(SearchConfig, config_tree(source, overrides))
