@@ -63,28 +63,27 @@ QUALITY_COLUMNS = ["model", "ctr_auc", "ctr_gauc", "ctr_logloss", "ctr_calibrati
 
 
 def synthetic(runs: Path, epochs: int | None, reuse: bool) -> tuple[list[dict], dict]:
-    from ecomjax.ranking.config import load_ranker_config
-    from ecomjax.ranking.train import train_ranker
+    import ecomjax
 
     rows, workdirs = [], {}
     bayes = None
     for name, overrides in VARIANTS.items():
-        extra = {"workdir": str(runs / name), **overrides}
+        extra = {"workdir": str(runs / name), "train.progress": False, **overrides}
         if epochs:
             extra["train.epochs"] = epochs
-        config = load_ranker_config(ROOT / "configs/ranker_synthetic.yaml", extra)
         saved = runs / name / "metrics.json"
         if reuse and saved.is_file():  # same config, trained by an earlier run of this script
             print(f"reusing {saved}", flush=True)
             metrics = json.loads(saved.read_text())
         else:
             print(f"training {name} ...", flush=True)
-            metrics = train_ranker(config).metrics
+            metrics = ecomjax.train(ROOT / "configs/ranker_synthetic.yaml", overrides=extra).metrics
         workdirs[name] = runs / name
         rows.append(_row(name, metrics["test"], metrics["train_seconds"]))
         suffix = " (sparse clicks)" if name == SPARSE else ""
         for base, m in metrics.get("baselines", {}).items():
-            rows.append(_row(f"{base}{suffix}", m, m.get("train_seconds")))
+            seconds = m.get("train_seconds", metrics.get("stages", {}).get(base, {}).get("train_seconds"))
+            rows.append(_row(f"{base}{suffix}", m, seconds))
         if name == SPARSE:
             rows.append(_row("bayes_optimal (true p, sparse clicks)", metrics["bayes"], None))
         else:
@@ -105,16 +104,17 @@ def latency(workdirs: dict[str, Path]) -> list[dict]:
     import jax
     import lightgbm as lgb
 
-    from ecomjax.ranking.gbdt import tree_features
-    from ecomjax.ranking.train import load_impressions
-    from ecomjax.serve.ranker import RankerScorer
+    import ecomjax
+    from ecomjax.tasks.ranker import load_impressions
+    from ecomjax.tasks.ranker_gbdt import tree_features
 
     rows = []
     data = None
     for name, workdir in workdirs.items():
-        scorer = RankerScorer(workdir)
+        run = ecomjax.load(workdir)
+        scorer = run.inference  # RankerScorer: what run.score calls
         if data is None:
-            data, splits = load_impressions(scorer.config)
+            data, splits = load_impressions(run.config)
             test = splits["test"]
         for batch in (1, 512):
             take = test[:batch]
@@ -141,14 +141,16 @@ def taobao(workdir: Path) -> list[dict]:
     if not metrics_path.is_file():
         import ecomjax
 
-        ecomjax.train(ROOT / "configs/ranker_taobao.yaml", workdir=str(workdir))
+        ecomjax.train(ROOT / "configs/ranker_taobao.yaml", workdir=str(workdir), train__progress=False)
     m = json.loads(metrics_path.read_text())
+    stages = m.get("stages", {})
     rows = []
     for name, values in [*m.get("baselines", {}).items(), *m.get("ablations", {}).items(),
                          ("multi_behavior (cart + buy)", m)]:
         test = values.get("test", values)
+        seconds = m["train_seconds"] if name.startswith("multi_behavior") else stages.get(name, {}).get("train_seconds")
         rows.append({"model": name, "hr@10": test.get("hr@10"), "ndcg@10": test.get("ndcg@10"),
-                     "train_seconds": values.get("train_seconds")})
+                     "train_seconds": seconds})
     return rows
 
 

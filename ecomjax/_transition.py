@@ -1,5 +1,5 @@
-"""TRANSITION (deleted when the last stack moves onto ecomjax.train.loop): the search, ranker and
-multi-behaviour runs still train through their own loops; ``ecomjax.train``, ``evaluate`` and
+"""TRANSITION (deleted when the last stack moves onto ecomjax.train.loop): the search runs still
+train through their own loop; ``ecomjax.train``, ``evaluate`` and
 the CLI hand their configs here."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-UNPORTED = ("search", "ranker", "multi_behavior")
+UNPORTED = ("search",)
 
 
 def unported_task(source: Any) -> str | None:
@@ -29,27 +29,13 @@ def train(source: Any, overrides: dict[str, Any]):
         from ecomjax.search.train import train_search
 
         return train_search(load_search_config(source, overrides))
-    if task == "ranker":
-        from ecomjax.ranking.config import load_ranker_config
-        from ecomjax.ranking.train import train_ranker
-
-        return train_ranker(load_ranker_config(source, overrides))
-    from ecomjax.ranking.multi_behavior import train_multi_behavior
-    from ecomjax.ranking.multi_behavior_config import load_multi_behavior_config
-
-    return train_multi_behavior(load_multi_behavior_config(source, overrides))
+    raise AssertionError(task)
 
 
 def evaluate(workdir: Path, overrides: dict[str, Any]):
     from ecomjax.config import ConfigError
 
     task = unported_task(workdir / "config.yaml")
-    if task == "ranker":
-        from ecomjax.ranking.train import evaluate_ranker
-
-        if overrides:
-            raise ConfigError(f"a ranker workdir takes no overrides, not {sorted(overrides)}")
-        return evaluate_ranker(workdir)
     if task == "search":
         from ecomjax.search.train import evaluate_search
 
@@ -57,7 +43,7 @@ def evaluate(workdir: Path, overrides: dict[str, Any]):
         if unknown:
             raise ConfigError(f"a search workdir takes only data.test_path=FILE, not {sorted(unknown)}")
         return evaluate_search(workdir, overrides.get("data.test_path") or overrides.get("data__test_path"))
-    raise ConfigError(f"{workdir}: a multi_behavior run is evaluated on buy.test when it trains")
+    raise AssertionError(task)
 
 
 def describe(source: Any, overrides: list[str]) -> dict[str, Any]:

@@ -71,12 +71,10 @@ def test_shipped_configs_load_and_roundtrip(tmp_path):
     assert {c.name for c in loaded} >= {
         "quickstart.yaml", "sasrec_beauty.yaml", "gru4rec_beauty.yaml", "sasrec_ml1m.yaml", "gru4rec_ml1m.yaml"
     }
-    from ecomjax.ranking.config import load_ranker_config
-    from ecomjax.ranking.multi_behavior_config import load_multi_behavior_config
     from ecomjax.search.config import load_search_config
 
-    loaders = {"search": load_search_config, "ranker": load_ranker_config,
-               "multi_behavior": load_multi_behavior_config, "next_item": load_config}
+    loaders = {"search": load_search_config, "ranker": load_config, "multi_behavior": load_config,
+               "next_item": load_config}
     tasks = {c.name: (yaml.safe_load(c.read_text()) or {}).get("task", "next_item") for c in loaded}
     for path in loaded:
         load = loaders[tasks[path.name]]

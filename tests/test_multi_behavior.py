@@ -12,15 +12,18 @@ import pytest
 from conftest import real_data
 from flax import nnx
 
-from ecomjax.config import ConfigError
-from ecomjax.data.taobao import Interactions, MultiBehaviorData, load_taobao
-from ecomjax.models.multi_behavior import MultiBehaviorRecommender
-from ecomjax.ranking.multi_behavior import LossSpec, train_multi_behavior, whole_data_loss
-from ecomjax.ranking.multi_behavior_config import (
-    load_multi_behavior_config,
+import ecomjax
+from ecomjax.config import ConfigError, load_config
+from ecomjax.data.taobao import (
+    Interactions,
+    MultiBehaviorData,
+    load_taobao,
+    padded_items,
+    split_validation,
 )
-from ecomjax.ranking.multi_behavior_eval import full_ranking_metrics, padded_items, split_validation
-from ecomjax.search.store import load_params
+from ecomjax.eval.full_ranking import full_ranking_metrics
+from ecomjax.models.multi_behavior import MultiBehaviorRecommender
+from ecomjax.tasks.multi_behavior_loss import LossSpec, whole_data_loss
 
 CONFIG = Path(__file__).parent.parent / "configs" / "ranker_taobao.yaml"
 
@@ -203,77 +206,95 @@ def _synthetic_shop(seed: int = 0, users: int = 200, clusters: int = 20, per_clu
                              pairs(test))
 
 
-def _small_config(tmp_path: Path, **overrides):
-    base = {"workdir": str(tmp_path / "run"), "model.dim": 16, "train.epochs": 40,
-            "train.batch_size": 64, "train.eval_every": 5, "train.patience": 8,
-            "train.progress": False, "eval.ks": [10], "eval.monitor": "ndcg@10",
-            "model.interaction_bonus": False, "baselines.mf": False}
-    return load_multi_behavior_config(CONFIG, {**base, **overrides})
+def _write_taobao_files(root: Path, shop: MultiBehaviorData) -> Path:
+    """The shop in the EHCF file format, so a run reads it as it reads Taobao."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = {"buy.train.txt": (shop.train["buy"], None), "buy.test.txt": (shop.test, None),
+            "cart.csv": (shop.train["cart"], "cart")}
+    for name, (pairs, behaviour) in rows.items():
+        lines = ["uid\tsid" + ("\t3" if behaviour else "")]
+        lines += [f"{u}\t{i}" + (f"\t{behaviour}" if behaviour else "")
+                  for u, i in zip(pairs.users, pairs.items, strict=True)]
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+SMALL = {"model.dim": 16, "train.epochs": 40, "train.batch_size": 64, "train.eval_every_epochs": 5,
+         "train.early_stopping_patience": 8, "train.progress": False, "eval.ks": [10], "eval.monitor": "ndcg@10",
+         "model.interaction_bonus": False, "baselines.mf": False}
+
+
+def _train_small(tmp_path: Path, shop: MultiBehaviorData | None = None, **overrides):
+    files = _write_taobao_files(tmp_path / "taobao", shop or _synthetic_shop())
+    return ecomjax.train(CONFIG, overrides={**SMALL, "workdir": str(tmp_path / "run"), "data.path": str(files),
+                                            **overrides})
 
 
 def test_carts_improve_a_small_synthetic_shop(tmp_path):
-    config = _small_config(tmp_path)
-    result = train_multi_behavior(config, data=_synthetic_shop())
+    result = _train_small(tmp_path)
     metrics = result.metrics
     multi = metrics["test"]["hr@10"]
     buy_only = metrics["ablations"]["buy_only"]["test"]["hr@10"]
     popularity = metrics["baselines"]["popularity"]["test"]["hr@10"]
     assert multi > buy_only + 0.15 and multi > popularity + 0.3, metrics
 
-    workdir = Path(config.workdir)
-    assert {"config.yaml", "history.jsonl", "metrics.json", "params.npz"} <= {p.name for p in workdir.iterdir()}
+    workdir = result.workdir
+    assert {"config.yaml", "history.jsonl", "metrics.json", "model.json", "vocab.npz"} <= {
+        p.name for p in workdir.iterdir()}
+    assert {p.name for p in (workdir / "checkpoints").iterdir()} == {"model", "buy_only"}
     saved = json.loads((workdir / "metrics.json").read_text())
-    assert set(saved) >= {"test", "valid", "train_seconds", "protocol", "baselines", "ablations"}
+    assert set(saved) >= {"test", "valid", "train_seconds", "protocol", "baselines", "ablations", "stages"}
     assert "cart_then_popularity" in saved["baselines"]
-    losses = [json.loads(line)["loss"] for line in (workdir / "history.jsonl").read_text().splitlines()
-              if json.loads(line)["model"] == "multi_behavior"]
+    losses = [r["loss"] for r in map(json.loads, (workdir / "history.jsonl").read_text().splitlines())
+              if r["stage"] == "model" and "loss" in r]
     assert losses[-1] < losses[0]
-    fresh = MultiBehaviorRecommender(200, 400, 16, ["cart", "buy"], use_history=True, rngs=nnx.Rngs(9))
-    load_params(fresh, workdir / "params.npz")
-    assert np.allclose(fresh.user_embedding[...], result.model.user_embedding[...])
+    loaded = ecomjax.load(workdir)  # the kept parameters, without the files
+    np.testing.assert_array_equal(np.asarray(loaded.model.user_embedding[...]),
+                                  np.asarray(result.model.user_embedding[...]))
+    again = ecomjax.evaluate(workdir)
+    assert again["test"] == pytest.approx(metrics["test"], abs=1e-7)
+    # a known user's recommendations: training purchases ranked out, best first
+    top = loaded.recommend(3, k=10)
+    offsets = loaded.vocab["buy_offsets"]
+    bought = set(loaded.vocab["buy_items"][offsets[3]:offsets[4]].tolist())
+    assert len(top.item_ids) == 10 and bought and not set(top.item_ids.tolist()) & bought
+    assert np.all(np.diff(top.scores) <= 0)
+    with pytest.raises(KeyError, match="user 999 unknown"):
+        loaded.recommend(999)
 
 
-def test_nan_loss_names_the_epoch(tmp_path):
-    # one step an epoch: the loss of epoch 1 is taken before the absurd update, epoch 2 is NaN
-    config = _small_config(tmp_path, **{"train.optimizer": "adamw", "train.learning_rate": 1e30,
-                                        "compare_buy_only": False, "train.epochs": 3})
-    with pytest.raises(FloatingPointError, match=r"multi_behavior: epoch 2: training loss is nan"):
-        train_multi_behavior(config, data=_synthetic_shop(users=100))
+def test_nan_loss_names_the_step(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"model: loss is nan at step \d+ \(epoch \d+\)"):
+        _train_small(tmp_path, **{"train.optimizer": "adamw", "train.learning_rate": 1e30,
+                                  "compare_buy_only": False, "train.epochs": 3})
 
 
 # --- config ----------------------------------------------------------------------------------
 
 
 def test_config_file_loads_and_rejects_unknown_keys():
-    config = load_multi_behavior_config(CONFIG, ["behaviors=[buy]", "model.dim=8"])
+    config = load_config(CONFIG, ["behaviors=[buy]", "model.dim=8"])
     assert config.behaviors == ["buy"] and config.model.dim == 8
-    assert config.behavior_weights["buy"] > 0
+    assert config.behavior_weights["buy"] > 0 and config.train.optimizer == "adagrad"
     with pytest.raises(ConfigError, match=r"model\.dimm"):
-        load_multi_behavior_config(CONFIG, ["model.dimm=3"])
+        load_config(CONFIG, ["model.dimm=3"])
     with pytest.raises(ConfigError, match="epochz"):
-        load_multi_behavior_config({"task": "multi_behavior", "train": {"epochz": 3}})
+        load_config({"task": "multi_behavior", "train": {"epochz": 3}})
     with pytest.raises(ConfigError, match="behaviors"):
-        load_multi_behavior_config(CONFIG, ["behaviors=[cart]"])
+        load_config(CONFIG, ["behaviors=[cart]"])
     with pytest.raises(ConfigError, match=r"negative_weights\.view"):
-        load_multi_behavior_config(CONFIG, ["negative_weights.view=0.1"])
+        load_config(CONFIG, ["negative_weights.view=0.1"])
 
 
 def test_cli_trains_a_multi_behavior_config(tmp_path, capsys):
     from ecomjax.cli import main
 
-    shop = _synthetic_shop(users=60, clusters=6)
-    root = tmp_path / "taobao"
-    root.mkdir()
-    rows = {"buy.train.txt": (shop.train["buy"], None), "buy.test.txt": (shop.test, None),
-            "cart.csv": (shop.train["cart"], "cart")}
-    for name, (pairs, behaviour) in rows.items():
-        lines = ["uid\tsid" + ("\t3" if behaviour else "")]
-        lines += [f"{u}\t{i}" + (f"\t{behaviour}" if behaviour else "") for u, i in zip(pairs.users, pairs.items,
-                                                                                      strict=True)]
-        (root / name).write_text("\n".join(lines) + "\n")
+    root = _write_taobao_files(tmp_path / "taobao", _synthetic_shop(users=60, clusters=6))
     overrides = [f"workdir={tmp_path / 'run'}", f"data.path={root}", "model.dim=8", "train.epochs=4",
-                 "train.eval_every=2", "train.batch_size=32", "train.progress=false", "baselines.mf=false"]
+                 "train.eval_every_epochs=2", "train.batch_size=32", "train.progress=false", "baselines.mf=false"]
     assert main(["train", str(CONFIG), *overrides]) == 0
     out = capsys.readouterr().out
     assert "buy_only" in out and "popularity" in out and "hr@10" in out
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert main(["data", str(CONFIG), f"data.path={root}"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 60

@@ -11,16 +11,16 @@ import pytest
 from conftest import real_data
 from flax import nnx
 
-from ecomjax.config import ConfigError
+import ecomjax
+from ecomjax.config import ConfigError, load_config
 from ecomjax.data.ctr_files import read_ctr_files
 from ecomjax.data.files import DataFormatError
 from ecomjax.data.impressions import ImpressionConfig, generate_impressions
 from ecomjax.data.schema import split_by_group
 from ecomjax.data.synthetic import SyntheticConfig
 from ecomjax.models.ranker import MultiTaskRanker
-from ecomjax.ranking.config import load_ranker_config
-from ecomjax.ranking.losses import esmm_purchase_loss, log_ctcvr, ranker_losses
-from ecomjax.ranking.train import device_data, load_impressions, load_ranker, predict, train_ranker
+from ecomjax.tasks.ranker import host_columns, load_impressions, predict
+from ecomjax.tasks.ranker_losses import esmm_purchase_loss, log_ctcvr, ranker_losses
 
 SMALL_SHOP = SyntheticConfig(num_users=300, num_items=200, num_categories=8)
 
@@ -112,7 +112,7 @@ def test_ranker_variants_give_one_output_per_task(impressions, interaction, shar
                             sharing=sharing, embed_dim=8, attention_dim=8, deep=(16,), expert_hidden=(16,),
                             tower_hidden=(8,), cross_rank=4 if sharing == "mmoe" else 0,
                             initial_bias={"dwell": 3.0}, rngs=nnx.Rngs(0))
-    d = device_data(impressions)
+    d = host_columns(impressions)
     out = model(d["categorical"][:5], d["numeric"][:5], d["sequences"][:5])
     assert set(out) == {"click", "purchase", "dwell"} and all(v.shape == (5,) for v in out.values())
     # the history field shares the category table: one table, no separate sequence table
@@ -121,101 +121,114 @@ def test_ranker_variants_give_one_output_per_task(impressions, interaction, shar
 
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match=r"unknown key 'model\.interation'"):
-        load_ranker_config({"task": "ranker", "model": {"interation": "dcnv2"}})
+        load_config({"task": "ranker", "model": {"interation": "dcnv2"}})
     with pytest.raises(ConfigError, match=r"model\.sharing"):
-        load_ranker_config({"task": "ranker"}, ["model.sharing=moe"])
+        load_config({"task": "ranker"}, ["model.sharing=moe"])
     with pytest.raises(ConfigError, match=r"needs data\.path"):
-        load_ranker_config({"task": "ranker"}, ["data.source=criteo"])
+        load_config({"task": "ranker"}, ["data.source=criteo"])
+    config = load_config("configs/ranker_synthetic.yaml")  # the task's own train defaults under the file's keys
+    assert config.train.warmup_fraction == 0.05 and config.train.early_stopping_patience == 3
 
 
-def _tiny(tmp_path, **extra):
-    overrides = {"workdir": str(tmp_path / "run"), "data.synthetic.num_users": 300, "data.synthetic.num_items": 200,
-                 "data.synthetic.num_categories": 8, "data.impressions.num_requests": 2500,
-                 "model.embed_dim": 8, "model.attention_dim": 16, "model.attention_layers": 1,
-                 "model.expert_hidden": [32], "model.tower_hidden": [16], "train.epochs": 3,
-                 "train.batch_size": 512, "baselines.gbdt_rounds": 100, **extra}
-    return load_ranker_config("configs/ranker_synthetic.yaml", overrides)
+TINY = {"data.synthetic.num_users": 300, "data.synthetic.num_items": 200, "data.synthetic.num_categories": 8,
+        "data.impressions.num_requests": 2500, "model.embed_dim": 8, "model.attention_dim": 16,
+        "model.attention_layers": 1, "model.expert_hidden": [32], "model.tower_hidden": [16], "train.epochs": 3,
+        "train.batch_size": 512, "baselines.gbdt_rounds": 100, "train.progress": False}
 
 
-def test_train_ranker_end_to_end_and_reload(tmp_path):
-    run = train_ranker(_tiny(tmp_path))
+def _train(workdir, **extra):
+    return ecomjax.train("configs/ranker_synthetic.yaml", overrides={**TINY, "workdir": str(workdir), **extra})
+
+
+def _features(data, rows):
+    return {"categorical": data.categorical[rows], "numeric": data.numeric[rows], "sequences": data.sequences[rows]}
+
+
+def test_ranker_trains_through_the_loop_reloads_and_scores(tmp_path):
+    run = _train(tmp_path / "run")
     m = json.loads((run.workdir / "metrics.json").read_text())
     assert m["tasks"] == ["click", "purchase", "dwell"]
     assert 0.6 < m["test"]["click"]["auc"] <= m["bayes"]["click"]["auc"] + 0.02
     assert set(m["baselines"]) == {"gbdt", "cvr_clicked_only"}
     assert "auc_all" in m["baselines"]["cvr_clicked_only"]["cvr"]
+    assert set(m["stages"]) == {"model", "cvr_clicked_only"} and m["stages"]["model"]["monitor"] == "loss"
     assert 0 < m["test"]["satisfaction"]["ndcg@10_true"] <= 1
-    lines = (run.workdir / "history.jsonl").read_text().splitlines()
-    assert len(lines) == m["epochs_run"]
-    model, schema, config, sigma = load_ranker(run.workdir)
+    lines = [json.loads(x) for x in (run.workdir / "history.jsonl").read_text().splitlines()]
+    evals = [r["epoch"] for r in lines if r["stage"] == "model" and "valid" in r]
+    assert evals == list(range(1, m["epochs_run"] + 1))
+    assert all(np.isfinite(r["loss_click"]) for r in lines if r["stage"] == "model" and "loss" in r)
+    loaded = ecomjax.load(run.workdir)  # no data read: the schema comes from model.json
+    schema = loaded.task.stages(loaded.spec)[0].schema
     assert "user" not in [f.name for f in schema.categorical]  # the config drops it
-    d = device_data(load_impressions(config)[0])
+    data = load_impressions(loaded.config)[0]
     rows = np.arange(64)
-    a, b = predict(run.model, d, schema, rows), predict(model, d, schema, rows)
+    a, b = predict(run.model, data, rows), predict(loaded.model, data, rows)
     np.testing.assert_allclose(a.click, b.click, rtol=1e-6)
-    assert sigma > 0
-    from ecomjax.serve.ranker import RankerScorer
-
-    scorer = RankerScorer(run.workdir)  # the serving path gives the evaluation's probabilities
-    data = load_impressions(config)[0]
-    served = scorer(data.categorical[rows], data.numeric[rows], data.sequences[rows])
-    np.testing.assert_allclose(np.asarray(served["click"]), b.click, rtol=1e-5)
-    satisfaction = scorer.satisfaction(data.categorical[rows], data.numeric[rows], data.sequences[rows])
-    assert satisfaction.shape == (64,) and (satisfaction > 0).all()
-    import ecomjax
-
+    assert m["dwell_sigma"] > 0
+    served = loaded.score(_features(data, rows))  # the serving path: the evaluation's probabilities, shown first
+    np.testing.assert_allclose(served["click"], b.click_top, rtol=1e-5)
+    assert served["satisfaction"].shape == (64,) and (served["satisfaction"] > 0).all()
+    with pytest.raises(ValueError, match=r"features\.numeric: shape \[64, 1\], the ranker reads \[64, 2\]"):
+        loaded.score({**_features(data, rows), "numeric": data.numeric[rows][:, :1]})
+    with pytest.raises(AttributeError, match=r"a ranker run has no recommend\(\); it offers \['score'\]"):
+        loaded.recommend([1, 2])
     again = ecomjax.evaluate(run.workdir)  # re-scored from the workdir alone
-    assert again["test"]["click"]["auc"] == pytest.approx(m["test"]["click"]["auc"], abs=1e-6)
+    assert again["test"]["click"]["auc"] == pytest.approx(m["test"]["click"]["auc"], abs=1e-9)
+    assert again["baselines"]["gbdt"]["click"]["auc"] == m["baselines"]["gbdt"]["click"]["auc"]
     assert (run.workdir / "eval" / "metrics.json").is_file()
+    assert json.loads((run.workdir / "metrics.json").read_text()) == m  # never rewritten
 
 
-def test_ranker_adapts_a_finished_ranker_with_lora_and_saves_it_merged(tmp_path):
+def test_ranker_adapts_a_finished_ranker_with_lora_and_serves_it_merged(tmp_path):
     no_baselines = {"baselines.gbdt": False, "baselines.clicked_only_cvr": False, "train.epochs": 1}
-    base = train_ranker(_tiny(tmp_path / "base", **no_baselines))
-    adapted = train_ranker(_tiny(tmp_path / "adapted", **no_baselines, **{
-        "adapt.init_from": str(base.workdir), "adapt.lora_rank": 4, "train.learning_rate": 1e-2}))
-    m = json.loads((adapted.workdir / "metrics.json").read_text())
-    assert m["adapted_from"] == str(base.workdir)
+    base = _train(tmp_path / "base", **no_baselines)
+    adapted = _train(tmp_path / "adapted", **no_baselines, **{
+        "train.init_from": str(base.workdir), "efficiency.lora.rank": 4, "train.learning_rate": 1e-2})
+    m = adapted.metrics
+    assert m["lora"]["adapted_from"] == str(base.workdir)
     assert 0 < m["lora"]["trainable_fraction"] < 0.2 and m["lora"]["rank"] == 4
-    # merged: the plain architecture, reloadable from the workdir; tables frozen, dense layers moved
-    model, schema, config, _ = load_ranker(adapted.workdir)
-    assert not any("lora" in "/".join(map(str, path)) for path, _ in nnx.iter_modules(model))
-    np.testing.assert_array_equal(np.asarray(model.embedding.tables[0].embedding[...]),
+    # tables frozen, dense layers moved through their adapters
+    np.testing.assert_array_equal(np.asarray(adapted.model.embedding.tables[0].embedding[...]),
                                   np.asarray(base.model.embedding.tables[0].embedding[...]))
-    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(base.model, nnx.Param)),
-                 strict=True)]
-    assert any(moved) and not all(moved)
-    d = device_data(load_impressions(config)[0])
+    assert float(np.abs(np.asarray(adapted.model.towers["click"].layers[0].kernel_lora_b[...])).max()) > 0
+    # served merged: the plain architecture, the adapted model's predictions
+    scorer = ecomjax.load(adapted.workdir).inference
+    served_model = nnx.merge(*nnx.split(MultiTaskRanker.from_config(
+        adapted.config.model, scorer.schema, scorer.tasks, rngs=nnx.Rngs(0))))
+    assert jax.tree.structure(scorer.state) == jax.tree.structure(nnx.state(served_model))
+    data = load_impressions(adapted.config)[0]
     rows = np.arange(64)
-    np.testing.assert_allclose(predict(model, d, schema, rows).click, predict(adapted.model, d, schema, rows).click,
-                               rtol=1e-5)
-    # adapt.lora_also_train: the first field's table trains beside the adapters, the others stay
-    table = train_ranker(_tiny(tmp_path / "table", **no_baselines, **{
-        "adapt.init_from": str(base.workdir), "adapt.lora_rank": 4, "train.learning_rate": 1e-2,
-        "adapt.lora_also_train": "embedding/tables/0/embedding"})).model
+    served = scorer(data.categorical[rows], data.numeric[rows], data.sequences[rows])
+    np.testing.assert_allclose(np.asarray(served["click"]), predict(adapted.model, data, rows).click, rtol=1e-5)
+    # efficiency.lora.also_train: the first field's table trains beside the adapters, the others stay
+    table = _train(tmp_path / "table", **no_baselines, **{
+        "train.init_from": str(base.workdir), "efficiency.lora.rank": 4, "train.learning_rate": 1e-2,
+        "efficiency.lora.also_train": "embedding/tables/0/embedding"}).model
     tables = [(np.asarray(a.embedding[...]), np.asarray(b.embedding[...]))
               for a, b in zip(table.embedding.tables, base.model.embedding.tables, strict=True)]
     assert not np.array_equal(*tables[0]) and all(np.array_equal(*pair) for pair in tables[1:])
-    with pytest.raises(ValueError, match=r"set adapt\.init_from"):
-        train_ranker(_tiny(tmp_path / "x", **no_baselines, **{"adapt.lora_rank": 4}))
-    with pytest.raises(ValueError, match="other model settings"):
-        train_ranker(_tiny(tmp_path / "y", **no_baselines, **{"adapt.init_from": str(base.workdir),
-                                                              "model.embed_dim": 16}))
+    with pytest.raises(ValueError, match=r"set train\.init_from"):
+        _train(tmp_path / "x", **no_baselines, **{"efficiency.lora.rank": 4})
+    with pytest.raises(ValueError, match=r"train.init_from=.*use the same model section"):
+        _train(tmp_path / "y", **no_baselines, **{"train.init_from": str(base.workdir), "model.embed_dim": 16})
 
 
-def test_cli_trains_a_ranker_config(tmp_path, capsys):
+def test_cli_trains_and_describes_a_ranker_config(tmp_path, capsys):
     from ecomjax.cli import main
-
-    config = _tiny(tmp_path, **{"train.epochs": 1, "baselines.gbdt": False, "baselines.clicked_only_cvr": False,
-                                "model.interaction": "dcnv2", "model.sharing": "shared_bottom"})
-    path = tmp_path / "ranker.yaml"
     from ecomjax.config import save_config
 
+    config = load_config("configs/ranker_synthetic.yaml", {
+        **TINY, "workdir": str(tmp_path / "run"), "train.epochs": 1, "baselines.gbdt": False,
+        "baselines.clicked_only_cvr": False, "model.interaction": "dcnv2", "model.sharing": "shared_bottom"})
+    path = tmp_path / "ranker.yaml"
     save_config(config, path)
     assert main(["train", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "dcnv2_shared_bottom_esmm" in out and "bayes" in out
+    assert "dcnv2_shared_bottom_esmm" in out and "bayes (truth)" in out
+    assert main(["data", str(path)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["impressions"] == 25000 and described["heads"] == ["click", "purchase", "dwell"]
+    assert sum(described["rows"].values()) == 25000
 
 
 def test_ctr_sample_formats_read(tmp_path):
@@ -253,12 +266,11 @@ def test_ctr_file_errors_name_file_and_line(tmp_path):
 
 def test_ranker_trains_on_the_ali_ccp_sample(tmp_path):
     ali = real_data("ctr-samples/ali_ccp_train_sample.csv")
-    config = load_ranker_config({"task": "ranker"}, {
+    run = ecomjax.train({"task": "ranker"}, overrides={
         "workdir": str(tmp_path / "ali"), "data.source": "ali_ccp", "data.path": str(ali),
         "data.valid_path": str(ali.with_name("ali_ccp_val_sample.csv")),
         "data.test_path": str(ali.with_name("ali_ccp_test_sample.csv")), "train.batch_size": 32,
         "train.epochs": 2, "model.embed_dim": 4, "model.attention_dim": 8, "baselines.gbdt": False,
-        "baselines.clicked_only_cvr": False})
-    run = train_ranker(config)
+        "baselines.clicked_only_cvr": False, "train.progress": False})
     assert run.metrics["tasks"] == ["click", "purchase"]
     assert np.isfinite(run.metrics["test"]["click"]["log_loss"])

@@ -129,3 +129,40 @@ def load_taobao(data_dir: str | Path | None = None) -> MultiBehaviorData:
         duplicates=duplicates,
         source=str(root),
     )
+
+
+def padded_items(pairs: Interactions, num_users: int, pad: int, min_width: int = 1) -> np.ndarray:
+    """``[num_users, max items per user]`` int32 item ids of each user, padded with ``pad``."""
+    counts = np.bincount(pairs.users, minlength=num_users)
+    width = max(int(counts.max(initial=0)), min_width)
+    out = np.full((num_users, width), pad, dtype=np.int32)
+    order = np.lexsort((pairs.items, pairs.users))
+    users, items = pairs.users[order], pairs.items[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out[users, np.arange(len(users)) - starts[users]] = items
+    return out
+
+
+@dataclass
+class ValidationSplit:
+    fit_buy: Interactions  # training purchases minus the held-out ones
+    valid: Interactions  # one held-out training purchase per validation user
+
+
+def split_validation(data: MultiBehaviorData, fraction: float, seed: int) -> ValidationSplit:
+    """Hold out one random training purchase of ``fraction`` of the users (those with >= 3)."""
+    rng = np.random.default_rng(seed)
+    buy = data.train[TARGET_BEHAVIOR]
+    order = np.argsort(buy.users, kind="stable")
+    buy = Interactions(buy.users[order], buy.items[order])
+    counts = np.bincount(buy.users, minlength=data.num_users)
+    eligible = np.flatnonzero(counts >= 3)
+    if len(eligible) == 0:
+        raise ValueError("no user has 3 training purchases to hold one out for validation")
+    chosen = np.sort(rng.choice(eligible, size=max(1, round(fraction * len(eligible))), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rows = starts[chosen] + rng.integers(0, counts[chosen])
+    keep = np.ones(len(buy), dtype=bool)
+    keep[rows] = False
+    return ValidationSplit(Interactions(buy.users[keep], buy.items[keep]),
+                           Interactions(buy.users[rows], buy.items[rows]))

@@ -152,6 +152,23 @@ def merge_lora(adapted: nnx.Module, base: nnx.Module, config: LoraConfig) -> nnx
     return merged
 
 
+def merged_into_base(adapted: nnx.Module, build_base: Callable[[], nnx.Module], config: LoraConfig) -> nnx.Module:
+    """The plain architecture ``build_base`` builds, holding the adapted model's parameters with
+    every adapter merged in: what a LoRA run serves (no adapter matmuls, the base model's cost).
+    Every parameter of the base is read from ``adapted`` (same paths), so no trained value is
+    lost to a fresh initialisation."""
+    from ecomjax.models.paths import flat_params, param_path
+
+    graphdef, state = nnx.split(nnx.eval_shape(build_base))
+    have = flat_params(nnx.state(adapted, nnx.Param))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    missing = [param_path(path) for path, _ in leaves if param_path(path) not in have]
+    if missing:
+        raise ValueError(f"the adapted model lacks base parameters {missing[:3]}")
+    base = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [have[param_path(p)] for p, _ in leaves]))
+    return merge_lora(adapted, base, config)
+
+
 def train_merged(model: nnx.Module, config: LoraConfig, example_args: tuple,
                  train: Callable[[nnx.Module, nnx.filterlib.Filter], Any], *fresh: str,
                  seed: int = 0) -> tuple[nnx.Module, Any, dict[str, float]]:

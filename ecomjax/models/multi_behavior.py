@@ -1,8 +1,10 @@
 """The multi-behaviour recommender: shared user/item embeddings, one prediction vector per
 behaviour (EHCF's ``H``), optional history pooling and a learned bonus on a user's carted items.
 
-Training, the loss and the protocol are in ``ecomjax.ranking.multi_behavior``; this module is
-the model alone, as every ecomjax model is.
+Training, the loss and the protocol are in ``ecomjax.tasks.multi_behavior``; this module is
+the model alone, as every ecomjax model is. The user and item tables are id tables along
+``vocab`` (row-sharded over ``model`` on a mesh), padded to ``padded_vocab`` rows with zeros: a
+zero row adds nothing to the loss's Gram matrices and is never scored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.data.taobao import TARGET_BEHAVIOR
+from ecomjax.models.axes import LOGICAL_AXES_KEY, padded_vocab
 
 
 class MultiBehaviorRecommender(nnx.Module):
@@ -24,13 +27,19 @@ class MultiBehaviorRecommender(nnx.Module):
                  interaction_bonus: bool = False, init_std: float = 0.01, rngs: nnx.Rngs):
         if TARGET_BEHAVIOR not in behaviors:
             raise ValueError(f"behaviors {list(behaviors)} must include {TARGET_BEHAVIOR!r}")
-        self.num_items = num_items
+        self.num_users, self.num_items = num_users, num_items
         self.behaviors = tuple(behaviors)
         self.auxiliary = tuple(b for b in self.behaviors if b != TARGET_BEHAVIOR)
         self.use_history = use_history
         normal = jax.nn.initializers.truncated_normal(init_std)
-        self.user_embedding = nnx.Param(normal(rngs.params(), (num_users, dim)))
-        self.item_embedding = nnx.Param(normal(rngs.params(), (num_items, dim)))
+
+        def table(rows: int) -> nnx.Param:
+            real = normal(rngs.params(), (rows, dim))
+            padded = jnp.pad(real, ((0, padded_vocab(rows) - rows), (0, 0)))
+            return nnx.Param(padded, **{LOGICAL_AXES_KEY: ("vocab", "embed")})
+
+        self.user_embedding = table(num_users)
+        self.item_embedding = table(num_items)
         bound = math.sqrt(3.0 / dim)  # EHCF's uniform init: unit variance of the score per dim
         self.behavior_vectors = nnx.Param(jax.random.uniform(
             rngs.params(), (len(self.behaviors), dim), minval=-bound, maxval=bound)) if behavior_vectors else None
@@ -62,8 +71,9 @@ class MultiBehaviorRecommender(nnx.Module):
         return vectors
 
     def item_matrix(self, behavior: str) -> jax.Array:
-        """``Q * h_b``: ``scores = user_vectors @ item_matrix(b).T`` ranks the whole catalogue."""
-        return self.item_embedding[...] * self.behavior_matrix()[self.behaviors.index(behavior)]
+        """``Q * h_b`` of the real items: ``scores = user_vectors @ item_matrix(b).T`` ranks the
+        whole catalogue."""
+        return self.item_embedding[...][: self.num_items] * self.behavior_matrix()[self.behaviors.index(behavior)]
 
     def bonus(self) -> jax.Array:
         """``[auxiliary behaviours]`` purchase-score bonus (zeros when the model has none)."""

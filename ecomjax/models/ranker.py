@@ -21,18 +21,56 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.data.schema import FeatureSchema
-from ecomjax.models.axes import logical_init
+from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
 
 _EMBED_INIT = nnx.initializers.normal(0.05)
 _KERNEL_INIT = nnx.initializers.xavier_uniform()
 _ZEROS = nnx.initializers.zeros_init()
 _ONES = nnx.initializers.ones_init()
+
+
+@dataclass
+class RankerModelConfig:
+    """The ``model`` section of a ranker run."""
+
+    interaction: Literal["autoint", "dcnv2"] = "autoint"
+    embed_dim: int = 16  # width of every field vector
+    # DIN-style attention of a history sequence to the candidate's id in the same table
+    # (e.g. history categories -> the item's category) and its exact-match share: three more
+    # fields per such sequence
+    target_attention: bool = True
+    first_order: bool = True  # "wide" part: a scalar per id and numeric field, per task, added to each head
+    pairwise: bool = True  # factorisation-machine term over the field vectors, per task, added to each head
+    attention_dim: int = 32  # autoint: transformer width over the fields
+    attention_layers: int = 2
+    attention_heads: int = 2
+    cross_layers: int = 3  # dcnv2
+    cross_rank: int = 0  # dcnv2: 0 = full-rank cross matrices, N = low-rank U V
+    deep: list[int] = field(default_factory=lambda: [256, 128])  # dcnv2: parallel deep network
+    sharing: Literal["shared_bottom", "mmoe"] = "mmoe"
+    experts: int = 4  # mmoe
+    expert_hidden: list[int] = field(default_factory=lambda: [128])  # an expert (or the shared bottom)
+    tower_hidden: list[int] = field(default_factory=lambda: [64])  # each task's tower
+    dropout: float = 0.1
+    # training: zero whole field vectors with this probability, so no single field (a user id
+    # that memorises its few impressions) carries the prediction alone
+    field_dropout: float = 0.0
+
+
+def _id_table(rows: int, width: int, init, column_axis: str | None, rngs: nnx.Rngs) -> nnx.Embed:
+    """An id table (one row per value of a field) padded to ``padded_vocab`` rows so it splits
+    along ``vocab`` over any ``model`` axis; the real rows get exactly the values an unpadded
+    table would, the padding rows (never looked up) zeros."""
+    return nnx.Embed(padded_vocab(rows), width, rngs=rngs,
+                     embedding_init=logical_init(zero_padded_rows(init, rows), "vocab", column_axis))
 
 
 def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, axes=("embed", "mlp"), bias_init=_ZEROS) -> nnx.Linear:
@@ -103,13 +141,10 @@ class FieldEmbedding(nnx.Module):
         targeted = [s for s in schema.sequences if s.table is not None] if target_attention else []
         self.attention = nnx.List([TargetAttention(embed_dim, 4 * embed_dim, rngs) for _ in targeted])
         self.num_fields = schema.num_fields + 3 * len(targeted)
-        self.tables = nnx.List([
-            nnx.Embed(f.vocab_size, embed_dim, embedding_init=logical_init(_EMBED_INIT, "vocab", "embed"),
-                      rngs=rngs) for f in schema.categorical])
+        self.tables = nnx.List([_id_table(f.vocab_size, embed_dim, _EMBED_INIT, "embed", rngs)
+                                for f in schema.categorical])
         own = [s for s in schema.sequences if s.table is None]
-        self.sequence_tables = nnx.List([
-            nnx.Embed(s.vocab_size, embed_dim, embedding_init=logical_init(_EMBED_INIT, "vocab", "embed"),
-                      rngs=rngs) for s in own])
+        self.sequence_tables = nnx.List([_id_table(s.vocab_size, embed_dim, _EMBED_INIT, "embed", rngs) for s in own])
         n_num = max(len(schema.numeric), 1)
         self.numeric_scale = nnx.Param(_EMBED_INIT(rngs.params(), (n_num, embed_dim)))
         self.numeric_bias = nnx.Param(jnp.zeros((n_num, embed_dim)))
@@ -193,9 +228,7 @@ class FirstOrderTerms(nnx.Module):
     embedding, which is how much of CTR is explained (item quality, position, device)."""
 
     def __init__(self, schema: FeatureSchema, num_tasks: int, rngs: nnx.Rngs):
-        self.tables = nnx.List([
-            nnx.Embed(f.vocab_size, num_tasks, embedding_init=logical_init(_ZEROS, "vocab", None), rngs=rngs)
-            for f in schema.categorical])
+        self.tables = nnx.List([_id_table(f.vocab_size, num_tasks, _ZEROS, None, rngs) for f in schema.categorical])
         self.numeric = nnx.Param(jnp.zeros((max(len(schema.numeric), 1), num_tasks)))
         self.has_numeric = bool(schema.numeric)
 
@@ -268,6 +301,17 @@ class MultiTaskRanker(nnx.Module):
         self.heads = nnx.Dict({
             t: _linear(self.towers[t].out_dim, 1, rngs, ("mlp", None),
                        bias_init=nnx.initializers.constant(bias.get(t, 0.0))) for t in self.tasks})
+
+    @classmethod
+    def from_config(cls, config: RankerModelConfig, schema: FeatureSchema, tasks: Sequence[str],
+                    initial_bias: dict[str, float] | None = None, *, rngs: nnx.Rngs) -> MultiTaskRanker:
+        m = config
+        return cls(schema, tasks, interaction=m.interaction, embed_dim=m.embed_dim, attention_dim=m.attention_dim,
+                   attention_layers=m.attention_layers, attention_heads=m.attention_heads,
+                   cross_layers=m.cross_layers, cross_rank=m.cross_rank, deep=m.deep, sharing=m.sharing,
+                   experts=m.experts, expert_hidden=m.expert_hidden, tower_hidden=m.tower_hidden,
+                   dropout=m.dropout, field_dropout=m.field_dropout, target_attention=m.target_attention,
+                   first_order=m.first_order, pairwise=m.pairwise, initial_bias=initial_bias, rngs=rngs)
 
     def __call__(self, categorical: jax.Array, numeric: jax.Array, sequences: jax.Array, *,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:

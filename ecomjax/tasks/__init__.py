@@ -13,6 +13,8 @@ from typing import Any
 
 TASKS: dict[str, str] = {
     "next_item": "ecomjax.tasks.next_item:NextItemTask",  # SASRec / GRU4Rec on item sequences
+    "ranker": "ecomjax.tasks.ranker:RankerTask",  # click / purchase / dwell heads over impressions
+    "multi_behavior": "ecomjax.tasks.multi_behavior:MultiBehaviorTask",  # cart + buy -> buy (Taobao)
 }
 
 

@@ -22,7 +22,15 @@ import numpy as np
 from ecomjax.data.schema import ImpressionData
 from ecomjax.eval import classification as cls
 from ecomjax.eval.graded import mean_grouped_ndcg, rmse
-from ecomjax.ranking.config import SatisfactionConfig
+
+
+@dataclass
+class SatisfactionConfig:
+    """Ranking score = click x pCTR + purchase x pCTCVR + dwell_minutes x pCTR x E[dwell] / 60."""
+
+    click: float = 1.0
+    purchase: float = 5.0
+    dwell_minutes: float = 0.5
 
 
 @dataclass
