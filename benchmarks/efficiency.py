@@ -51,8 +51,8 @@ Writes ``benchmarks/results/efficiency.json``, ``efficiency.md`` (the tables) an
 ``efficiency.png`` (test NDCG@10 against latency at batch 32). Run it alone (2 cores: a second job
 doubles every number):
 
-    python benchmarks/efficiency.py                  # trains what is missing under --runs, then measures
-    python benchmarks/efficiency.py --skip-search    # one section; the other keeps its last numbers
+    python -m benchmarks.efficiency                  # trains what is missing under --runs, then measures
+    python -m benchmarks.efficiency --skip-search    # one section; the other keeps its last numbers
 """
 
 from __future__ import annotations
@@ -60,22 +60,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ecomjax.bench.kernels import dot_kernels
+from ecomjax.bench.report import markdown_table, print_table, write_results
+from ecomjax.bench.timing import time_callable
+from ecomjax.efficiency.lora import BERT_NORMS_BIASES_SEGMENTS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from ecomjax.bench.kernels import dot_kernels  # noqa: E402
-from ecomjax.bench.report import markdown_table, print_table, write_results  # noqa: E402
-from ecomjax.bench.timing import time_callable  # noqa: E402
-from ecomjax.efficiency.lora import BERT_NORMS_BIASES_SEGMENTS  # noqa: E402
 
 SASREC_RUNS = {  # name -> overrides of configs/sasrec_beauty.yaml
     "sasrec_base": {"efficiency.quantize.weights": "int8"},
@@ -343,6 +341,65 @@ def _subsample_queries(data, rows: np.ndarray, fraction: float, salt: str) -> np
     return np.asarray([r for r in rows if normalize_text(data.queries[r]) in keep])
 
 
+def _prepared_relevance(config, train_pairs: int, valid_fraction: float, test_fraction: float):
+    """The relevance task's data (``prepare``: splits, frozen vectors, tokenized pairs), with the
+    training pairs every variant learns from subsampled from the base queries' rows."""
+    from ecomjax.tasks.relevance import RelevanceTask
+
+    task = RelevanceTask(config)
+    task.workdir = ROOT / "runs" / "bench_efficiency" / "homedepot"
+    spec = task.prepare()
+    data, splits = task.data, task.splits
+    rng = np.random.default_rng(config.seed)
+    rows = {"base": np.sort(rng.choice(splits["base"], size=min(train_pairs, len(splits["base"])), replace=False)),
+            "valid": _subsample_queries(data, splits["valid"], valid_fraction, "efficiency-valid"),
+            "test": _subsample_queries(data, splits["test"], test_fraction, "efficiency-test")}
+    task.splits = {**splits, **rows}  # the stages read their rows from here
+    spec = {**spec, "mean_grade": float(np.mean(data.relevance[rows["base"]]))}
+    return task, spec, rows
+
+
+def _variant_config(config, learning_rate: float, epochs: int, seed: int, lora=None, distill_weight: float = 0.0):
+    section = config.cross_encoder
+    train = dataclasses.replace(section.train, learning_rate=learning_rate, epochs=epochs, progress=False, resume=False)
+    lora_section = dataclasses.replace(config.efficiency.lora, rank=lora.rank if lora else 0, alpha=lora.alpha if lora else 16.0,
+                                       quantize_base=bool(lora and lora.quantize_base),
+                                       also_train=lora.also_train if lora else "")
+    bi = dataclasses.replace(config.bi_encoder, distill_weight=distill_weight,
+                             train=dataclasses.replace(config.bi_encoder.train, progress=False, resume=False))
+    return dataclasses.replace(config, seed=seed, cross_encoder=dataclasses.replace(section, train=train),
+                               efficiency=dataclasses.replace(config.efficiency, lora=lora_section), bi_encoder=bi)
+
+
+def _cross_stage(task, spec, config, head_only: bool = False):
+    """The relevance task's cross-encoder stage under ``config``; ``head_only``: the encoder frozen."""
+    import copy
+
+    from ecomjax.tasks.relevance import CrossEncoderStage
+
+    variant = copy.copy(task)
+    variant.config = config
+    stage = CrossEncoderStage(variant, spec)
+    if head_only:
+        stage.trainable = lambda: nnx.All(nnx.Param, nnx.PathContains("head"))
+    return stage
+
+
+def _fit_stage(stage, config, workdir: Path):
+    """``stage`` through the one loop, from scratch, in ``workdir``."""
+    from ecomjax.train.loop import Trainer
+    from ecomjax.train.sharding import make_mesh
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        trainer = Trainer(config, workdir, mesh, resume=False)
+        try:
+            return trainer.fit(stage)
+        finally:
+            trainer.close()
+
+
 def search_section(train_pairs: int, test_fraction: float, valid_fraction: float, epochs: int,
                    lora_lrs: list[float], seeds: list[int],
                    lora_also_train: str = BERT_NORMS_BIASES_SEGMENTS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -351,92 +408,71 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
     scoring a batch of (query, title) pairs."""
     import time
 
-    from ecomjax.config import QuantizeConfig
-    from ecomjax.data.relevance import normalize_text
-    from ecomjax.efficiency.lora import (
-        LoraConfig,
-        apply_lora,
-        lora_trainable,
-        merge_lora,
-        parameter_counts,
-    )
+    from ecomjax.config import QuantizeConfig, load_config
+    from ecomjax.efficiency.lora import LoraConfig, merge_lora
     from ecomjax.efficiency.quantize import model_bytes, quantize_model
     from ecomjax.eval.graded import relevance_metrics
-    from ecomjax.search.config import load_search_config
-    from ecomjax.search.cross_encoder import (
-        CrossEncoderConfig,
-        load_cross_encoder,
-        predict_pairs,
-        tokenize_pairs,
-        train_cross_encoder,
-    )
-    from ecomjax.search.train import load_splits
-    from ecomjax.tasks.fit import FitConfig
+    from ecomjax.search.models import cross_encoder_scores
 
-    config = load_search_config(ROOT / "configs/search_homedepot.yaml")
-    data, splits = load_splits(config)
-    rng = np.random.default_rng(config.seed)
-    train_rows = np.sort(rng.choice(splits["base"], size=min(train_pairs, len(splits["base"])), replace=False))
-    valid_rows = _subsample_queries(data, splits["valid"], valid_fraction, "efficiency-valid")
-    test_rows = _subsample_queries(data, splits["test"], test_fraction, "efficiency-test")
+    config = load_config(ROOT / "configs/search_homedepot.yaml")
+    task, spec, rows = _prepared_relevance(config, train_pairs, valid_fraction, test_fraction)
+    data, train_rows, valid_rows, test_rows = task.data, rows["base"], rows["valid"], rows["test"]
+    pairs = task.pairs
     max_length = config.cross_encoder.max_length
-    mean_grade = float(np.mean(data.relevance[train_rows]))
-    model, tokenizer = load_cross_encoder(CrossEncoderConfig(config.encoder, max_length), mean_grade, config.seed)
-    queries = [normalize_text(q) for q in data.queries]
-    titles = [normalize_text(t) for t in data.titles]
-    pairs = {k: jnp.asarray(v) for k, v in tokenize_pairs(tokenizer, queries, titles, max_length).items()}
-    pairs["relevance"] = jnp.asarray(data.relevance)
+    mean_grade = spec["mean_grade"]
     query_index = data.query_groups()[1]
-    pretrained = nnx.clone(model)
-    example = (pairs["ids"][:2], pairs["mask"][:2], pairs["types"][:2])
+    pretrained = _cross_stage(task, spec, config).build_base()
+    example = tuple(jnp.asarray(pairs[k][:2]) for k in ("ids", "mask", "types"))
 
     def quality_of(predicted: np.ndarray) -> dict[str, float]:
         return relevance_metrics(predicted, data.relevance[test_rows], query_index[test_rows], low=config.data.low)
 
     def quality(m) -> dict[str, float]:
-        return quality_of(predict_pairs(m, pairs, test_rows))
+        return quality_of(cross_encoder_scores(m, pairs, test_rows))
 
-    def fit(m, learning_rate: float, trainable, seed: int = config.seed) -> dict[str, Any]:
+    def fit(name: str, learning_rate: float, lora: LoraConfig | None = None, head_only: bool = False,
+            seed: int = config.seed):
+        """One cross-encoder variant through the one loop (``ecomjax.tasks.relevance``'s stage)."""
         start = time.perf_counter()
-        result = train_cross_encoder(pairs, train_rows, valid_rows, m,
-                                     FitConfig(epochs, 32, learning_rate, weight_decay=0.01, warmup_fraction=0.1,
-                                               patience=1, seed=seed), trainable=trainable)
-        counts = parameter_counts(m, trainable)
-        return {"train_seconds": time.perf_counter() - start, "valid_rmse": -result.best_score,
-                "trainable_params": counts["trainable"], "trainable_fraction": counts["fraction"]}
+        variant = _variant_config(config, learning_rate, epochs, seed, lora)
+        stage = _cross_stage(task, spec, variant, head_only)
+        trained = _fit_stage(stage, variant, ROOT / "runs" / "bench_efficiency" / "homedepot" / f"{name}_s{seed}")
+        counts = parameter_counts(trained.model, stage.trainable())
+        return trained.model, {"train_seconds": time.perf_counter() - start,
+                               "valid_rmse": min(c["rmse"] for c in trained.summary["valid_curve"]),
+                               "trainable_params": counts["trainable"], "trainable_fraction": counts["fraction"]}
 
-    lora = LoraConfig(rank=8, alpha=16.0, also_train=lora_also_train)
-    qlora = LoraConfig(rank=8, alpha=16.0, quantize_base=True, also_train=lora_also_train)
-    lora_params = lora_trainable("head", also_train=lora_also_train)
+    from ecomjax.efficiency.lora import parameter_counts
+
+    lora = LoraConfig(rank=8, alpha=16.0, targets=config.efficiency.lora.targets, also_train=lora_also_train)
+    qlora = dataclasses.replace(lora, quantize_base=True)
     trained: dict[str, tuple[nnx.Module, dict[str, Any]]] = {}
     print(f"home depot: {len(train_rows)} training pairs, {len(test_rows)} test pairs", flush=True)
-    head_only = nnx.clone(pretrained)
-    trained["frozen encoder + head"] = (head_only, fit(head_only, 1e-3, nnx.PathContains("head")))
-    full = nnx.clone(pretrained)
-    trained["full fine-tune"] = (full, fit(full, 5e-5, nnx.Param))
+    trained["frozen encoder + head"] = fit("head", 1e-3, head_only=True)
+    head_only = trained["frozen encoder + head"][0]
+    trained["full fine-tune"] = fit("full", 5e-5)
+    full = trained["full fine-tune"][0]
     # The LoRA learning rate is chosen on the validation queries (lowest RMSE) from ``lora_lrs``;
     # every candidate's test numbers are kept in the setup, the chosen one is the row reported.
     lr_search = []
     for lr in lora_lrs:
-        adapted = apply_lora(pretrained, lora, *example, seed=config.seed)
-        info = fit(adapted, lr, lora_params)
+        adapted, info = fit(f"lora_{lr}", lr, lora)
         lr_search.append({"learning_rate": lr, "valid_rmse": info["valid_rmse"],
                           **{f"test_{k}": v for k, v in quality(adapted).items() if k in ("ndcg@10", "rmse")}})
         print(f"LoRA r=8, lr {lr}: {lr_search[-1]}", flush=True)
         if "LoRA r=8" not in trained or info["valid_rmse"] < trained["LoRA r=8"][1]["valid_rmse"]:
             trained["LoRA r=8"] = (adapted, {**info, "learning_rate": lr})
     lora_lr = trained["LoRA r=8"][1]["learning_rate"]
-    adapted = apply_lora(pretrained, qlora, *example, seed=config.seed)
-    trained["QLoRA r=8 (int8 base)"] = (adapted, {**fit(adapted, lora_lr, lora_params), "learning_rate": lora_lr})
+    adapted, info = fit("qlora", lora_lr, qlora)
+    trained["QLoRA r=8 (int8 base)"] = (adapted, {**info, "learning_rate": lora_lr})
     if lora_also_train:  # what training the norms, biases and segment embeddings adds: adapters alone, same rate
-        adapters_only = apply_lora(pretrained, dataclasses.replace(lora, also_train=""), *example, seed=config.seed)
-        trained["LoRA r=8, adapters only"] = (adapters_only, {**fit(adapters_only, lora_lr, lora_trainable("head")),
-                                                              "learning_rate": lora_lr})
+        adapted, info = fit("lora_adapters_only", lora_lr, dataclasses.replace(lora, also_train=""))
+        trained["LoRA r=8, adapters only"] = (adapted, {**info, "learning_rate": lora_lr})
     merged = merge_lora(trained["LoRA r=8"][0], pretrained, lora)
     # bf16 compute: the encoder built for bfloat16 matmuls, carrying the fine-tuned weights
     from ecomjax.encoders.weights import resolve_checkpoint
     from ecomjax.models.bert import load_bert
-    from ecomjax.search.cross_encoder import CrossEncoder
+    from ecomjax.models.towers import CrossEncoder
 
     bf16 = CrossEncoder(load_bert(resolve_checkpoint(config.encoder), dtype=jnp.bfloat16), mean_grade,
                         rngs=nnx.Rngs(0))
@@ -471,7 +507,7 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
         row["bytes_ratio"] = row["bytes"] / float_bytes
         calls[name] = {}
         for batch in LATENCY_BATCHES:
-            args = [pairs[k][latency_rows[:batch]] for k in ("ids", "mask", "types")]
+            args = [jnp.asarray(pairs[k][latency_rows[:batch]]) for k in ("ids", "mask", "types")]
             calls[name][batch] = lambda args=args, score=score, state=state: jax.block_until_ready(score(state, *args))
             if batch == max(LATENCY_BATCHES):
                 row["kernels"] = dot_kernels(score.lower(state, *args).compile().as_text())
@@ -481,22 +517,18 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
         rows.append(row)
         print(f"{name}: ndcg@10 {row['ndcg@10']:.4f} rmse {row['rmse']:.4f}", flush=True)
     # Seeds: full fine-tuning and LoRA at the chosen rate again, with other data orders / inits
-    runs = {"full": [predict_pairs(full, pairs, test_rows)], "lora": [predict_pairs(trained["LoRA r=8"][0], pairs, test_rows)]}
+    runs = {"full": [cross_encoder_scores(full, pairs, test_rows)],
+            "lora": [cross_encoder_scores(trained["LoRA r=8"][0], pairs, test_rows)]}
     for seed in [s for s in seeds if s != config.seed]:
-        again = nnx.clone(pretrained)
-        fit(again, 5e-5, nnx.Param, seed)
-        runs["full"].append(predict_pairs(again, pairs, test_rows))
-        adapted = apply_lora(pretrained, lora, *example, seed=seed)
-        fit(adapted, lora_lr, lora_params, seed)
-        runs["lora"].append(predict_pairs(adapted, pairs, test_rows))
+        runs["full"].append(cross_encoder_scores(fit("full", 5e-5, seed=seed)[0], pairs, test_rows))
+        runs["lora"].append(cross_encoder_scores(fit(f"lora_{lora_lr}", lora_lr, lora, seed=seed)[0], pairs, test_rows))
         print(f"seed {seed}: full {quality_of(runs['full'][-1])}, LoRA {quality_of(runs['lora'][-1])}", flush=True)
-    gain_over_seeds = seed_gain(predict_pairs(head_only, pairs, test_rows), runs, data.relevance[test_rows],
+    gain_over_seeds = seed_gain(cross_encoder_scores(head_only, pairs, test_rows), runs, data.relevance[test_rows],
                                 query_index[test_rows], config.data.low)
     gain_over_seeds["seeds"] = [config.seed] + [s for s in seeds if s != config.seed]
     teacher_scores = np.zeros(len(data), np.float32)  # only training rows are distilled from
-    teacher_scores[train_rows] = predict_pairs(full, pairs, train_rows)
-    students, student_calls = bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_index,
-                                                  teacher_scores, float_bytes)
+    teacher_scores[train_rows] = cross_encoder_scores(full, pairs, train_rows)
+    students, student_calls = bi_encoder_students(config, task, spec, teacher_scores, float_bytes)
     rows += students
     time_interleaved(rows, {**calls, **student_calls}, {1: 100, 32: 30})
     by = {r["variant"]: r for r in rows}
@@ -557,33 +589,26 @@ def seed_gain(head: np.ndarray, runs: dict[str, list[np.ndarray]], grades: np.nd
     return out
 
 
-def bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_index, teacher_scores: np.ndarray,
+def bi_encoder_students(config, task, spec, teacher_scores: np.ndarray,
                         float_bytes: int) -> tuple[list[dict[str, Any]], dict[str, dict[int, Any]]]:
     """The search bi-encoder (adapters on frozen MiniLM sentence vectors) trained on the labels
     alone and distilled from the fine-tuned cross-encoder (its scores mixed into the regression
-    target, weight 0.5), on the same training pairs. Latency: MiniLM over 32 queries + the query
-    tower + a dot product with 32 cached product vectors (product vectors are precomputed for the
-    catalogue), against the cross-encoder's one MiniLM pass per (query, title) pair."""
+    target, weight 0.5), on the same training pairs, through the relevance task's stage. Latency:
+    MiniLM over 32 queries + the query tower + a dot product with 32 cached product vectors
+    (product vectors are precomputed for the catalogue), against the cross-encoder's one MiniLM
+    pass per (query, title) pair."""
+    import copy
+
     from ecomjax.data.relevance import normalize_text
     from ecomjax.efficiency.quantize import model_bytes
     from ecomjax.encoders.text import load_tokenizer
     from ecomjax.encoders.weights import resolve_checkpoint
     from ecomjax.eval.graded import relevance_metrics
     from ecomjax.models.bert import load_bert, mean_pool
-    from ecomjax.search.bi_encoder import BiEncoderConfig, predict_pairs, train_bi_encoder
-    from ecomjax.search.models import embed_texts
-    from ecomjax.tasks.fit import FitConfig
+    from ecomjax.tasks.relevance import BiEncoderStage
 
-    rows_all = np.concatenate([train_rows, valid_rows, test_rows])
-    local = {int(r): i for i, r in enumerate(rows_all)}
-    qv, qi = embed_texts([normalize_text(q) for q in data.queries[rows_all]], config.encoder)
-    tv, ti = embed_texts([normalize_text(t) for t in data.titles[rows_all]], config.encoder)
-    pair_data = {"query_vectors": jnp.asarray(qv), "product_vectors": jnp.asarray(tv), "query_index": jnp.asarray(qi),
-                 "product_index": jnp.asarray(ti), "relevance": jnp.asarray(data.relevance[rows_all]),
-                 "teacher": jnp.asarray(teacher_scores[rows_all], jnp.float32)}
-    split = {name: np.asarray([local[int(r)] for r in rows]) for name, rows in
-             (("train", train_rows), ("valid", valid_rows), ("test", test_rows))}
-    b = config.bi_encoder
+    data, test_rows = task.data, task.splits["test"]
+    query_index = data.query_groups()[1]
     checkpoint = resolve_checkpoint(config.encoder)
     encoder, tokenizer = load_bert(checkpoint), load_tokenizer(checkpoint, 16)
     queries = [normalize_text(q) for q in data.queries[test_rows[:32]]]
@@ -593,17 +618,19 @@ def bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_i
     for row, e in enumerate(encodings):
         n = min(len(e.ids), 16)
         ids[row, :n], mask[row, :n] = e.ids[:n], e.attention_mask[:n]
-    product_vectors = jnp.asarray(tv[ti[split["test"][:32]]])
+    product_vectors = jnp.asarray(task.title_vectors[task.title_index[test_rows[:32]]])
     rows, calls = [], {}
     for name, weight in (("bi-encoder (labels only)", 0.0), ("bi-encoder distilled from the cross-encoder", 0.5)):
-        bi, result = train_bi_encoder(pair_data, split["train"], split["valid"],
-                                      BiEncoderConfig(b.hidden, b.dropout, b.contrastive_weight, b.positive_grade,
-                                                      distill_weight=weight,
-                                                      fit=FitConfig(b.epochs, b.batch_size, b.learning_rate,
-                                                                    patience=b.patience, seed=config.seed)),
-                                      seed=config.seed)
-        predicted = predict_pairs(bi, pair_data, split["test"])
-        q = relevance_metrics(predicted, data.relevance[test_rows], query_index[test_rows], low=config.data.low)
+        variant = copy.copy(task)
+        variant.config = _variant_config(config, config.cross_encoder.train.learning_rate, 1, config.seed,
+                                         distill_weight=weight)
+        variant.teacher_grades = teacher_scores
+        stage = BiEncoderStage(variant, spec)
+        trained = _fit_stage(stage, variant.config, ROOT / "runs" / "bench_efficiency" / "homedepot" /
+                             f"bi_encoder_{weight}")
+        bi = trained.model
+        q = relevance_metrics(stage.predict(bi, test_rows), data.relevance[test_rows], query_index[test_rows],
+                              low=config.data.low)
         graphdef, state = nnx.split((encoder, bi))
 
         @jax.jit
@@ -616,7 +643,8 @@ def bi_encoder_students(config, data, train_rows, valid_rows, test_rows, query_i
         row = {"variant": name, "technique": "distillation" if weight else "smaller model",
                "ndcg@10": q["ndcg@10"], "rmse": q["rmse"], "queries": q["queries"],
                "bytes": sum(model_bytes(encoder).values()) + sum(model_bytes(bi).values()),
-               "train_seconds": result.seconds, "valid_rmse": -result.best_score}
+               "train_seconds": trained.summary["train_seconds"],
+               "valid_rmse": min(c["rmse"] for c in trained.summary["valid_curve"])}
         row["bytes_ratio"] = row["bytes"] / float_bytes
         calls[name] = {}
         for batch in LATENCY_BATCHES:
@@ -731,7 +759,7 @@ def main() -> None:
         sections["Home Depot cross-encoder"] = [{**r, "quality": r["ndcg@10"], "quality_name": "test NDCG@10"}
                                                 for r in rows]
     path = write_results("efficiency", payload)
-    md = ["# Efficiency trade-offs", "", f"Written by `python benchmarks/efficiency.py`; numbers in `{path.name}`.", ""]
+    md = ["# Efficiency trade-offs", "", f"Written by `python -m benchmarks.efficiency`; numbers in `{path.name}`.", ""]
     if "sasrec_beauty" in payload:
         md += ["## SASRec on Amazon Beauty (test, full ranking)", "",
                "`p50_ms_encode_b32`: the history encoder alone at batch 32 (what structured pruning shrinks); "

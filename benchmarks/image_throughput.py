@@ -6,25 +6,23 @@ the copy of the pooled features back. Random pixels stand in for photos (the wor
 depend on them); the catalogue's photos are 128x128. The result is printed, never written:
 ``benchmarks/results/`` holds curated runs only.
 
-    python benchmarks/image_throughput.py                       # batch 64, float32
-    python benchmarks/image_throughput.py --dtype bfloat16 --iters 5
+    python -m benchmarks.image_throughput                       # batch 64, float32
+    python -m benchmarks.image_throughput --dtype bfloat16 --iters 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from ecomjax.bench.timing import time_callable
+from ecomjax.encoders.image import ImageEncoder
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ecomjax.bench.timing import time_callable  # noqa: E402
-from ecomjax.encoders.image import ImageEncoder  # noqa: E402
 
 
 def image_throughput(batch_size: int = 64, *, image_side: int = 128, dtype: str = "float32",

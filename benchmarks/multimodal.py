@@ -22,9 +22,9 @@ Three experiments, written to ``benchmarks/results/multimodal.json`` and printed
 
 Plus encoder throughput at batch 64 (sentences/s, images/s) measured here, alone.
 
-    python benchmarks/multimodal.py                                  # everything (features cached)
-    python benchmarks/multimodal.py --train-beauty                   # also retrain both Beauty runs
-    python benchmarks/multimodal.py --modes text image gated --skip-beauty
+    python -m benchmarks.multimodal                                  # everything (features cached)
+    python -m benchmarks.multimodal --train-beauty                   # also retrain both Beauty runs
+    python -m benchmarks.multimodal --modes text image gated --skip-beauty
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ecomjax.bench.report import print_table, write_results
+from ecomjax.models.fusion import FUSION_MODES
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
-from ecomjax.models.fusion import FUSION_MODES  # noqa: E402
 
 # name -> (config, overrides, default workdir under runs/): ID-only; ID + projected MiniLM title
 # vector; the shipped text config (that + learned title-word embeddings); that + S3-Rec's item
@@ -72,35 +71,34 @@ BEAUTY_RUNS = {"id": ("configs/sasrec_beauty.yaml", [], "sasrec_beauty"),
 SEED_MEANS = {"128d_seed_means": ("id_128", "text_128"), "d128_seed_means": ("id_d128", "text_d128")}
 
 
-def fashion_experiments(modes: list[str], setup_overrides: dict) -> dict:
-    from ecomjax.data.fashion import read_fashion_catalog
-    from ecomjax.data.fashion_features import encode_catalog
-    from ecomjax.tasks.fashion import FashionExperiment, FashionSetup
+def fashion_experiments(modes: list[str], overrides: dict) -> dict:
+    """Each mode through the shipped configs (``configs/fashion_attributes.yaml``,
+    ``configs/fashion_retrieval.yaml``) and the one loop, the features computed once (cached)."""
+    import ecomjax
+    from ecomjax.data.fashion import ATTRIBUTE_FIELDS
 
-    catalog = read_fashion_catalog()
-    t0 = time.perf_counter()
-    features = encode_catalog(catalog, progress=True)
-    feature_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    experiment = FashionExperiment(catalog, features, FashionSetup(**setup_overrides))
-    setup_seconds = time.perf_counter() - t0
-    attributes, retrieval = {}, {}
+    attributes, retrieval, setup = {}, {}, {}
     for mode in modes:
-        result = experiment.attributes(mode)
-        attributes[mode] = {"test": result.accuracy["test"], "test_mean": result.mean_accuracy["test"],
-                            "valid_mean": result.mean_accuracy["valid"], "best_epoch": result.fit.best_epoch,
-                            "epochs_run": result.fit.epochs_run, "seconds": round(result.fit.seconds, 1),
-                            "params": result.num_params}
-        print(f"attributes {mode}: test mean {result.mean_accuracy['test']:.4f}", flush=True)
-        found = experiment.retrieval(mode)
-        retrieval[mode] = {**found.metrics, "best_epoch": found.fit.best_epoch,
-                           "epochs_run": found.fit.epochs_run, "seconds": round(found.fit.seconds, 1),
-                           "params": found.num_params}
-        print(f"retrieval {mode}: test {found.metrics['test']}", flush=True)
-    return {"setup": experiment.summary(), "feature_seconds_incl_cache": round(feature_seconds, 1),
-            "setup_seconds": round(setup_seconds, 1), "feature_shapes": {
-                "text_tokens": list(features.text_tokens.shape), "image_map": list(features.image_map.shape)},
-            "attributes": attributes, "retrieval": retrieval}
+        common = {"model.fusion": mode, "train.progress": False, **overrides}
+        run = ecomjax.train(ROOT / "configs/fashion_attributes.yaml",
+                            overrides={**common, "workdir": str(ROOT / "runs" / "fashion" / f"attributes_{mode}")})
+        m = run.metrics
+        attributes[mode] = {"test": {a: m["test"][a] for a in ATTRIBUTE_FIELDS}, "test_mean": m["test"]["mean_accuracy"],
+                            "valid_mean": m["valid"]["mean_accuracy"], "best_epoch": m["best_epoch"],
+                            "epochs_run": m["epochs_run"], "seconds": round(m["train_seconds"], 1),
+                            "params": m["num_params"]}
+        print(f"attributes {mode}: test mean {m['test']['mean_accuracy']:.4f}", flush=True)
+        run = ecomjax.train(ROOT / "configs/fashion_retrieval.yaml",
+                            overrides={**common, "workdir": str(ROOT / "runs" / "fashion" / f"retrieval_{mode}")})
+        m = run.metrics
+        retrieval[mode] = {split: {k: m[split][k] for k in ("ndcg@10", "recall@10")} for split in ("valid", "test")}
+        retrieval[mode].update({"best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                                "seconds": round(m["train_seconds"], 1), "params": m["num_params"]})
+        setup = m["setup"]
+        print(f"retrieval {mode}: test {retrieval[mode]['test']}", flush=True)
+    return {"setup": setup, "attributes": attributes, "retrieval": retrieval,
+            "commands": [f"ecomjax train configs/fashion_{task}.yaml model.fusion=MODE"
+                         for task in ("attributes", "retrieval")]}
 
 
 def beauty(paths: dict[str, Path], train: bool, previous: dict) -> dict:
@@ -178,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--beauty-{name}", type=Path, help=f"workdir of the {name!r} run")
     parser.add_argument("--beauty-run", action="append", default=[], metavar="NAME=WORKDIR",
                         help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); defaults under runs/ in BEAUTY_RUNS")
-    parser.add_argument("--setup", type=json.loads, default={},
-                        help='FashionSetup overrides as JSON, e.g. \'{"train_queries": 2000}\'')
+    parser.add_argument("--fashion-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for both fashion configs, e.g. data.train_queries=2000")
     args = parser.parse_args(argv)
 
     # Sections not rerun keep their previous values (each carries its own measured_utc).
@@ -189,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_throughput:  # first, while nothing else of ours runs
         results["throughput_batch64"] = {**throughput(), "measured_utc": stamp}
     if not args.skip_fashion:
-        results["fashion"] = {**fashion_experiments(args.modes, args.setup), "measured_utc": stamp}
+        from ecomjax.config import parse_override
+
+        overrides = dict(parse_override(o) for o in args.fashion_set)
+        results["fashion"] = {**fashion_experiments(args.modes, overrides), "measured_utc": stamp}
     if not args.skip_beauty:
         paths = {name: getattr(args, f"beauty_{name}") for name in ("id", "text", "sentence", "attributes")
                  if getattr(args, f"beauty_{name}") is not None}

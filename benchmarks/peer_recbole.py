@@ -10,7 +10,7 @@ Reported per side: seconds per training epoch, seconds (training + validation, c
 excluded) until validation NDCG@10 first reaches 0.03, the validation curve, and test metrics
 of the best-validation weights.
 
-    python benchmarks/peer_recbole.py [--recbole-epochs 6] [--recbole-patience 3] [--skip-recbole]
+    python -m benchmarks.peer_recbole [--recbole-epochs 6] [--recbole-patience 3] [--skip-recbole]
 
 The two sides can also be measured at different times (the machine must be otherwise idle for
 each): ``--reuse-ecomjax`` reruns RecBole only, ``--reuse-recbole`` reruns ecomjax only; the kept
@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.peers.recbole_env import ensure_recbole_env
+from ecomjax.bench.report import print_table, write_results
 
-from benchmarks.peers.recbole_env import ensure_recbole_env  # noqa: E402
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET = 0.03
 

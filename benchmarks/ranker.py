@@ -15,25 +15,23 @@ ESMM against a clicked-only CVR model, train time and inference latency; Taobao 
 
 Run it alone (2 cores: a second job doubles every number):
 
-    python benchmarks/ranker.py            # writes benchmarks/results/ranker.json
-    python benchmarks/ranker.py --reuse    # tables and latency from the workdirs trained before
+    python -m benchmarks.ranker            # writes benchmarks/results/ranker.json
+    python -m benchmarks.ranker --reuse    # tables and latency from the workdirs trained before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ecomjax.bench.report import print_table, write_results
+from ecomjax.bench.timing import time_callable
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
-from ecomjax.bench.timing import time_callable  # noqa: E402
 
 VARIANTS = {  # name -> overrides of configs/ranker_synthetic.yaml (DCN-v2 + MMoE + ESMM, 1.6M impressions)
     "dcnv2_mmoe_esmm": {},

@@ -15,24 +15,22 @@ writes ``benchmarks/results/search.json``:
 
 Run it alone: the machine has two cores, and a second job doubles every latency.
 
-    python benchmarks/search.py --workdir runs/search_homedepot
+    python -m benchmarks.search --workdir runs/search_homedepot
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ecomjax.bench.report import print_table, write_results
+from ecomjax.bench.timing import percentiles
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
-from ecomjax.bench.timing import percentiles  # noqa: E402
 
 STAGES = ("encode", "ann", "features", "rerank", "personalize", "total")
 QUALITY_ROWS = ("mean_predictor", "bm25", "cosine", "bi_encoder", "cross_encoder", "gbdt_fast", "gbdt")
@@ -49,7 +47,7 @@ def quality(workdir: Path) -> list[dict]:
 
 
 def test_queries(pipeline) -> list[str]:
-    from ecomjax.search.train import load_splits
+    from ecomjax.tasks.relevance import load_splits
 
     data, splits = load_splits(pipeline.config)
     return sorted(set(data.queries[splits["test"]]))

@@ -4,8 +4,8 @@ Runs each shipped config as a user would (``ecomjax train CONFIG``, fresh proces
 measured around the whole command) and compares test NDCG@10 / HR@10 (full ranking, history
 excluded, leave-one-out) with the published rows the configs name.
 
-    python benchmarks/sequential.py                     # all four
-    python benchmarks/sequential.py sasrec_beauty       # a subset
+    python -m benchmarks.sequential                     # all four
+    python -m benchmarks.sequential sasrec_beauty       # a subset
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ecomjax.bench import (  # noqa: E402
+from ecomjax.bench import (
     default_hardware,
     dollars_per_run,
     load_prices,
     measure_matmul_peak,
     mfu,
 )
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
+from ecomjax.bench.report import print_table, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Published full-ranking, history-excluded numbers on the same leave-one-out splits
 # (shared/data/README.md): S3-Rec repository table for Beauty, generative-recommenders for ML-1M.

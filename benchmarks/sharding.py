@@ -14,36 +14,34 @@ On this CPU machine the 8 "devices" are threads sharing two cores (``JAX_NUM_CPU
 set here before JAX starts), so step times show the cost of the collectives and of splitting
 small matmuls, not a speed-up; memory per device is what carries over to real chips.
 
-    python benchmarks/sharding.py [--steps 30]
+    python -m benchmarks.sharding [--steps 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")  # before JAX starts: 8 CPU devices
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecomjax.bench.memory import compiled_memory
+from ecomjax.bench.report import print_table, write_results
+from ecomjax.bench.timing import Timing
+from ecomjax.config import load_config
+from ecomjax.data import load_sequences
+from ecomjax.data.pipeline import NextItemTrainData
+from ecomjax.data.split import leave_one_out
+from ecomjax.tasks.next_item import NextItemStage, NextItemTask
+from ecomjax.train.sharding import batch_sharding, make_mesh, per_device_bytes
+from ecomjax.train.state import UpdateProgram, batch_shardings, device_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ecomjax.bench.memory import compiled_memory  # noqa: E402
-from ecomjax.bench.report import print_table, write_results  # noqa: E402
-from ecomjax.bench.timing import Timing  # noqa: E402
-from ecomjax.config import load_config  # noqa: E402
-from ecomjax.data import load_sequences  # noqa: E402
-from ecomjax.data.pipeline import NextItemTrainData  # noqa: E402
-from ecomjax.data.split import leave_one_out  # noqa: E402
-from ecomjax.tasks.next_item import NextItemStage, NextItemTask  # noqa: E402
-from ecomjax.train.sharding import batch_sharding, make_mesh, per_device_bytes  # noqa: E402
-from ecomjax.train.state import UpdateProgram, batch_shardings, device_batch  # noqa: E402
 
 MiB = 1 << 20
 

@@ -1,6 +1,6 @@
 """Print the README's results tables from ``benchmarks/results/*.json`` (so the README quotes files).
 
-    python benchmarks/summarize.py
+    python -m benchmarks.summarize
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def sequential_table() -> str:
     hw = data["hardware"]
     lines.append("")
     lines.append(f"`benchmarks/results/sequential.json`, {hw['cpu_count']}-core {hw['cpu_model']}, "
-                 f"jax {hw['jax_version']}, {data['timestamp_utc']}; command: `python benchmarks/sequential.py NAME`.")
+                 f"jax {hw['jax_version']}, {data['timestamp_utc']}; command: `python -m benchmarks.sequential NAME`.")
     return "\n".join(lines)
 
 

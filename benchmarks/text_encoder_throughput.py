@@ -5,7 +5,7 @@ shape it meets and is not timed; the timed passes then run on compiled code only
 serving loop sees. For the PyTorch side see shared/notes/peers.md (sentence-transformers on the
 same CPU: 224 titles/s at batch 64).
 
-    python benchmarks/text_encoder_throughput.py [--count 1024] [--batch-size 64] [--dtype float32]
+    python -m benchmarks.text_encoder_throughput [--count 1024] [--batch-size 64] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ecomjax.encoders import TextEncoder
 
-from ecomjax.encoders import TextEncoder  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def beauty_titles(count: int) -> list[str]:

@@ -41,13 +41,10 @@ def train(config_or_path: str | Path | dict[str, Any] | RunConfig | None = None,
     Keyword overrides use ``__`` for the dots of the CLI form (``model__num_layers=1`` is
     ``model.num_layers=1``); a dict of dotted keys can be passed as ``overrides={...}``.
     """
-    from ecomjax import _transition
     from ecomjax.train.loop import train as run
 
     dotted = dict(overrides.pop("overrides", {}) or {})
     dotted.update(overrides)
-    if _transition.unported_task(config_or_path):
-        return _transition.train(config_or_path, dotted)
     return run(load_config(config_or_path, dotted), callbacks)
 
 
@@ -61,11 +58,8 @@ def load(workdir: str | Path) -> Run:
 def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
     """Re-score a finished run; writes ``WORKDIR/eval/metrics.json`` (``data.*`` / ``eval.*``
     overrides, e.g. ``data__test_path=FILE``)."""
-    from ecomjax import _transition
     from ecomjax.run import evaluate as evaluate_run
 
-    if _transition.unported_task(Path(workdir) / "config.yaml"):
-        return _transition.evaluate(Path(workdir), overrides)
     return evaluate_run(workdir, overrides)
 
 

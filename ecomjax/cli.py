@@ -51,16 +51,6 @@ def _train(args) -> None:
     if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
         args.overrides.insert(0, config_path)  # `ecomjax train key=value` with no config
         config_path = None
-    from ecomjax import _transition
-
-    if _transition.unported_task(config_path):
-        from ecomjax.config import parse_override
-
-        run = _transition.train(config_path, dict(parse_override(o) for o in args.overrides))
-        print(json.dumps({k: v for k, v in run.metrics.items() if k in ("model", "test", "baselines", "ablations", "bayes")},
-                         default=float)[:6000])
-        print(f"wrote {run.workdir}/metrics.json")
-        return
     config = load_config(config_path, args.overrides)
     initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     from ecomjax.train.loop import train
@@ -72,29 +62,18 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
-    from pathlib import Path
-
-    from ecomjax import _transition
     from ecomjax.config import parse_override
     from ecomjax.run import evaluate, load
 
-    overrides = dict(parse_override(o) for o in args.overrides)
-    if _transition.unported_task(Path(args.workdir) / "config.yaml"):
-        print(json.dumps(_transition.evaluate(Path(args.workdir), overrides), default=float)[:6000])
-        return
-    metrics = evaluate(args.workdir, overrides)
+    metrics = evaluate(args.workdir, dict(parse_override(o) for o in args.overrides))
     print(load(args.workdir).task.summary(metrics))
     print(f"wrote {args.workdir}/eval/metrics.json")
 
 
 def _data(args) -> None:
-    from ecomjax import _transition
     from ecomjax.config import load_config
     from ecomjax.tasks import task_class
 
-    if _transition.unported_task(args.config):
-        print(json.dumps(_transition.describe(args.config, args.overrides), indent=2))
-        return
     config = load_config(args.config, args.overrides)
     print(json.dumps({"task": config.task, **task_class(config.task)(config).describe_data()}, indent=2))
 

@@ -5,7 +5,8 @@ without training: the config is ``config.yaml``, the module shapes come from ``m
 spec the task wrote: catalogue size, vocabularies, feature widths), the parameters from the
 checkpoints (``best_params`` and the fixed ``buffers`` of every stage). What a trained model is
 for is the task's: ``run.recommend(history, k)`` for recommenders, ``run.score(features)`` for
-the ranker, ``run.search(query, k)`` for search runs.
+the ranker, ``run.search(query, k)`` for search and product retrieval, ``run.classify(ids)``
+for attribute prediction.
 
 ``run.export(path)`` writes the models as one safetensors file beside ``config.yaml``,
 ``model.json`` and the task's other artifacts (LightGBM re-rankers, the catalogue); ``load``
@@ -64,7 +65,7 @@ class Run:
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         target = self.inference
         if not hasattr(target, name):
-            offered = [m for m in ("recommend", "score", "search") if hasattr(target, m)]
+            offered = [m for m in ("recommend", "score", "search", "classify") if hasattr(target, m)]
             raise AttributeError(f"a {self.config.task} run has no {name}(); it offers {offered}")
         return getattr(target, name)(*args, **kwargs)
 
@@ -77,8 +78,12 @@ class Run:
         return self._call("score", *args, **kwargs)
 
     def search(self, *args: Any, **kwargs: Any) -> Any:
-        """Products for a query (search runs)."""
+        """Products for a query (search and product-retrieval runs)."""
         return self._call("search", *args, **kwargs)
+
+    def classify(self, *args: Any, **kwargs: Any) -> Any:
+        """Attributes of catalogue products (attribute runs)."""
+        return self._call("classify", *args, **kwargs)
 
     def export(self, path: str | Path) -> Path:
         """Write ``path/model.safetensors`` (every stage's variables, ``stage/param/path``

@@ -2,6 +2,8 @@
 
     python tests/mesh_worker.py table DATA MODEL LOSS NUM_ITEMS   -> JSON: shardings, bytes, collectives
     python tests/mesh_worker.py dump WORKDIR OUT.npz [DATA MODEL] -> load a run there, save its params
+    python tests/mesh_worker.py tables CONFIG [key=value ...]      -> the id tables of a task's first stage,
+                                                                   initialised as training places them
 """
 
 from __future__ import annotations
@@ -67,10 +69,36 @@ def dump(workdir: str, out: str, *mesh: str) -> dict:
             "mesh": {k: int(v) for k, v in make_mesh(config.mesh).shape.items()}}
 
 
+def tables(config_path: str, *overrides: str) -> dict:
+    """Every ``vocab``-axis parameter of a task's first stage, in the state the loop initialises
+    on the config's mesh: its partition spec and bytes per device against its total bytes."""
+    from ecomjax.models.axes import LOGICAL_AXES_KEY
+    from ecomjax.models.paths import param_path
+    from ecomjax.tasks import task_class
+
+    config = load_config(config_path, list(overrides))
+    mesh = make_mesh(config.mesh)
+    task = task_class(config.task)(config)
+    task.mesh = mesh
+    with jax.set_mesh(mesh):
+        stage = task.stages(task.prepare())[0]
+        program = UpdateProgram(stage, config.mesh.rules, mesh, config.seed, total_steps=10)
+        state = program.init()
+    out = {}
+    for path, variable in nnx.to_flat_state(state["params"]):
+        if (variable.get_metadata().get(LOGICAL_AXES_KEY) or (None,))[0] == "vocab":
+            array = variable.get_value()
+            out[param_path(path)] = {"shape": list(array.shape), "spec": [str(a) for a in array.sharding.spec],
+                                     "bytes": array.nbytes, "bytes_per_device": per_device_bytes(array)}
+    return {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "tables": out}
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "table":
         result = table(int(args[0]), int(args[1]), args[2], int(args[3]))
+    elif command == "tables":
+        result = tables(*args)
     else:
         result = dump(*args)
     print("RESULT " + json.dumps(result))

@@ -1,6 +1,13 @@
 """The command line: errors are one clear line and exit code 2; a run prints its metrics."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import real_data
 
 from ecomjax.cli import main
 
@@ -37,3 +44,37 @@ def test_data_command_describes_the_dataset(capsys):
     assert main(["data", "configs/quickstart.yaml", "data.synthetic.num_users=50"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["users"] == 50 and info["items"] == 1000
+
+
+SHIPPED = sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if p.name != "prices.yaml")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_data_command_describes_every_shipped_config(name, capsys):
+    """Every config in configs/ resolves its data (real files under $ECOMJAX_DATA_DIR)."""
+    path = Path(__file__).parent.parent / "configs" / name
+    task = (yaml.safe_load(path.read_text()) or {}).get("task", "next_item")
+    data = {"next_item": "amazon-beauty/Beauty.txt", "relevance": "homedepot/train.csv",
+            "multi_behavior": "taobao/buy.train.txt", "attributes": "fashion-products/styles.csv",
+            "product_retrieval": "fashion-products/styles.csv"}.get(task)
+    if data and "quickstart" not in name:
+        real_data("movielens-1m/ml-1m.txt" if "ml1m" in name else data)
+    assert main(["data", str(path)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["task"] == task and len(described) > 2
+
+
+def test_an_unknown_task_lists_the_registered_ones(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: rankr\n")
+    assert main(["data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "task: 'rankr' is not a registered task" in err and "'multi_behavior'" in err and "'relevance'" in err
+
+
+def test_help_imports_no_jax():
+    """`ecomjax --help` answers at once: parsing imports nothing heavy."""
+    code = ("import sys\nfrom ecomjax.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('JAX' if 'jax' in sys.modules else 'NO JAX')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip().endswith("NO JAX"), done.stdout + done.stderr

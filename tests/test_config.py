@@ -71,19 +71,18 @@ def test_shipped_configs_load_and_roundtrip(tmp_path):
     assert {c.name for c in loaded} >= {
         "quickstart.yaml", "sasrec_beauty.yaml", "gru4rec_beauty.yaml", "sasrec_ml1m.yaml", "gru4rec_ml1m.yaml"
     }
-    from ecomjax.search.config import load_search_config
-
-    loaders = {"search": load_search_config, "ranker": load_config, "multi_behavior": load_config,
-               "next_item": load_config}
     tasks = {c.name: (yaml.safe_load(c.read_text()) or {}).get("task", "next_item") for c in loaded}
+    assert {tasks[n] for n in ("fashion_attributes.yaml", "fashion_retrieval.yaml", "search_homedepot.yaml",
+                               "ranker_synthetic.yaml", "ranker_taobao.yaml")} == {
+        "attributes", "product_retrieval", "relevance", "ranker", "multi_behavior"}
     for path in loaded:
-        load = loaders[tasks[path.name]]
-        config = load(path)
+        config = load_config(path)
+        assert config.task == tasks[path.name], path
         if tasks[path.name] == "next_item":
             assert config.eval.exclude_history is True, path
         dumped = tmp_path / path.name
         dumped.write_text(yaml.safe_dump(config.to_dict()))
-        assert load(dumped) == config
+        assert load_config(dumped) == config
 
 
 @pytest.mark.parametrize("id_only, text", [("sasrec_beauty.yaml", "sasrec_beauty_text.yaml"),

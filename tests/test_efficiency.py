@@ -3,7 +3,7 @@ transformation, structured shrinking, and their wiring into training runs."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import json
 import re
 
@@ -638,41 +638,41 @@ def test_training_with_popularity_pruning_keeps_more_of_popular_items(tmp_path):
 
 
 def test_bi_encoder_distillation_mixes_the_teacher_into_the_target():
-    from ecomjax.search.bi_encoder import (
-        BiEncoder,
-        BiEncoderConfig,
-        bi_encoder_loss,
-        train_bi_encoder,
-    )
-    from ecomjax.tasks.fit import FitConfig
+    from ecomjax.config import load_config
+    from ecomjax.models.towers import BiEncoder
+    from ecomjax.tasks.relevance import bi_encoder_loss
 
     rng = np.random.default_rng(9)
-    data = {"query_vectors": jnp.asarray(rng.normal(size=(20, 16)), jnp.float32),
-            "product_vectors": jnp.asarray(rng.normal(size=(30, 16)), jnp.float32),
-            "query_index": jnp.asarray(rng.integers(0, 20, 64)), "product_index": jnp.asarray(rng.integers(0, 30, 64)),
-            "relevance": jnp.asarray(rng.uniform(1, 3, 64), jnp.float32)}
-    config = BiEncoderConfig(hidden=8, dropout=0.0, contrastive_weight=0.0, distill_weight=0.5,
-                             fit=FitConfig(epochs=1, batch_size=16))
-    with pytest.raises(ValueError, match=r"needs data\['teacher'\]"):
-        train_bi_encoder(data, np.arange(48), np.arange(48, 64), config)
+    batch = {"query": jnp.asarray(rng.normal(size=(64, 16)), jnp.float32),
+             "product": jnp.asarray(rng.normal(size=(64, 16)), jnp.float32),
+             "query_id": jnp.asarray(rng.integers(0, 20, 64)), "product_id": jnp.asarray(rng.integers(0, 30, 64)),
+             "relevance": jnp.asarray(rng.uniform(1, 3, 64), jnp.float32)}
+    section = load_config({"task": "relevance"}, ["bi_encoder.contrastive_weight=0", "bi_encoder.distill_weight=0.5",
+                                                  "bi_encoder.dropout=0"]).bi_encoder
+    labels_only = dataclasses.replace(section, distill_weight=0.0)
     model = BiEncoder(16, 8, 0.0, rngs=nnx.Rngs(0))
-    rows, key = jnp.arange(64), jax.random.key(0)
-    labels_only = bi_encoder_loss(BiEncoderConfig(contrastive_weight=0.0))
+    key = jax.random.key(0)
     # a teacher that agrees with the labels changes nothing; one that disagrees moves the target halfway
-    agreeing = {**data, "teacher": data["relevance"]}
-    assert float(bi_encoder_loss(config)(model, agreeing, rows, key)) == pytest.approx(
-        float(labels_only(model, data, rows, key)), rel=1e-6)
-    shifted = {**data, "teacher": data["relevance"] + 1.0}
-    halfway = {**data, "relevance": data["relevance"] + 0.5}
-    assert float(bi_encoder_loss(config)(model, shifted, rows, key)) == pytest.approx(
-        float(labels_only(model, halfway, rows, key)), rel=1e-6)
+    agreeing = {**batch, "teacher": batch["relevance"]}
+    assert float(bi_encoder_loss(model, agreeing, key, section)) == pytest.approx(
+        float(bi_encoder_loss(model, batch, key, labels_only)), rel=1e-6)
+    shifted = {**batch, "teacher": batch["relevance"] + 1.0}
+    halfway = {**batch, "relevance": batch["relevance"] + 0.5}
+    assert float(bi_encoder_loss(model, shifted, key, section)) == pytest.approx(
+        float(bi_encoder_loss(model, halfway, key, labels_only)), rel=1e-6)
 
 
-def test_learning_rate_scales_multiply_the_matching_updates_exactly():
+def test_learning_rate_scales_multiply_the_matching_updates_exactly(tmp_path):
     """LoRA+: B's AdamW step is ``ratio`` times A's would-be step; unmatched parameters unchanged;
     a key matching nothing, or a parameter matched twice, is an error."""
+    import grain
+
+    from ecomjax.config import ConfigError, RunConfig, TrainConfig, load_config
     from ecomjax.efficiency.lora import LoraConfig, apply_lora, lora_trainable
-    from ecomjax.tasks.fit import FitConfig, fit, scale_by_path
+    from ecomjax.tasks.base import Stage
+    from ecomjax.train.loop import Trainer
+    from ecomjax.train.optimizer import scale_by_path
+    from ecomjax.train.sharding import make_mesh
 
     params = {"dense": {"kernel_lora_a": jnp.ones((3, 2)), "kernel_lora_b": jnp.ones((2, 3))}}
     grads = jax.tree.map(lambda x: 0.5 * x, params)
@@ -680,38 +680,57 @@ def test_learning_rate_scales_multiply_the_matching_updates_exactly():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_array_equal(updates["dense"]["kernel_lora_a"], grads["dense"]["kernel_lora_a"])
     np.testing.assert_array_equal(updates["dense"]["kernel_lora_b"], 16.0 * grads["dense"]["kernel_lora_b"])
-    with pytest.raises(ValueError, match="matches more than one learning_rate_scales key"):
+    with pytest.raises(ValueError, match=r"matches more than one train\.learning_rate_scales key"):
         scale_by_path({"_lora": 2.0, "lora_b": 3.0}).update(grads, optax.EmptyState(), params)
-    with pytest.raises(ValueError, match="learning_rate_scales must be > 0"):
-        FitConfig(learning_rate_scales={"_lora_b": 0.0})
+    with pytest.raises(ConfigError, match=r"train.learning_rate_scales: .* out of range; allowed: multipliers > 0"):
+        load_config(None, ["train.learning_rate_scales={_lora_b: 0.0}"])
 
     rng = np.random.default_rng(8)
     ids, mask = _bert_inputs(rng)
-    target = jnp.asarray(rng.normal(size=(4, 10, 32)), jnp.float32)
+    target = np.asarray(rng.normal(size=(4, 10, 32)), np.float32)
 
-    def loss_fn(model, data, rows, key):
-        return jnp.mean((model(ids, mask) - target) ** 2)
+    class Adapters(Stage):  # LoRA on a tiny BERT, one batch per epoch
+        monitor = "score"
 
-    moved = {}
-    for ratio in (1.0, 16.0):
-        adapted = apply_lora(_tiny_bert(), LoraConfig(rank=4, alpha=8.0), ids, mask)
-        before = jax.tree.map(jnp.copy, nnx.state(adapted, nnx.LoRAParam))
+        def __init__(self, train):
+            self.train, self.evals = train, 0
+
+        def build(self):
+            return apply_lora(_tiny_bert(), LoraConfig(rank=4, alpha=8.0), ids, mask)
+
+        def trainable(self):
+            return lora_trainable()
+
+        def batches(self, epoch):
+            return grain.MapDataset.range(1).map(lambda _: {"ids": np.asarray(ids), "mask": np.asarray(mask),
+                                                            "target": target})
+
+        def loss(self, model, batch, rng):
+            return jnp.mean((model(batch["ids"], batch["mask"]) - batch["target"]) ** 2), {}
+
+        def evaluate(self, model, split):
+            self.evals += 1
+            return {"score": float(self.evals)}
+
+    def fit(ratio, workdir, scales=None):
         # two steps, the first at learning rate 0 (warm-up): B = 0 all along, so A gets no
         # gradient and B's one real step sees the same gradients whatever the ratio
-        scores = itertools.count()
-        fit(adapted, loss_fn, None, np.arange(4), lambda m, scores=scores: float(next(scores)),
-            FitConfig(epochs=2, batch_size=4, learning_rate=1e-2, warmup_fraction=0.0, weight_decay=0.0,
-                      learning_rate_scales={"_lora_b": ratio}), trainable=lora_trainable())
-        after = nnx.state(adapted, nnx.LoRAParam)
+        train = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-2, warmup_steps=1, weight_decay=0.0,
+                            learning_rate_scales=scales or {"_lora_b": ratio}, progress=False)
+        config = RunConfig(workdir=str(workdir))
+        return Trainer(config, workdir, make_mesh(config.mesh)).fit(Adapters(train)).model
+
+    before = nnx.state(Adapters(None).build(), nnx.LoRAParam)
+    moved = {}
+    for ratio in (1.0, 16.0):
+        after = nnx.state(fit(ratio, tmp_path / str(ratio)), nnx.LoRAParam)
         moved[ratio] = [float(jnp.abs(a - b).max())
                         for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before), strict=True)]
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-        nnx.state(adapted, nnx.LoRAParam))[0]]
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(before)[0]]
     for path, plain, plus in zip(paths, moved[1.0], moved[16.0], strict=True):
         if "_lora_b" in path:
             assert plain > 1e-3 and plus == pytest.approx(16.0 * plain, rel=1e-4)
         else:
             assert plain == plus == 0.0
     with pytest.raises(ValueError, match=r"keys \['nowhere'\] match no trained parameter"):
-        fit(adapted, loss_fn, None, np.arange(4), lambda m: 0.0,
-            FitConfig(epochs=1, batch_size=4, learning_rate_scales={"nowhere": 2.0}), trainable=lora_trainable())
+        fit(1.0, tmp_path / "none", scales={"nowhere": 2.0})

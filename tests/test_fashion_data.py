@@ -22,15 +22,13 @@ from ecomjax.data.fashion import (
     MISSING,
     OTHER,
     Product,
-    build_vocabularies,
     clean_title,
     colour_pattern,
-    compose_queries,
     read_fashion_catalog,
     read_styles,
-    render_query,
-    split_products,
 )
+from ecomjax.data.fashion_queries import compose_queries, render_query
+from ecomjax.data.fashion_splits import build_vocabularies, split_products
 
 NUM_PRODUCTS = 9583
 

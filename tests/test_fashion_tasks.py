@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 from conftest import real_data
 
-from ecomjax.data.fashion import MISSING, compose_queries, read_fashion_catalog
-from ecomjax.tasks.attributes import masked_cross_entropy
-from ecomjax.tasks.fit import FitConfig
-from ecomjax.tasks.retrieval import (
+import ecomjax
+from ecomjax.data.fashion import MISSING, read_fashion_catalog
+from ecomjax.data.fashion_queries import (
     UNSPECIFIED,
     attribute_codes,
+    compose_queries,
     query_codes,
-    ranking_metrics,
     relevance_grades,
 )
+from ecomjax.eval.graded import retrieval_metrics as ranking_metrics
+from ecomjax.tasks.attributes import masked_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +63,23 @@ def test_masked_cross_entropy_ignores_unknown_labels():
     assert float(masked_cross_entropy(logits, jnp.full(3, MISSING))) == 0.0
 
 
-def test_short_real_runs_learn_attributes_and_retrieval(catalog):
-    """1,000 real products, real frozen features: each modality learns what it can see."""
-    from ecomjax.data.fashion_features import encode_catalog
-    from ecomjax.tasks.fashion import FashionExperiment, FashionSetup
+def test_short_real_runs_learn_attributes_and_retrieval(catalog, tmp_path):
+    """1,000 real products, real frozen features: each modality learns what it can see, through
+    the shipped configs and the one loop (features computed once, then read from the cache)."""
+    common = {"data.max_products": 1000, "data.min_count": 10, "train.progress": False}
+    attributes = {"train.epochs": 15, "train.batch_size": 64, "train.learning_rate": 3e-3,
+                  "train.early_stopping_patience": 15}
+    results = {}
+    for mode in ("text", "image"):
+        run = ecomjax.train("configs/fashion_attributes.yaml", overrides={
+            **common, **attributes, "model.fusion": mode, "workdir": str(tmp_path / f"attr_{mode}")})
+        results[mode] = run.metrics["test"]
+    setup = run.metrics["setup"]
+    assert sum(setup["products"].values()) == 1000 and setup["feature_shapes"]["image_map"] == [1000, 4, 4, 1280]
+    from ecomjax.data.fashion_setup import FashionDataConfig, prepare_fashion
 
-    ids = catalog.ids[:1000]
-    features = encode_catalog(catalog, ids, cache=False)
-    assert features.text_tokens.shape[:2] == features.text_mask.shape
-    assert features.image_map.shape == (1000, 4, 4, 1280)
-    setup = FashionSetup(min_count=10, train_queries=300, paraphrases=1, eval_queries=60,
-                         attribute_fit=FitConfig(epochs=15, batch_size=64, learning_rate=3e-3, patience=15),
-                         retrieval_fit=FitConfig(epochs=2, batch_size=64, learning_rate=2e-3))
-    experiment = FashionExperiment(catalog, features, setup, cache=False)
-    summary = experiment.summary()
-    assert sum(summary["products"].values()) == 1000
-    assert not set(experiment.query_texts[i] for i in experiment.query_rows["test"]) & set(
-        experiment.query_texts[i] for i in experiment.query_rows["train"])
-    results = {mode: experiment.attributes(mode).accuracy["test"] for mode in ("text", "image")}
-    labels, test = experiment.labels, experiment.rows["test"]
+    data = prepare_fashion(FashionDataConfig(max_products=1000, min_count=10), seed=0, queries=True)
+    labels, test = data.labels, data.rows["test"]
 
     def majority(name):
         known = labels[name][test][labels[name][test] != MISSING]
@@ -90,36 +89,13 @@ def test_short_real_runs_learn_attributes_and_retrieval(catalog):
     assert results["image"]["base_colour"] > results["text"]["base_colour"] + 0.1
     assert results["image"]["base_colour"] > majority("base_colour")
     assert results["text"]["article_type"] > majority("article_type") + 0.3
-    found = experiment.retrieval("concat")
-    assert 0.0 < found.metrics["test"]["ndcg@10"] <= 1.0 and found.fit.epochs_run == 2
-
-
-def test_fit_keeps_the_best_epoch_and_refuses_nan():
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from ecomjax.tasks.fit import fit
-
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(64, 2)), jnp.float32)
-    y = x @ jnp.array([[1.0], [-2.0]])
-
-    def loss(model, data, rows, key):
-        return jnp.mean((model(data["x"][rows]) - data["y"][rows]) ** 2)
-
-    scores = []
-
-    def validate(model):  # a score that peaks at epoch 3, then gets worse
-        scores.append(float(model.kernel[...].sum()))
-        return [0.1, 0.5, 0.9, 0.4, 0.3, 0.2][len(scores) - 1]
-
-    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    result = fit(model, loss, {"x": x, "y": y}, np.arange(64), validate,
-                 FitConfig(epochs=6, batch_size=16, learning_rate=5e-2, patience=3))
-    assert (result.best_epoch, result.epochs_run, result.best_score) == (3, 6, 0.9)
-    np.testing.assert_allclose(float(model.kernel[...].sum()), scores[2], rtol=1e-6)  # epoch 3's weights
-    with pytest.raises(FloatingPointError, match="validation score is nan after epoch 1"):
-        fit(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), loss, {"x": x, "y": y}, np.arange(64),
-            lambda m: float("nan"), FitConfig(epochs=2, batch_size=16))
-    with pytest.raises(ValueError, match="8 training rows are fewer than one batch of 16"):
-        fit(model, loss, {"x": x, "y": y}, np.arange(8), validate, FitConfig(batch_size=16))
+    found = ecomjax.train("configs/fashion_retrieval.yaml", overrides={
+        **common, "data.train_queries": 300, "data.paraphrases": 1, "data.eval_queries": 60, "train.epochs": 2,
+        "train.batch_size": 64, "train.learning_rate": 2e-3, "workdir": str(tmp_path / "retrieval")})
+    assert 0.0 < found.metrics["test"]["ndcg@10"] <= 1.0 and found.metrics["epochs_run"] == 2
+    assert found.metrics["setup"]["queries"]["train"] != data.summary()["queries"]["train"]  # 300 vs 6000 wordings
+    # no test wording was seen in training
+    train_texts = {data.query_texts[i] for i in data.query_rows["train"]}
+    assert not {data.query_texts[i] for i in data.query_rows["test"]} & train_texts
+    result = ecomjax.load(found.workdir).search("men black tshirt", k=5)
+    assert len(result.product_ids) == 5 and np.all(np.diff(result.scores) <= 0)

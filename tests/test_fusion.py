@@ -94,7 +94,7 @@ def test_unknown_fusion_or_backbone_mode_is_an_error():
     config.fusion = "mean"  # mutated after validation: the module checks again
     with pytest.raises(ValueError, match="unknown fusion 'mean'"):
         FusionHead(config, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="divisible by num_heads"):
+    with pytest.raises(ValueError, match=r"model\.hidden_size=16 must be divisible by model\.num_heads=5"):
         dataclasses.replace(tiny_config("cross_attention"), num_heads=5)
 
 

@@ -8,16 +8,12 @@ import json
 import numpy as np
 import pytest
 from conftest import real_data
-from flax import nnx
 
-from ecomjax.config import ConfigError
+from ecomjax.config import ConfigError, load_config
 from ecomjax.data.files import DataFormatError
 from ecomjax.data.relevance import normalize_text, read_relevance, split_by_query
-from ecomjax.search.bi_encoder import BiEncoder
 from ecomjax.search.bm25 import BM25, stem, tokenize
-from ecomjax.search.config import load_search_config
 from ecomjax.search.features import LEXICAL_FEATURES, ProductPrior, lexical_features
-from ecomjax.search.store import load_params, save_params
 from ecomjax.serve.ann import HNSWIndex, exact_top_k, recall_at_k
 
 HEADER = "id,product_uid,product_title,search_term,relevance\n"
@@ -157,22 +153,17 @@ def test_exact_top_k_and_hnsw_recall(tmp_path):
         HNSWIndex(products[:100], ef_search=10).search(queries[:1], 20)
 
 
-def test_params_round_trip_and_shape_check(tmp_path):
-    model = BiEncoder(8, 16, rngs=nnx.Rngs(0))
-    save_params(model, tmp_path / "m.npz")
-    other = load_params(BiEncoder(8, 16, rngs=nnx.Rngs(1)), tmp_path / "m.npz")
-    np.testing.assert_array_equal(other.query_tower.up.kernel[...], model.query_tower.up.kernel[...])
-    with pytest.raises(ValueError, match=r"parameter \w+_tower/\w+/kernel has shape \(16, 8\)|has shape \(8, 16\)"):
-        load_params(BiEncoder(8, 32, rngs=nnx.Rngs(0)), tmp_path / "m.npz")
-
-
 def test_search_config_rejects_unknown_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'serve\.candidate'"):
-        load_search_config({"task": "search", "serve": {"candidate": 5}})
+        load_config({"task": "relevance", "serve": {"candidate": 5}})
     with pytest.raises(ConfigError, match="stack_fraction"):
-        load_search_config({"task": "search", "data": {"stack_fraction": 1.0}})
-    with pytest.raises(ConfigError, match=r"cross_encoder.lora_b_learning_rate_ratio: 0(\.0)? must be > 0"):
-        load_search_config({"task": "search", "cross_encoder": {"lora_b_learning_rate_ratio": 0}})
+        load_config({"task": "relevance", "data": {"stack_fraction": 1.0}})
+    with pytest.raises(ConfigError, match=r"efficiency.lora.b_learning_rate_ratio: 0(\.0)? is out of range"):
+        load_config({"task": "relevance", "efficiency": {"lora": {"b_learning_rate_ratio": 0}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'bi_encoder\.train\.epochz'"):
+        load_config({"task": "relevance"}, ["bi_encoder.train.epochz=3"])
+    with pytest.raises(ConfigError, match=r"distill_weight > 0 learns from the cross-encoder"):
+        load_config({"task": "relevance"}, ["bi_encoder.distill_weight=0.5", "cross_encoder.enabled=false"])
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +181,12 @@ def trained_search(tmp_path_factory):
     other = root / "other.csv"
     other.write_text(lines[0] + "".join(lines[20001:20301]), encoding="utf-8")
     config = root / "search.yaml"
-    config.write_text(f"task: search\nworkdir: {root / 'run'}\ndata:\n  path: {small}\n"
-                      "bi_encoder:\n  epochs: 3\n  batch_size: 64\n")
-    assert main(["train", str(config), "cross_encoder.batch_size=16", "gbdt.max_rounds=100",
-                 "gbdt.early_stopping_rounds=20", "cross_encoder.lora_rank=4",
-                 "cross_encoder.learning_rate=0.0005", "cross_encoder.lora_b_learning_rate_ratio=2",
-                 "cross_encoder.lora_also_train=.*(norm/.*|/bias|token_type/.*)"]) == 0
+    config.write_text(f"task: relevance\nworkdir: {root / 'run'}\ndata:\n  path: {small}\n"
+                      "bi_encoder:\n  train:\n    epochs: 3\n    batch_size: 64\n")
+    assert main(["train", str(config), "cross_encoder.train.batch_size=16", "gbdt.max_rounds=100",
+                 "gbdt.early_stopping_rounds=20", "efficiency.lora.rank=4",
+                 "cross_encoder.train.learning_rate=0.0005", "efficiency.lora.b_learning_rate_ratio=2",
+                 "efficiency.lora.also_train=.*(norm/.*|/bias|token_type/.*)"]) == 0
     return root / "run", other
 
 
@@ -219,11 +210,19 @@ def test_search_eval_on_another_file_and_pipeline(trained_search, capsys):
 
     workdir, other = trained_search
     metrics = ecomjax.evaluate(workdir, **{"data.test_path": str(other)})
-    assert metrics["pairs"] == 300
+    assert metrics["test_pairs"] == 300 and metrics["source"] == str(other)
     saved = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert saved["gbdt"]["rmse"] == pytest.approx(metrics["gbdt"]["rmse"])
 
     pipeline = SearchPipeline.load(workdir)
+    from flax import nnx
+
+    # trained through LoRA adapters, served merged: a plain encoder, what the adapted one computes
+    assert not any(hasattr(m, "kernel_lora_a") for _, m in nnx.iter_modules(pipeline.models.cross_encoder))
+    adapted = ecomjax.load(workdir).models["cross_encoder"]
+    pairs = {k: np.ones((2, 8), np.int32) for k in ("ids", "mask")} | {"types": np.zeros((2, 8), np.int32)}
+    np.testing.assert_allclose(np.asarray(pipeline.models.cross_encoder(pairs["ids"], pairs["mask"], pairs["types"])),
+                               np.asarray(adapted(pairs["ids"], pairs["mask"], pairs["types"])), rtol=1e-4, atol=1e-4)
     result = pipeline.search("angle bracket", k=5)
     assert len(result.product_ids) == 5 and np.all(np.diff(result.scores) <= 0)
     assert all(type(p) is str for p in result.product_ids)
@@ -241,7 +240,7 @@ def test_search_eval_on_another_file_and_pipeline(trained_search, capsys):
         pipeline.search("  ")
     with pytest.raises(ValueError, match="k must be in"):
         pipeline.search("drill", k=500)
-    with pytest.raises(ConfigError, match=r"takes only data\.test_path"):
+    with pytest.raises(ConfigError, match=r"takes data\.\* and eval\.\* overrides only, not \['train\.epochs'\]"):
         ecomjax.evaluate(workdir, **{"train.epochs": 3})
 
     assert main(["search", str(workdir), "angle", "bracket", "-k", "3"]) == 0
@@ -299,11 +298,12 @@ def test_search_run_without_the_cross_encoder(tmp_path):
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     small = tmp_path / "hd.csv"
     small.write_text("".join(lines[:801]), encoding="utf-8")
-    run = ecomjax.train({"task": "search", "workdir": str(tmp_path / "run"), "data": {"path": str(small)}},
-                        cross_encoder__enabled=False, bi_encoder__epochs=2, gbdt__max_rounds=50)
+    run = ecomjax.train({"task": "relevance", "workdir": str(tmp_path / "run"), "data": {"path": str(small)}},
+                        cross_encoder__enabled=False, bi_encoder__train__epochs=2, gbdt__max_rounds=50,
+                        bi_encoder__train__progress=False)
     assert {"gbdt_fast", "bi_encoder", "bm25"} <= set(run.metrics)
     assert "gbdt" not in run.metrics and "cross_encoder" not in run.metrics
-    assert not (run.workdir / "cross_encoder.npz").exists()
+    assert {p.name for p in (run.workdir / "checkpoints").iterdir()} == {"bi_encoder"}
     pipeline = SearchPipeline.load(run.workdir)
     assert len(pipeline.search("angle bracket", k=3).product_ids) == 3
     with pytest.raises(ValueError, match="needs the cross-encoder, which this run did not train"):

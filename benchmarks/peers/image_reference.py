@@ -23,8 +23,8 @@ the same filter when enlarging, as for these 128-pixel photos), then ``(x - 127)
 model code ships no preprocessing of its own; its README's torchvision mean/std is the one of
 the B0-B7 checkpoints, not of these TF Lite weights.
 
-    python benchmarks/peers/image_reference.py             # venv if needed, then the fixture
-    python benchmarks/peers/image_reference.py --recreate  # rebuild the venv first
+    python -m benchmarks.peers.image_reference             # venv if needed, then the fixture
+    python -m benchmarks.peers.image_reference --recreate  # rebuild the venv first
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmarks.peers.venv import ensure_venv
 
-from benchmarks.peers.venv import ensure_venv  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_VENV = REPO_ROOT / ".peers" / "images-venv"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "efficientnet_reference.npz"
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(Path(args.data_dir), Path(args.out), args.threads)
         return 0
     py = ensure_images_env(args.venv, python=args.python, recreate=args.recreate, quiet=args.quiet)
-    cmd = [str(py), str(Path(__file__).resolve()), "--worker", "--data-dir", args.data_dir,
+    cmd = [str(py), "-m", "benchmarks.peers.image_reference", "--worker", "--data-dir", args.data_dir,
            "--out", args.out, "--threads", str(args.threads)]
     return subprocess.run(cmd, check=False).returncode
 

@@ -14,20 +14,18 @@ The requirements live in ``benchmarks/peers/recbole.txt``; they are installed in
 
 Standard library only: the driver may run this from any Python.
 
-    python benchmarks/peers/recbole_env.py            # prints the venv's python path
-    python benchmarks/peers/recbole_env.py --recreate # delete and build again
+    python -m benchmarks.peers.recbole_env            # prints the venv's python path
+    python -m benchmarks.peers.recbole_env --recreate # delete and build again
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmarks.peers.venv import ensure_venv
 
-from benchmarks.peers.venv import ensure_venv  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 REQUIREMENTS = Path(__file__).resolve().with_name("recbole.txt")
 DEFAULT_VENV = REPO_ROOT / ".peers" / "recbole-venv"

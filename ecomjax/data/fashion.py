@@ -8,9 +8,11 @@ decide whether such results mean anything, and each has its function here:
   silently: a product without a photo is an error, or an explicit ``missing_images`` list;
 - ``clean_title`` removes colour words from titles, or the text model would read the colour
   off the title (``"Men Navy Blue Shirt"``) and the colour task would measure string matching;
-- ``split_products`` is product-disjoint and deterministic, so no test product is trained on;
-- ``compose_queries`` writes queries from templates and synonyms rather than titles, so
-  retrieval is not won by copying words, and derives relevance from attributes alone.
+- ``split_products`` (``ecomjax.data.fashion_splits``) is product-disjoint and deterministic, so
+  no test product is trained on;
+- ``compose_queries`` (``ecomjax.data.fashion_queries``) writes queries from templates and
+  synonyms rather than titles, so retrieval is not won by copying words, and derives relevance
+  from attributes alone.
 
 Images are decoded on demand from the zip (Pillow), optionally through a small LRU cache.
 """
@@ -18,15 +20,14 @@ Images are decoded on demand from the zip (Pillow), optionally through a small L
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import re
 import zipfile
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -265,251 +266,3 @@ def clean_title(title: str, own_colour: str | None = None, colours: Iterable[str
     title = (pattern or colour_pattern(colours)).sub(" ", title)
     title = re.sub(r"(?<![\w])[\-&/]+|[\-&/]+(?![\w])", " ", title)  # dangling joiners
     return " ".join(title.split())
-
-
-# ---------------------------------------------------------------------------- vocabularies
-@dataclass(frozen=True)
-class Vocabulary:
-    """Class names of one attribute; rare values share the ``"other"`` class (always last).
-
-    Rare values are merged, not dropped: every product stays in the catalogue, so retrieval and
-    the image/text pipelines see the same products for every attribute, and a classifier keeps
-    a valid target for them. ``merged`` records each merged value and its count. ``"other"`` is
-    always present so values never seen when the vocabulary was built (in valid/test) have a
-    class too. Missing values (NA) get ``MISSING`` (-1), to be masked, not a class.
-    """
-
-    attribute: str  # Product field name, e.g. "article_type"
-    classes: tuple[str, ...]
-    merged: dict[str, int] = field(default_factory=dict)
-
-    def index(self, value: str | None) -> int:
-        if value is None:
-            return MISSING
-        return self._lookup.get(value, len(self.classes) - 1)
-
-    def encode(self, products: Iterable[Product]) -> np.ndarray:
-        return np.array([self.index(getattr(p, self.attribute)) for p in products], dtype=np.int32)
-
-    @cached_property
-    def _lookup(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.classes[:-1])}
-
-
-def build_vocabularies(products: Iterable[Product], min_count: int = 20,
-                       fields: Sequence[str] = ATTRIBUTE_FIELDS) -> dict[str, Vocabulary]:
-    """Vocabularies from ``products`` (build them on the training split).
-
-    A value seen fewer than ``min_count`` times joins ``"other"``: with 20, each kept class has
-    enough training examples for a per-class accuracy that is not noise. Classes are ordered by
-    frequency (ties by name), so index 0 is the majority class.
-    """
-    products = list(products)
-    vocabularies = {}
-    for name in fields:
-        counts = Counter(getattr(p, name) for p in products if getattr(p, name) is not None)
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        kept = tuple(v for v, n in ranked if n >= min_count and v != OTHER)
-        merged = {v: n for v, n in ranked if v not in kept}
-        vocabularies[name] = Vocabulary(name, (*kept, OTHER), merged)
-    return vocabularies
-
-
-# ---------------------------------------------------------------------------- split
-@dataclass(frozen=True)
-class ProductSplit:
-    """Product ids (sorted) of each part; the parts are disjoint and cover the catalogue."""
-
-    train: np.ndarray
-    valid: np.ndarray
-    test: np.ndarray
-
-    def part_of(self, product_id: int) -> str:
-        for name in ("train", "valid", "test"):
-            ids = getattr(self, name)
-            position = np.searchsorted(ids, product_id)
-            if position < len(ids) and ids[position] == product_id:
-                return name
-        raise KeyError(f"product {product_id} is in no part of the split")
-
-
-def _unit_hash(seed: int, product_id: int) -> float:
-    """A uniform number in [0, 1) fixed by (seed, id): the same on every machine and run."""
-    digest = hashlib.blake2b(f"{seed}:{product_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def split_products(products: Sequence[Product], fractions: tuple[float, float, float] = (0.8, 0.1,
-                   0.1), seed: int = 0, stratify_by: str | None = None) -> ProductSplit:
-    """Product-disjoint train/valid/test split, deterministic in ``seed``.
-
-    Each product gets a hash of ``(seed, id)`` in [0, 1). Without ``stratify_by`` the hash alone
-    places it (train below ``fractions[0]``, then valid, then test), so a product's part does not
-    depend on which other products exist. With ``stratify_by`` (e.g. ``"article_type"``) the
-    products of each value are ranked by hash and cut at the fractions, so every part holds
-    each class in proportion (a class of one or two products lands in train).
-    """
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got "
-                         f"{fractions}")
-    groups: dict[object, list[Product]] = {}
-    for p in products:
-        groups.setdefault(getattr(p, stratify_by) if stratify_by else None, []).append(p)
-    cut_train, cut_valid = fractions[0], fractions[0] + fractions[1]
-    parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
-    for members in groups.values():
-        keyed = sorted((_unit_hash(seed, p.id), p.id) for p in members)
-        for rank, (u, product_id) in enumerate(keyed):
-            position = (rank + 0.5) / len(keyed) if stratify_by else u
-            name = "train" if position < cut_train else "valid" if position < cut_valid else "test"
-            parts[name].append(product_id)
-    return ProductSplit(**{k: np.array(sorted(v), dtype=np.int64) for k, v in parts.items()})
-
-
-# ---------------------------------------------------------------------------- queries
-# Phrases per attribute value: (before the noun, after the noun). Several per value, so a
-# retrieval model must learn that "for him", "men's" and "mens" mean the same thing.
-GENDER_PHRASES = {
-    "Men": (("men's", "mens", "male"), ("for men", "for him", "for guys")),
-    "Women": (("women's", "womens", "ladies'"), ("for women", "for her", "for ladies")),
-    "Boys": (("boys'", "kids' boys"), ("for boys", "for a boy")),
-    "Girls": (("girls'", "kids' girls"), ("for girls", "for a girl")),
-    "Unisex": (("unisex", "gender-neutral"), ("for men and women", "for everyone")),
-}
-USAGE_PHRASES = {
-    "Casual": (("casual", "everyday", "relaxed"), ("for everyday wear", "for daily use")),
-    "Formal": (("formal", "office", "business"), ("for work", "for the office")),
-    "Sports": (("sports", "athletic", "gym"), ("for workouts", "for the gym", "for training")),
-    "Ethnic": (("ethnic", "traditional", "festive"), ("for festivals", "in traditional style")),
-    "Smart Casual": (("smart casual", "semi-formal"), ("for smart casual wear",)),
-    "Travel": (("travel",), ("for travel", "for trips")),
-    "Party": (("party",), ("for parties", "for a night out")),
-}
-SEASON_PHRASES = {
-    "Summer": (("summer", "warm-weather"), ("for summer", "for hot days")),
-    "Winter": (("winter", "cold-weather"), ("for winter", "for the cold")),
-    "Fall": (("fall", "autumn"), ("for autumn", "for fall")),
-    "Spring": (("spring",), ("for spring",)),
-}
-COLOUR_SYNONYMS = {  # after the noun each becomes "in <colour>"
-    "Black": ("black", "jet black"), "Grey": ("grey", "gray"), "Purple": ("purple", "violet"),
-    "Navy Blue": ("navy", "navy blue", "dark blue"), "Beige": ("beige", "sand"),
-    "Maroon": ("maroon", "wine"), "Olive": ("olive", "olive green"), "Gold": ("gold", "golden"),
-    "Tan": ("tan", "camel"), "Charcoal": ("charcoal", "dark grey"),
-    "Off White": ("off-white", "ecru"), "Multi": ("multicolour", "multi-coloured", "colourful"),
-    "Magenta": ("magenta", "fuchsia"), "Lavender": ("lavender", "lilac"),
-    "Coffee Brown": ("coffee", "dark brown"), "Turquoise Blue": ("turquoise", "aqua"),
-    "Burgundy": ("burgundy", "oxblood"), "Grey Melange": ("heather grey", "grey melange"),
-    "Fluorescent Green": ("neon green",), "Skin": ("skin-tone",),
-    "Mustard": ("mustard", "mustard yellow"),
-}
-ARTICLE_SYNONYMS = {  # the noun; types not listed are named in lower case
-    "Tshirts": ("t-shirt", "tee", "tshirt"), "Shirts": ("shirt", "button-down shirt"),
-    "Casual Shoes": ("casual shoes", "sneakers"), "Tops": ("top", "blouse"),
-    "Kurtas": ("kurta",), "Sports Shoes": ("sports shoes", "trainers", "running shoes"),
-    "Watches": ("watch", "wristwatch"), "Handbags": ("handbag", "purse"),
-    "Heels": ("heels", "high heels"), "Sunglasses": ("sunglasses", "shades"),
-    "Sweaters": ("sweater", "jumper", "pullover"), "Sandals": ("sandals",),
-    "Wallets": ("wallet",), "Flip Flops": ("flip-flops", "slippers"),
-    "Sweatshirts": ("sweatshirt", "crewneck sweatshirt"), "Belts": ("belt",),
-    "Trousers": ("trousers", "pants", "slacks"), "Formal Shoes": ("formal shoes", "dress shoes"),
-    "Jeans": ("jeans", "denims"), "Socks": ("socks",), "Jackets": ("jacket",),
-    "Flats": ("flats", "ballet flats"), "Backpacks": ("backpack", "school bag"),
-    "Briefs": ("briefs", "underwear"), "Shorts": ("shorts",),
-    "Innerwear Vests": ("vest", "undershirt"), "Caps": ("cap", "baseball cap"),
-    "Track Pants": ("track pants", "joggers"), "Ties": ("tie", "necktie"), "Kurtis": ("kurti",),
-    "Dresses": ("dress",), "Skirts": ("skirt",), "Scarves": ("scarf",),
-    "Perfume and Body Mist": ("perfume", "body mist"), "Laptop Bag": ("laptop bag",),
-}
-OPENERS = ("", "", "", "looking for", "show me", "i need", "find", "buy")
-QUERY_FIELDS = ("gender", "season", "usage", "base_colour")  # adjective order before the noun
-
-
-def attribute_phrases(field_name: str, value: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(before-noun, after-noun) phrases for one attribute value; unknown values in lower case."""
-    if field_name == "base_colour":
-        words = COLOUR_SYNONYMS.get(value, (value.lower(),))
-        return words, tuple(f"in {w}" for w in words)
-    table = {"gender": GENDER_PHRASES, "usage": USAGE_PHRASES, "season": SEASON_PHRASES}[field_name]
-    return table.get(value, ((value.lower(),), (f"for {value.lower()}",)))
-
-
-def render_query(attributes: dict[str, str], rng: np.random.Generator) -> str:
-    """Query text for ``attributes`` (``article_type`` required) from random phrase choices.
-
-    At most one attribute goes after the noun ("navy tee for him"), others before it in the
-    usual adjective order; an opener ("show me") is added some of the time.
-    """
-    pre: list[tuple[int, str]] = []
-    post: list[str] = []
-    named = [f for f in QUERY_FIELDS if f in attributes]
-    after = named[rng.integers(len(named))] if named and rng.random() < 0.5 else None
-    for order, name in enumerate(named):
-        before_forms, after_forms = attribute_phrases(name, attributes[name])
-        if name == after:
-            post.append(after_forms[rng.integers(len(after_forms))])
-        else:
-            pre.append((order, before_forms[rng.integers(len(before_forms))]))
-    article = attributes["article_type"]
-    nouns = ARTICLE_SYNONYMS.get(article, (article.lower(),))
-    words = [OPENERS[rng.integers(len(OPENERS))], *(w for _, w in sorted(pre)),
-             nouns[rng.integers(len(nouns))], *post]
-    return " ".join(w for w in words if w)
-
-
-@dataclass(frozen=True)
-class AttributeQuery:
-    """A retrieval query and its judged products (ids from the pool it was composed over).
-
-    ``relevant`` (binary relevance) holds every pool product whose attributes equal all of the
-    query's (exact values: a Unisex product does not answer a "men's" query). ``grades`` adds
-    graded relevance for nDCG: 2 for the relevant products, 1 for near misses, i.e. the same
-    article type with exactly one other query attribute different.
-    """
-
-    text: str
-    attributes: dict[str, str]
-    relevant: tuple[int, ...]
-    grades: dict[int, int]
-
-
-def compose_queries(pool: Sequence[Product], num_queries: int, seed: int = 0, *,
-                    extra_attributes: tuple[int, int] = (1, 3)) -> list[AttributeQuery]:
-    """Up to ``num_queries`` distinct attribute queries over ``pool``, deterministic in ``seed``.
-
-    Pass the test products as ``pool`` so that queries and relevance only involve held-out
-    products. Each query starts from a random pool product: its article type plus
-    ``extra_attributes`` (inclusive range) of its known gender/season/usage/colour; so every
-    query has at least one relevant product. Combinations already drawn are skipped; a pool with
-    fewer distinct combinations yields fewer queries.
-    """
-    products = sorted(pool, key=lambda p: p.id)
-    if not products:
-        raise ValueError("compose_queries: empty pool")
-    ids = np.array([p.id for p in products], dtype=np.int64)
-    columns = {name: np.array([getattr(p, name) for p in products], dtype=object)
-               for name in ("article_type", *QUERY_FIELDS)}
-    rng = np.random.default_rng(seed)
-    queries: list[AttributeQuery] = []
-    seen: set[frozenset] = set()
-    for _ in range(50 * num_queries):
-        if len(queries) == num_queries:
-            break
-        anchor = products[rng.integers(len(products))]
-        known = [f for f in QUERY_FIELDS if getattr(anchor, f) is not None]
-        low, high = min(extra_attributes[0], len(known)), min(extra_attributes[1], len(known))
-        chosen = rng.choice(len(known), size=rng.integers(low, high + 1), replace=False)
-        attributes = {"article_type": anchor.article_type}
-        attributes |= {known[i]: getattr(anchor, known[i]) for i in sorted(chosen)}
-        key = frozenset(attributes.items())
-        if key in seen:
-            continue
-        seen.add(key)
-        same_type = columns["article_type"] == attributes["article_type"]
-        misses = sum((columns[f] != v).astype(int) for f, v in attributes.items()
-                     if f != "article_type")
-        full, near = same_type & (misses == 0), same_type & (misses == 1)
-        grades = {int(i): 2 for i in ids[full]} | {int(i): 1 for i in ids[near]}
-        queries.append(AttributeQuery(render_query(attributes, rng), attributes,
-                                      tuple(int(i) for i in ids[full]), grades))
-    return queries

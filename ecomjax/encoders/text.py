@@ -96,6 +96,21 @@ def load_tokenizer(checkpoint: str | os.PathLike, max_length: int):
     return tokenizer
 
 
+def tokenize_pairs(tokenizer, queries: Sequence[str], titles: Sequence[str], max_length: int
+                   ) -> dict[str, np.ndarray]:
+    """``ids``, ``mask``, ``types`` ``[n, max_length]`` int32 for (query, title) pairs: the
+    cross-encoder's ``[CLS] query [SEP] title [SEP]``, titles truncated first."""
+    encodings = tokenizer.encode_batch(list(zip(queries, titles, strict=True)))
+    n = len(encodings)
+    out = {name: np.zeros((n, max_length), np.int32) for name in ("ids", "mask", "types")}
+    for row, encoding in enumerate(encodings):
+        length = min(len(encoding.ids), max_length)
+        out["ids"][row, :length] = encoding.ids[:length]
+        out["mask"][row, :length] = encoding.attention_mask[:length]
+        out["types"][row, :length] = encoding.type_ids[:length]
+    return out
+
+
 def check_texts(texts: Sequence[str]) -> list[str]:
     """A non-empty list of strings, or an error that says which item is wrong."""
     if isinstance(texts, str):

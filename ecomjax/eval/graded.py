@@ -100,3 +100,18 @@ def relevance_metrics(scores: np.ndarray, grades: np.ndarray, query_index: np.nd
     if regression:
         out["rmse"] = rmse(scores, grades)
     return out
+
+
+def retrieval_metrics(scores: np.ndarray, grades: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Ranking a whole pool for every query (``[Q, N]`` scores and integer grades 0-2): mean
+    NDCG@k with gains ``2^grade - 1`` and recall@k of the grade-2 products, capped (hits over
+    ``min(relevant, k)``, so a query with 300 relevant products can still reach 1). A query
+    with no grade-2 product in the pool is an error: it cannot be scored."""
+    relevant = (grades == 2).sum(1)
+    if not (relevant > 0).all():
+        raise ValueError(f"{int((relevant == 0).sum())} queries have no relevant product in the pool")
+    gains = 2.0 ** grades - 1
+    top = np.lexsort((gains, -scores), axis=-1)[:, :k]  # the tie rule of ndcg_rows
+    hits = (np.take_along_axis(grades, top, axis=1) == 2).sum(1)
+    return {f"ndcg@{k}": float(np.mean(ndcg_rows(scores, gains, k))),
+            f"recall@{k}": float(np.mean(hits / np.minimum(relevant, k)))}

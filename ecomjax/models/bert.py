@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.models.axes import logical_init
+from ecomjax.models.layers import dense, layer_norm
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)  # only for fresh (untrained) models
 _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
@@ -88,17 +89,13 @@ def _precision(dtype) -> jax.lax.Precision | None:
 
 
 def _dense(d_in: int, d_out: int, axes: tuple[str, str], dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, dtype=dtype, param_dtype=jnp.float32, precision=_precision(dtype),
-                      kernel_init=logical_init(_INIT, *axes),
-                      bias_init=logical_init(_ZEROS, axes[1]), rngs=rngs)
+    return dense(d_in, d_out, axes, dtype=dtype, precision=_precision(dtype), rngs=rngs)
 
 
 def _norm(width: int, epsilon: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Two-pass variance as in PyTorch: the fast E[x^2]-E[x]^2 form loses digits on BERT's
     # large-magnitude hidden dimensions, and parity is measured at 1e-4.
-    return nnx.LayerNorm(width, epsilon=epsilon, dtype=jnp.float32, param_dtype=jnp.float32,
-                         use_fast_variance=False, scale_init=logical_init(_ONES, "norm"),
-                         bias_init=logical_init(_ZEROS, "norm"), rngs=rngs)
+    return layer_norm(width, epsilon=epsilon, dtype=jnp.float32, fast_variance=False, rngs=rngs)
 
 
 def _embed(rows: int, width: int, row_axis: str | None, rngs: nnx.Rngs) -> nnx.Embed:

@@ -13,13 +13,15 @@ input, so an ablation changes only what is fused):
 - ``product``: elementwise product of the projections, then an MLP; a cheap bilinear
   interaction that only fires where both modalities agree.
 
-Every mode ends at the same ``output_dim``. ``MultimodalEncoder`` puts the head on top of
+Every mode ends at the same ``output_dim``. ``AttributeClassifier`` reads attributes off the fused
+vector (one linear head each); ``MultimodalEncoder`` puts the head on top of
 ``BertModel`` and ``EfficientNetLite``; ``trainable_filter`` / ``trainability_optimizer`` decide
 whether those backbones stay frozen, train their last N blocks, or train fully.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,9 +30,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ecomjax.config import ConfigError
 from ecomjax.models.axes import logical_init
 from ecomjax.models.bert import BertModel
 from ecomjax.models.image import EfficientNetLite
+from ecomjax.models.layers import FeedForward, dense, layer_norm
 
 FUSION_MODES = ("text", "image", "concat", "gated", "cross_attention", "product")
 SINGLE_MODALITY = ("text", "image")
@@ -60,28 +64,24 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_MODES:
-            raise ValueError(f"unknown fusion {self.fusion!r}; choose one of {list(FUSION_MODES)}")
+            raise ConfigError(f"model.fusion: unknown fusion {self.fusion!r}; choose one of {list(FUSION_MODES)}")
         if self.backbone not in BACKBONE_MODES:
-            raise ValueError(f"unknown backbone mode {self.backbone!r}; choose one of "
-                             f"{list(BACKBONE_MODES)}")
+            raise ConfigError(f"model.backbone: unknown backbone mode {self.backbone!r}; choose one of "
+                              f"{list(BACKBONE_MODES)}")
         if self.fusion == "cross_attention" and self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by "
-                             f"num_heads={self.num_heads}")
+            raise ConfigError(f"model.hidden_size={self.hidden_size} must be divisible by "
+                              f"model.num_heads={self.num_heads}")
         if not 0 <= self.dropout < 1 or self.trainable_blocks < 0:
-            raise ValueError("dropout must be in [0, 1) and trainable_blocks >= 0")
+            raise ConfigError("model.dropout must be in [0, 1) and model.trainable_blocks >= 0")
 
 
 def _linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], dtype,
             rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=logical_init(_INIT, *axes),
-                      bias_init=logical_init(_ZEROS, axes[1]), rngs=rngs)
+    return dense(d_in, d_out, axes, dtype=dtype, rngs=rngs)
 
 
 def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(width, dtype=jnp.float32, param_dtype=jnp.float32,
-                         scale_init=logical_init(_ONES, "norm"),
-                         bias_init=logical_init(_ZEROS, "norm"), rngs=rngs)
+    return layer_norm(width, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
 
 
 def masked_mean(tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -91,18 +91,6 @@ def masked_mean(tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
     keep = mask.astype(bool)[..., None]
     total = jnp.sum(jnp.where(keep, tokens, 0), axis=1)
     return total / jnp.maximum(jnp.sum(keep, axis=1), 1).astype(tokens.dtype)
-
-
-class MLP(nnx.Module):
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float, dtype, *,
-                 rngs: nnx.Rngs):
-        self.up = _linear(d_in, d_hidden, ("embed", "mlp"), dtype, rngs)
-        self.down = _linear(d_hidden, d_out, ("mlp", "embed"), dtype, rngs)
-        self.dropout = nnx.Dropout(dropout)
-
-    def __call__(self, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-        hidden = self.dropout(jax.nn.gelu(self.up(x)), deterministic=deterministic, rngs=rngs)
-        return self.down(hidden)
 
 
 class CrossAttention(nnx.Module):
@@ -159,7 +147,7 @@ class FusionHead(nnx.Module):
         if config.fusion == "cross_attention":
             self.attention = CrossAttention(width, config.num_heads, dtype, rngs=rngs)
             self.attention_norm = _layer_norm(width, rngs)
-            self.ffn = MLP(width, config.mlp_size, width, config.dropout, dtype, rngs=rngs)
+            self.ffn = FeedForward(width, config.mlp_size, width, config.dropout, dtype=dtype, rngs=rngs)
             self.ffn_norm = _layer_norm(width, rngs)
             self.out = _linear(width, config.output_dim, ("embed", "embed"), dtype, rngs)
             self.gate = self.mlp = None
@@ -169,7 +157,7 @@ class FusionHead(nnx.Module):
         self.gate = (_linear(2 * width, 2, ("embed", None), dtype, rngs)
                      if config.fusion == "gated" else None)
         d_in = 2 * width if config.fusion == "concat" else width
-        self.mlp = MLP(d_in, config.mlp_size, config.output_dim, config.dropout, dtype, rngs=rngs)
+        self.mlp = FeedForward(d_in, config.mlp_size, config.output_dim, config.dropout, dtype=dtype, rngs=rngs)
 
     def _project(self, text, image, text_mask, *, pooled: bool):
         if image.ndim == 4:  # feature map -> positions
@@ -221,6 +209,22 @@ class FusionHead(nnx.Module):
         else:  # product
             fused = t * i
         return self.mlp(drop(fused), deterministic=deterministic, rngs=rngs).astype(jnp.float32)
+
+
+class AttributeClassifier(nnx.Module):
+    def __init__(self, fusion: FusionConfig, num_classes: Mapping[str, int], *, rngs: nnx.Rngs):
+        self.encoder = FusionHead(fusion, rngs=rngs)
+        self.names = tuple(num_classes)
+        self.heads = nnx.Dict({
+            name: nnx.Linear(fusion.output_dim, n, kernel_init=logical_init(_INIT, "embed", None),
+                             bias_init=logical_init(nnx.initializers.zeros_init(), None), rngs=rngs)
+            for name, n in num_classes.items()})
+
+    def __call__(self, text, mask, image, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+        fused = self.encoder(text, image, mask, deterministic=deterministic, rngs=rngs)
+        hidden = jax.nn.gelu(fused)
+        return {name: self.heads[name](hidden) for name in self.names}
 
 
 class MultimodalEncoder(nnx.Module):

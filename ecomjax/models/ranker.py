@@ -30,6 +30,7 @@ from flax import nnx
 
 from ecomjax.data.schema import FeatureSchema
 from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
+from ecomjax.models.layers import dense
 
 _EMBED_INIT = nnx.initializers.normal(0.05)
 _KERNEL_INIT = nnx.initializers.xavier_uniform()
@@ -74,8 +75,7 @@ def _id_table(rows: int, width: int, init, column_axis: str | None, rngs: nnx.Rn
 
 
 def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, axes=("embed", "mlp"), bias_init=_ZEROS) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, kernel_init=logical_init(_KERNEL_INIT, *axes),
-                      bias_init=logical_init(bias_init, axes[1]), rngs=rngs)
+    return dense(d_in, d_out, axes, init=_KERNEL_INIT, bias_init=bias_init, rngs=rngs)
 
 
 class MLP(nnx.Module):

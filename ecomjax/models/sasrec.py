@@ -17,22 +17,20 @@ from flax import nnx
 
 from ecomjax.models.axes import logical_init
 from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
+from ecomjax.models.layers import TRUNCATED_NORMAL, FeedForward, dense, layer_norm
 
 if TYPE_CHECKING:
     from ecomjax.models.sequential import SequentialModelConfig
 
-_INIT = nnx.initializers.truncated_normal(stddev=0.02)
-_ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
+_INIT = TRUNCATED_NORMAL
 
 
 def _linear(d_in: int, d_out: int, axes: tuple[str, str], dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, dtype=dtype, kernel_init=logical_init(_INIT, *axes),
-                      bias_init=logical_init(_ZEROS, axes[1]), rngs=rngs)
+    return dense(d_in, d_out, axes, dtype=dtype, rngs=rngs)
 
 
 def _layer_norm(width: int, epsilon: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(width, epsilon=epsilon, scale_init=logical_init(_ONES, "norm"),
-                         bias_init=logical_init(_ZEROS, "norm"), rngs=rngs)
+    return layer_norm(width, epsilon=epsilon, rngs=rngs)
 
 
 def segment_causal_mask(segments: jax.Array) -> jax.Array:
@@ -68,25 +66,14 @@ class CausalSelfAttention(nnx.Module):
         return self.out(context)
 
 
-class FeedForward(nnx.Module):
-    def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
-        self.up = _linear(config.hidden_size, config.ffn_size, ("embed", "mlp"), dtype, rngs)
-        self.down = _linear(config.ffn_size, config.hidden_size, ("mlp", "embed"), dtype, rngs)
-        self.activation = jax.nn.gelu if config.activation == "gelu" else jax.nn.relu
-        self.dropout = nnx.Dropout(config.dropout)
-
-    def __call__(self, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-        hidden = self.dropout(self.activation(self.up(x)), deterministic=deterministic, rngs=rngs)
-        return self.down(hidden)
-
-
 class TransformerBlock(nnx.Module):
     """Pre-LN (``norm_first``) or post-LN (BERT/RecBole) residual block."""
 
     def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         self.norm_first = config.norm_first
         self.attention = CausalSelfAttention(config, dtype, rngs=rngs)
-        self.feed_forward = FeedForward(config, dtype, rngs=rngs)
+        self.feed_forward = FeedForward(config.hidden_size, config.ffn_size, config.hidden_size, config.dropout,
+                                        activation=config.activation, dtype=dtype, rngs=rngs)
         epsilon = 1e-6 if config.norm_first else 1e-12
         self.attention_norm = _layer_norm(config.hidden_size, epsilon, rngs)
         self.ffn_norm = _layer_norm(config.hidden_size, epsilon, rngs)

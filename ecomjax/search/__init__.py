@@ -1,4 +1,4 @@
-"""Product search: relevance data, lexical and neural relevance models, re-rankers, training.
-
-Serving (the ANN index and ``SearchPipeline``) lives in ``ecomjax.serve``.
+"""Product search's non-neural parts: BM25, lexical features, the product prior, and the
+``SearchModels`` bundle the re-rankers score pairs with. The relevance task that trains them is
+``ecomjax.tasks.relevance``; serving (the ANN index and ``SearchPipeline``) is ``ecomjax.serve``.
 """

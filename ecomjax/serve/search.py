@@ -70,8 +70,12 @@ class SearchPipeline:
 
     @classmethod
     def load(cls, workdir: str | Path, **kwargs) -> SearchPipeline:
+        """The pipeline of a trained relevance workdir (``ecomjax.load(workdir).search`` is this)."""
+        return cls.from_models(SearchModels.load(workdir), workdir, **kwargs)
+
+    @classmethod
+    def from_models(cls, models: SearchModels, workdir: str | Path, **kwargs) -> SearchPipeline:
         workdir = Path(workdir)
-        models = SearchModels.load(workdir)
         with np.load(workdir / "catalogue.npz") as archive:
             ids, titles = archive["ids"], archive["titles"]
         index = None

@@ -13,8 +13,11 @@ from typing import Any
 
 TASKS: dict[str, str] = {
     "next_item": "ecomjax.tasks.next_item:NextItemTask",  # SASRec / GRU4Rec on item sequences
+    "relevance": "ecomjax.tasks.relevance:RelevanceTask",  # search: BM25, bi-/cross-encoder, GBDT re-rankers
     "ranker": "ecomjax.tasks.ranker:RankerTask",  # click / purchase / dwell heads over impressions
     "multi_behavior": "ecomjax.tasks.multi_behavior:MultiBehaviorTask",  # cart + buy -> buy (Taobao)
+    "attributes": "ecomjax.tasks.attributes:AttributesTask",  # product attributes from title and photo
+    "product_retrieval": "ecomjax.tasks.product_retrieval:RetrievalTask",  # attribute queries -> products
 }
 
 

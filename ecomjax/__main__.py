@@ -1,0 +1,7 @@
+"""``python -m ecomjax ...`` is the ``ecomjax`` command."""
+
+import sys
+
+from ecomjax.cli import main
+
+sys.exit(main())
