@@ -25,7 +25,7 @@ from ecomjax.bench import (
     measure_matmul_peak,
     mfu,
 )
-from ecomjax.bench.report import print_table, write_results
+from ecomjax.bench.report import cpu_model, print_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +72,8 @@ def run(name: str, overrides: list[str], peak_flops: float, hourly_usd: float) -
         "flops_per_step": step_flops,
         "mfu": mfu(step_flops, seconds_per_step, peak_flops),
         "usd_per_training_run": round(dollars_per_run(wall, hourly_usd), 4),
+        "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_model": cpu_model(),
     }
 
 
@@ -88,8 +90,10 @@ def main() -> None:
     args.names = args.names or ([] if args.forget else list(PUBLISHED))
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     results_path = ROOT / "benchmarks" / "results" / "sequential.json"
-    previous = json.loads(results_path.read_text())["results"]["runs"] if results_path.exists() else {}
-    runs = {name: r for name, r in previous.items() if name not in args.forget}
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {"results": {"runs": {}}}
+    # a row kept from an earlier run says when it was measured (not when the file was rewritten)
+    runs = {name: {**r, "measured_utc": r.get("measured_utc", previous.get("timestamp_utc"))}
+            for name, r in previous["results"]["runs"].items() if name not in args.forget}
     for name in args.names:
         if name == args.names[0]:
             peak = measure_matmul_peak()  # float32 matmul FLOP/s of this device, the MFU denominator

@@ -22,15 +22,16 @@ def sequential_table() -> str:
     if data is None:
         return ""
     lines = [
-        "| config | test NDCG@10 | published | test HR@10 | published | epochs | wall (s) | $ / run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | test NDCG@10 | published | test HR@10 | published | epochs | wall (s) | $ / run | measured |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for run in data["results"]["runs"].values():
         pub = run["published"]
         lines.append(
             f"| `{run['config']}` | {run['test']['ndcg@10']:.4f} | {pub['ndcg@10']} ({pub['source']}) "
             f"| {run['test']['hr@10']:.4f} | {pub['hr@10']} | {run['epochs_run']} | {run['wall_seconds']:.0f} "
-            f"| {run.get('usd_per_training_run', float('nan')):.4f} |"
+            f"| {run.get('usd_per_training_run', float('nan')):.4f} "
+            f"| {str(run.get('measured_utc', data['timestamp_utc']))[:10]}, {run.get('cpu_model', '?')} |"
         )
     hw = data["hardware"]
     lines.append("")

@@ -7,6 +7,17 @@ from pathlib import Path
 
 import pytest
 
+# One compilation cache for the session and the processes it starts (killed-and-resumed runs, the
+# 8-device runs compile the programs the in-process runs compiled): same programs, less waiting.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ecomjax-tests-xla-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 def real_data(relative: str) -> Path:
     """Path of a real dataset file, or skip (locally) / fail (when CI is set) if it is absent."""

@@ -115,9 +115,8 @@ def parameter_counts(model: nnx.Module, trainable: nnx.filterlib.Filter) -> dict
     """Trainable and total parameter counts (int8 base weights counted once per weight)."""
     def count(state) -> int:
         leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-        keys = [jax.tree_util.keystr(path) for path, _ in leaves]
-        return int(sum(np.prod(leaf.shape) for key, (_, leaf) in zip(keys, leaves, strict=True)
-                       if not ("'array'" in key and "'scale'" in key)))  # qwix int8 scales
+        return int(sum(np.prod(leaf.shape) for path, leaf in leaves
+                       if not {"array", "scale"} <= set(param_path(path).split("/"))))  # qwix int8 scales
 
     train = count(nnx.state(model, trainable))
     total = count(nnx.state(model, nnx.Param))
