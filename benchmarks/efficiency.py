@@ -284,7 +284,8 @@ def measure_sasrec(variants: list[Variant], base) -> list[dict[str, Any]]:
     rows, calls = [], {}
     for variant in variants:
         model = variant.model
-        evaluator = make_evaluator(nnx.graphdef(model), base.config.eval, sampled=False)
+        e = base.config.eval
+        evaluator = make_evaluator(nnx.graphdef(model), tuple(e.ks), e.exclude_history, sampled=False)
         test = evaluate_split(evaluator, (nnx.state(model),), batches)
         serve, state = _serve_fn(model)
         row = {"variant": variant.name, "technique": variant.technique, "ndcg@10": test["ndcg@10"],

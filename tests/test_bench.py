@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.machinery
 import io
 import json
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import pytest
 
 from ecomjax import bench
 from ecomjax.bench import flops as flops_mod
+from ecomjax.bench.report import command_line
 
 # ---------------------------------------------------------------------------------------------
 # timing
@@ -313,7 +316,7 @@ def test_write_results_writes_provenance(tmp_path):
     assert hw["device_count"] == jax.device_count()
     stamp = dt.datetime.fromisoformat(doc["timestamp_utc"])
     assert stamp.utcoffset() == dt.timedelta(0)
-    assert doc["command"] == sys.argv
+    assert doc["command"] == command_line()
     assert doc["results"]["qps"] == pytest.approx(1234.5)
     assert doc["results"]["shape"] == [2, 3]
     assert doc["results"]["timing"]["p50_s"] == pytest.approx(0.002)
@@ -342,3 +345,13 @@ def test_markdown_table_alignment_and_formats():
     buf = io.StringIO()
     bench.print_table(rows, ["model", "qps"], file=buf)
     assert buf.getvalue().startswith("| model")
+
+
+def test_command_line_records_a_module_run_as_typed(monkeypatch):
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.search", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/benchmarks/search.py", "--workdir", "runs/x"])
+    assert command_line() == ["-m", "benchmarks.search", "--workdir", "runs/x"]
+    main.__spec__ = None  # a script run
+    assert command_line() == ["/somewhere/benchmarks/search.py", "--workdir", "runs/x"]

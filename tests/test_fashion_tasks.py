@@ -99,3 +99,12 @@ def test_short_real_runs_learn_attributes_and_retrieval(catalog, tmp_path):
     assert not {data.query_texts[i] for i in data.query_rows["test"]} & train_texts
     result = ecomjax.load(found.workdir).search("men black tshirt", k=5)
     assert len(result.product_ids) == 5 and np.all(np.diff(result.scores) <= 0)
+    # `ecomjax eval` re-scores both tasks from the workdir into eval/metrics.json, the training
+    # metrics left as they were
+    for workdir, trained in ((tmp_path / "attr_image", results["image"]), (found.workdir, found.metrics["test"])):
+        before = (workdir / "metrics.json").read_text()
+        again = ecomjax.evaluate(workdir)
+        assert (workdir / "eval" / "metrics.json").is_file() and (workdir / "metrics.json").read_text() == before
+        for key, value in trained.items():
+            if isinstance(value, float):
+                assert again["test"][key] == pytest.approx(value, abs=1e-6), key

@@ -86,6 +86,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
+def command_line() -> list[str]:
+    """The command as typed, for the record: ``["-m", "benchmarks.search", ...]`` for a module
+    run (``sys.argv[0]`` is then the file's absolute path, which no one can retype elsewhere),
+    else ``sys.argv``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return ["-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return list(sys.argv)
+
+
 def write_results(
     name: str, payload: Mapping[str, Any], results_dir: str | Path | None = None
 ) -> Path:
@@ -102,7 +112,7 @@ def write_results(
     document = {
         "name": name,
         "timestamp_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": list(sys.argv),
+        "command": command_line(),
         "hardware": hardware_info(),
         "results": dict(payload),
     }

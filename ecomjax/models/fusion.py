@@ -317,8 +317,9 @@ def trainability_optimizer(tx: optax.GradientTransformation, model: nnx.Module,
                            ) -> optax.GradientTransformation:
     """``optax.multi_transform``: ``tx`` for trainable parameters, zero updates for frozen ones.
 
-    For train steps that differentiate the whole ``Param`` state (``ecomjax.train.step``): the
-    result is the same as ``trainable_filter``, at the cost of gradients for frozen weights.
+    For a hand-written step that differentiates the whole ``Param`` state (the loop
+    differentiates only a stage's ``trainable`` filter, ``trainable_filter`` here): the result
+    is the same, at the cost of gradients for frozen weights.
     """
     return optax.multi_transform(
         {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
