@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
+
+from ecomjax.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecomjax", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train a model from a YAML config (any task)")
     train_p.add_argument("config", nargs="?", help="YAML config (default: built-in synthetic quickstart)")
@@ -82,7 +87,7 @@ def _search(args) -> None:
     from ecomjax.serve import SearchPipeline
 
     if bool(args.recommender) != bool(args.history):
-        raise ValueError("--recommender and --history go together: personalisation needs both")
+        raise InputError("--recommender and --history go together: personalisation needs both")
     personalizer = None
     if args.recommender:
         from ecomjax.serve import HistoryPersonalizer
@@ -101,19 +106,40 @@ def _search(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (an ``EcomjaxError``) is one line naming the key, file,
+    line or step, exit code 2; an interruption exits 130; anything else is a defect in ecomjax,
+    also one line, exit code 1. ``--debug`` shows the traceback of either."""
     args = _parser().parse_args(argv)
-    from ecomjax.config import ConfigError
-    from ecomjax.data.files import DataFormatError
+    from ecomjax.errors import EcomjaxError, one_line
+
+    if not args.debug:
+        # After a failed save, orbax logs its background threads' failures with tracebacks and
+        # tensorstore's late callbacks hit a closed event loop ("unraisable"); the error that
+        # reaches here says what happened, in one line.
+        for noisy in ("absl", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
     try:
         {"train": _train, "eval": _eval, "data": _data, "search": _search}[args.command](args)
-    except (ConfigError, DataFormatError, FileNotFoundError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"ecomjax: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("ecomjax: interrupted; checkpoint saved, run the same command again to resume", file=sys.stderr)
+        if args.debug:
+            raise
+        saved = "; checkpoint saved, run the same command again to resume" if args.command == "train" else ""
+        print(f"ecomjax: interrupted{saved}", file=sys.stderr)
         return 130
+    except EcomjaxError as exc:
+        if args.debug:
+            raise
+        print(f"ecomjax: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"ecomjax: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in ecomjax: "
+              "`--debug` shows the traceback to report)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,9 @@ A misspelt key or a bad value must fail before any data is read or anything is c
 message that names the key and says what would have been accepted; a long run that silently
 ignores ``model.hiden_size=128`` wastes an afternoon. Every section is a dataclass whose field
 types are the schema: ``Literal`` fields list their allowed values, numeric fields are checked
-for type and for the ranges a section declares in ``RANGES``.
+for type and for the ranges a section declares in ``RANGES`` (a subclass's ``RANGES`` extend its
+bases'). Whatever a field's range, a float must be finite and an integer must fit in int64. A
+config file must be a UTF-8 YAML mapping that is not empty and repeats no key.
 
 The sections every task shares are defined here once: ``train`` (optimizer, schedule, stopping,
 checkpoints), ``mesh``, ``eval``, and the efficiency sections (``quantize``, ``prune``,
@@ -16,6 +18,8 @@ registry (``ecomjax.tasks``), and no ``task:`` means the next-item recommender.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
@@ -26,10 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be used; the message names the key."""
-
+from ecomjax.errors import ConfigError
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate, description of the allowed values)
 AT_LEAST_1: Check = (lambda v: v >= 1, "an integer >= 1")
@@ -43,12 +44,17 @@ DROPOUT: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 def _is_regex(value: str) -> bool:
     try:
         re.compile(value)
-    except re.error:
+    except (re.error, OverflowError, RecursionError, ValueError):  # "a{99999999999}" overflows
         return False
     return True
 
 
 REGEX: Check = (_is_regex, "a regular expression")
+# jax.random.key keeps the low 32 bits of a seed (2**32 would be seed 0 again); numpy's generators
+# refuse negative seeds
+SEED: Check = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
+INT64_MAX = 2**63 - 1
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # not '1_0', ' 1', '١'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,12 +121,14 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         name, _, k = self.monitor.partition("@")
-        if self.monitor != "mrr" and (name not in ("hr", "ndcg", "mrr") or not k.isdigit() or int(k) not in self.ks):
+        if self.monitor != "mrr" and (name not in ("hr", "ndcg", "mrr") or not (k.isascii() and k.isdigit())
+                                      or int(k) not in self.ks):
             raise ConfigError(f"eval.monitor: {self.monitor!r} is not computed; allowed: hr@k, ndcg@k, mrr@k "
                               f"with k in eval.ks {self.ks}, or mrr")
 
 
 def _default_rules() -> dict[str, str | None]:
+    """Every logical axis name a model tags a parameter dimension with, and its default mesh axis."""
     return {
         "batch": "data",  # examples / packed rows
         "vocab": "model",  # id-table rows (items, users, feature values): vocab-parallel embeddings
@@ -146,6 +154,12 @@ class MeshConfig:
         "data": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
         "model": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 for the devices left over"),
     }
+
+    def __post_init__(self) -> None:
+        known = list(_default_rules())
+        unknown = [name for name in self.rules if name not in known]
+        if unknown:  # a misspelt axis would leave the real one on its default placement
+            raise ConfigError(f"mesh.rules: unknown logical axis {unknown[0]!r}; known axes: {known}")
 
 
 @dataclass
@@ -234,6 +248,8 @@ class RunConfig:
     seed: int = 0  # training randomness: initialisation, shuffling, dropout, splits
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
+    RANGES: ClassVar[dict[str, Check]] = {"seed": SEED}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -241,6 +257,12 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------
 # Machinery
 # ---------------------------------------------------------------------------------------------
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _type_name(tp: Any) -> str:
@@ -272,33 +294,42 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
         return {_coerce(f"{key} key", k, key_tp): _coerce(f"{key}.{k}", v, value_tp) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {_short(value)}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+        if abs(value) > INT64_MAX:
+            raise ConfigError(f"{key}: {_short(value)} is out of range; integers must fit in int64 (|value| < 2**63)")
         return value
     if tp is float:
+        number = value
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            if _DECIMAL.fullmatch(value):
+                number = float(value)
+            elif value.strip().lstrip("+-").lower() in ("inf", "infinity", "nan"):
+                number = math.nan
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        try:
+            number = float(number)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {_short(value)} is not a finite number; NaN and infinities are not allowed")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_short(value)}")
         return value
     raise ConfigError(f"{key}: unsupported schema type {tp}")  # pragma: no cover - schema bug
 
@@ -315,7 +346,9 @@ def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             section = prefix.rstrip(".") or "the top level"
             raise ConfigError(f"unknown key '{prefix}{key}'; allowed keys in {section}: {names}")
-    ranges = getattr(cls, "RANGES", {})
+    ranges: dict[str, Check] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's RANGES extend (and may override) its bases'
+        ranges.update(vars(klass).get("RANGES", {}))
     kwargs = {}
     for name in names:
         if name not in values:
@@ -345,6 +378,8 @@ def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"key {key!r} has an empty part (a leading, trailing or doubled '.')")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -352,6 +387,45 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"cannot set '{key}': '{part}' is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice; ``key`` is its dotted path, ``line`` and ``first`` are
+    1-based lines of the repeat and of the first occurrence."""
+
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(f"duplicate key {key!r} (first on line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing a mapping that names one key twice: PyYAML keeps the last one
+    silently, so the first ``epochs:`` of a section would be ignored without a word."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}  # id(value node) -> its dotted key, for messages
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        parent = self._paths.get(id(node), "")
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:  # before merge keys (<<) are flattened in
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            dotted = f"{parent}.{key}" if parent else str(key)
+            if first is not None:
+                raise DuplicateKeyError(dotted, key_node.start_mark.line + 1, first)
+            seen[key] = key_node.start_mark.line + 1
+            self._paths[id(value_node)] = dotted
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that raises ``DuplicateKeyError`` for a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: plain types only
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -363,10 +437,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+        value = yaml_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"override {key}: cannot parse value {_short(raw)}: {_yaml_problem(exc)}") from None
     return key, value
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """A YAML error on one line: what is wrong, and where (PyYAML's own text spans several)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, DuplicateKeyError):
+        return f"line {exc.line}: {exc}"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds: UTF-8 text, a mapping at the top level, not empty,
+    no key given twice; anything else is a ``ConfigError`` naming the file (and line)."""
+    from ecomjax.data.files import read_text  # ecomjax.data imports this module
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = read_text(path, error=ConfigError)
+    try:
+        tree = yaml_load(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc.line}: duplicate key {exc.key!r} (first on line {exc.first}); "
+                          "a repeated key would silently replace the first") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if tree is None:
+        raise ConfigError(f"{path}: the config file is empty (or only comments); give at least one "
+                          "section, or no file for all defaults")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (key: value), "
+                          f"got {type(tree).__name__}")
+    return tree
 
 
 def config_tree(source: str | Path | dict[str, Any] | Any | None,
@@ -382,20 +492,24 @@ def config_tree(source: str | Path | dict[str, Any] | Any | None,
     elif hasattr(source, "to_dict"):
         tree = source.to_dict()
     elif isinstance(source, dict):
-        tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy, plain types only
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy, plain types only
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"config mapping: holds a value that is not plain data "
+                              f"(str, number, bool, list, mapping): {_yaml_problem(exc)}") from None
+    elif isinstance(source, str | os.PathLike):
+        tree = read_config_file(source)
+    else:
+        raise ConfigError(f"config source must be a YAML path, a mapping or a config, got {type(source).__name__}")
     if isinstance(overrides, dict):
+        bad = [k for k in overrides if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"override key {bad[0]!r} is not a string (dotted, e.g. 'train.epochs')")
         pairs = [(k.replace("__", "."), v) for k, v in overrides.items()]
     else:
+        bad = [o for o in overrides or [] if not isinstance(o, str)]
+        if bad or isinstance(overrides, str):
+            raise ConfigError(f"overrides must be a list of 'key=value' strings, got {overrides!r}")
         pairs = [parse_override(o) for o in overrides or []]
     for key, value in pairs:
         _set_dotted(tree, key, value)

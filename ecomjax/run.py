@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import RunConfig, load_config, save_config
+from ecomjax.errors import ChangedDataError, InputError, MissingFileError, UnknownKeyError, warn
 from ecomjax.tasks.base import Stage, Task
 
 EXPORT_FILE = "model.safetensors"
@@ -134,7 +135,7 @@ def load(workdir: str | Path, *, mesh: jax.sharding.Mesh | None = None) -> Run:
     workdir = Path(workdir)
     for required in ("config.yaml", "model.json"):
         if not (workdir / required).is_file():
-            raise FileNotFoundError(f"{workdir} is not a run directory (no {required}); train one with "
+            raise MissingFileError(f"{workdir} is not a run directory (no {required}); train one with "
                                     "`ecomjax train CONFIG`")
     config = load_config(workdir / "config.yaml")
     task: Task = task_class(config.task)(config)
@@ -163,7 +164,7 @@ def restore_stage(workdir: Path, stage: Stage, config: RunConfig, mesh: jax.shar
 
     directory = workdir / "checkpoints" / stage.name
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} not found: the run has not trained its {stage.name!r} model")
+        raise MissingFileError(f"{directory} not found: the run has not trained its {stage.name!r} model")
     graphdef, params, buffers = split_model(nnx.eval_shape(stage.build), stage.trainable())
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -175,7 +176,7 @@ def restore_stage(workdir: Path, stage: Stage, config: RunConfig, mesh: jax.shar
     checkpoints = RunCheckpoints(directory, read_only=True)
     try:
         if checkpoints.latest_step() is None:
-            raise FileNotFoundError(f"{directory} holds no checkpoint")
+            raise MissingFileError(f"{directory} holds no checkpoint")
         buffers, best, _ = checkpoints.restore_best(buffers, params)
     finally:
         checkpoints.close()
@@ -194,10 +195,10 @@ def _from_tensors(stage: Stage, tensors: dict[str, np.ndarray], path: Path) -> n
     for key_path, leaf in leaves:
         name = f"{stage.name}/{param_path(key_path)}"
         if name not in tensors:
-            raise KeyError(f"{path} has no array {name!r}: exported from another model?")
+            raise UnknownKeyError(f"{path} has no array {name!r}: exported from another model?")
         value = tensors[name]
         if tuple(value.shape) != tuple(leaf.shape):
-            raise ValueError(f"{path}: {name} has shape {list(value.shape)}, the model expects {list(leaf.shape)}")
+            raise InputError(f"{path}: {name} has shape {list(value.shape)}, the model expects {list(leaf.shape)}")
         filled.append(jax.numpy.asarray(value, leaf.dtype))
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, filled))
 
@@ -205,32 +206,68 @@ def _from_tensors(stage: Stage, tensors: dict[str, np.ndarray], path: Path) -> n
 def evaluate(workdir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Re-score a finished run from its kept models, on its own data or (``data.*`` overrides)
     another file of the same format; writes ``WORKDIR/eval/metrics.json`` and never touches the
-    training ``metrics.json`` or the checkpoints. Only ``data.*`` and ``eval.*`` keys may be
-    overridden: anything else would describe another model."""
-    from ecomjax.config import ConfigError
-    from ecomjax.tasks import task_class
-    from ecomjax.train.sharding import make_mesh
+    training ``metrics.json`` or the checkpoints, and never trains. Only ``data.*`` and
+    ``eval.*`` keys may be overridden: anything else would describe another model.
 
-    workdir = Path(workdir)
+    The run's input files are found where training found them (``run.json``, so it works from
+    any directory) and must be unchanged: an edited or grown file is refused naming it, unless
+    ``eval.allow_changed_data=true``, which the result records (``changed_data``)."""
+    from ecomjax.config import ConfigError
+    from ecomjax.data.inputs import changed_inputs, recording_inputs
+    from ecomjax.tasks import task_class
+    from ecomjax.train.loop import write_json_atomically
+    from ecomjax.train.sharding import make_mesh
+    from ecomjax.train.workdir import read_run_record
+
+    workdir = Path(workdir).expanduser().absolute()
     overrides = {k.replace("__", "."): v for k, v in (overrides or {}).items()}
+    allow_changed = overrides.pop("eval.allow_changed_data", False)
+    if isinstance(allow_changed, str):
+        if allow_changed.lower() not in ("true", "false"):
+            raise ConfigError(f"eval.allow_changed_data: {allow_changed!r} is not true or false")
+        allow_changed = allow_changed.lower() == "true"
     other = sorted(k for k in overrides if not k.startswith(("data.", "eval.")))
     if other:
         raise ConfigError(f"ecomjax eval takes data.* and eval.* overrides only, not {other}")
     if not (workdir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{workdir} is not a run directory (no config.yaml)")
-    config = load_config(workdir / "config.yaml", overrides)
+        raise MissingFileError(f"{workdir} is not a run directory (no config.yaml)")
+    recorded = read_run_record(workdir).get("inputs", {})
+    written = load_config(workdir / "config.yaml")
+    # the files training read, where it found them (unless this evaluation names others)
+    known = _dotted_keys(written.to_dict())
+    found = {k: v["path"] for k, v in recorded.items() if k in known and k not in overrides and Path(v["path"]).exists()}
+    config = load_config(workdir / "config.yaml", {**found, **overrides})
+    config.workdir = str(workdir)
     mesh = make_mesh(config.mesh)
     run = load(workdir, mesh=mesh)
     task: Task = task_class(config.task)(config)
     task.workdir, task.mesh = workdir, mesh
     with jax.set_mesh(mesh):
-        spec = task.prepare()
+        with recording_inputs() as inputs:
+            spec = task.prepare()
+        changed = changed_inputs(recorded, inputs)
+        if changed and not allow_changed:
+            raise ChangedDataError(f"{changed[0]}: the model in {workdir} was trained on it as it was; evaluate "
+                                   "another file with data.* overrides, or pass eval.allow_changed_data=true")
+        for line in changed:
+            warn(f"evaluating on changed data (eval.allow_changed_data=true): {line}")
         if not any(k.startswith("data.") for k in overrides) and spec != run.spec:
-            changed = sorted(k for k in spec.keys() | run.spec.keys() if spec.get(k) != run.spec.get(k))
-            raise ValueError(f"{workdir}: the data no longer matches the trained model ({', '.join(changed)} "
-                             "differ from model.json); was the data file changed?")
+            differ = sorted(k for k in spec.keys() | run.spec.keys() if spec.get(k) != run.spec.get(k))
+            raise ChangedDataError(f"{workdir}: the data no longer matches the trained model ({', '.join(differ)} "
+                                   "differ from model.json); was the data file changed?")
         metrics = task.report(run.models)
+    if changed:
+        metrics = {**metrics, "changed_data": changed}
     out = workdir / "eval"
     out.mkdir(exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_json_atomically(out / "metrics.json", metrics)
     return metrics
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys

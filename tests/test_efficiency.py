@@ -347,7 +347,7 @@ def test_quantization_aware_run_exports_int8_and_is_not_resumed_as_a_float_run(t
     restored = ecomjax.load(workdir).model
     batch = _user_batch(np.random.default_rng(3))
     np.testing.assert_allclose(restored.encode(*batch), result.model.encode(*batch), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="another config"):
         ecomjax.train(None, workdir=workdir, train__epochs=3, train__progress=False,
                       efficiency__quantize__weights="int8")
     with pytest.raises(ValueError, match=r"set efficiency\.quantize\.weights=int8"):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
+from ecomjax.errors import NonFiniteError
 from ecomjax.eval.graded import grouped_ndcg, mean_grouped_ndcg, ndcg_rows, relevance_metrics, rmse
 
 
@@ -27,7 +28,7 @@ def test_grouped_ndcg_skips_short_and_gainless_lists_and_names_bad_input():
     # group 4 has one row, group 9 no gain; group 7 ranks the gain-0 row first
     assert ids.tolist() == [1, 7] and values == pytest.approx([1.0, 1 / np.log2(3)])
     assert mean_grouped_ndcg(np.zeros(2), np.zeros(2), np.array([0, 0]))[1] == 0
-    with pytest.raises(ValueError, match="scores: 1 values are NaN"):
+    with pytest.raises(NonFiniteError, match="scores: 1 values are NaN"):
         grouped_ndcg(np.array([np.nan, 1.0]), np.array([1.0, 0.0]), np.array([0, 0]))
     with pytest.raises(ValueError, match="gains must be >= 0"):
         grouped_ndcg(np.array([0.0, 1.0]), np.array([-1.0, 0.0]), np.array([0, 0]))
@@ -53,5 +54,5 @@ def test_relevance_metrics_shift_grades_and_rmse():
     assert result["rmse"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
     assert "rmse" not in relevance_metrics(np.ones(2), np.array([1.0, 2.0]), np.array([0, 0]), regression=False)
     assert rmse(np.array([1.0, 2.0]), np.array([2.0, 2.0])) == pytest.approx(np.sqrt(0.5))
-    with pytest.raises(ValueError, match="predictions: 1 values are NaN"):
+    with pytest.raises(NonFiniteError, match="predictions: 1 values are NaN"):
         rmse(np.array([np.nan]), np.array([1.0]))

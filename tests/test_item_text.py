@@ -11,7 +11,6 @@ from flax import nnx
 import ecomjax
 from ecomjax.config import ConfigError, load_config
 from ecomjax.data import load_sequences
-from ecomjax.data.files import DataFormatError
 from ecomjax.data.item_text import (
     append_tokens,
     attribute_token_ids,
@@ -23,6 +22,7 @@ from ecomjax.data.item_text import (
     title_words,
 )
 from ecomjax.encoders.feature_cache import cached_array, content_key
+from ecomjax.errors import DataFormatError
 from ecomjax.models.axes import padded_vocab
 from ecomjax.models.item_embedding import ItemEmbedding, ItemFeatures
 

@@ -14,10 +14,10 @@ from flax import nnx
 import ecomjax
 from ecomjax.config import ConfigError, load_config
 from ecomjax.data.ctr_files import read_ctr_files
-from ecomjax.data.files import DataFormatError
 from ecomjax.data.impressions import ImpressionConfig, generate_impressions
 from ecomjax.data.schema import split_by_group
 from ecomjax.data.synthetic import SyntheticConfig
+from ecomjax.errors import DataFormatError
 from ecomjax.models.ranker import MultiTaskRanker
 from ecomjax.tasks.ranker import host_columns, load_impressions, predict
 from ecomjax.tasks.ranker_losses import esmm_purchase_loss, log_ctcvr, ranker_losses

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
+from ecomjax.errors import NonFiniteError
 from ecomjax.eval import classification as cls
 
 
@@ -48,7 +49,7 @@ def test_log_loss_and_calibration():
 
 
 def test_bad_metric_input_is_named():
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite \(first at row 1\)"):
         cls.auc(np.array([0.1, np.nan]), np.array([0, 1]))
     with pytest.raises(ValueError, match="3 scores for 2 labels"):
         cls.log_loss(np.array([0.1, 0.2, 0.3]), np.array([0, 1]))

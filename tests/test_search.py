@@ -10,8 +10,8 @@ import pytest
 from conftest import real_data
 
 from ecomjax.config import ConfigError, load_config
-from ecomjax.data.files import DataFormatError
 from ecomjax.data.relevance import normalize_text, read_relevance, split_by_query
+from ecomjax.errors import DataFormatError
 from ecomjax.search.bm25 import BM25, stem, tokenize
 from ecomjax.search.features import LEXICAL_FEATURES, ProductPrior, lexical_features
 from ecomjax.serve.ann import HNSWIndex, exact_top_k, recall_at_k

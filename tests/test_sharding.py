@@ -85,10 +85,13 @@ def test_logical_rules_map_axes_and_keep_indivisible_dimensions_whole():
         spec_for(("experts", "embed"), (4, 64), rules, mesh)
 
 
-def test_mesh_rules_in_config_extend_defaults_and_validate_axes():
-    config = load_config(None, ["mesh.rules.vocab=null", "mesh.rules.experts=model"])
-    assert config.mesh.rules["vocab"] is None and config.mesh.rules["experts"] == "model"
+def test_mesh_rules_in_config_override_defaults_and_validate_axes():
+    config = load_config(None, ["mesh.rules.vocab=null", "mesh.rules.heads=data"])
+    assert config.mesh.rules["vocab"] is None and config.mesh.rules["heads"] == "data"
     assert config.mesh.rules["mlp"] == "model"  # untouched defaults stay
+    # a misspelt logical axis would silently shard nothing: refused, listing the known ones
+    with pytest.raises(ConfigError, match=r"mesh\.rules: unknown logical axis 'vocabb'; known axes: .*'vocab'"):
+        load_config(None, ["mesh.rules.vocabb=model"])
     with pytest.raises(ConfigError, match=r"mesh.rules.vocab: 'modle' is not allowed.*\['data', 'model'\].*null"):
         load_config(None, ["mesh.rules.vocab=modle"])
     with pytest.raises(ConfigError, match=r"mesh\.model: 0 is out of range"):

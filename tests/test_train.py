@@ -8,6 +8,7 @@ import yaml
 
 import ecomjax
 from ecomjax.config import ConfigError
+from ecomjax.errors import WorkdirError
 
 TINY = {
     "data.synthetic.num_users": 300,
@@ -66,7 +67,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, model):
 
 def test_resume_refuses_a_different_config(tmp_path):
     ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path), "train.max_steps": 3})
-    with pytest.raises(ValueError, match=r"different config \(model\.hidden_size\)"):
+    with pytest.raises(WorkdirError, match=r"another config \(model\.hidden_size: 16 -> 8\); use another "
+                                           r"workdir, or train\.resume=false"):
         ecomjax.train(None, overrides={**TINY, "workdir": str(tmp_path), "model.hidden_size": 8})
     # a run saved before a config key existed resumes: the missing key takes its default
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())

@@ -17,20 +17,19 @@ from typing import Any
 import jax
 import yaml
 
+from ecomjax.errors import InputError, UnknownKeyError
+
 DEFAULT_PRICES_PATH = Path(__file__).resolve().parents[2] / "configs" / "prices.yaml"
 
 _REQUIRED = ("usd_per_hour", "unit", "provider", "source", "as_of")
 
 
-class PriceTableError(ValueError):
+class PriceTableError(InputError):
     """The price table file is missing or an entry is malformed."""
 
 
-class UnknownHardwareError(KeyError):
+class UnknownHardwareError(UnknownKeyError):
     """A hardware name that is not in the price table; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -127,14 +126,14 @@ def dollars_per_million_predictions(
     ``3600 * predictions_per_second`` predictions.
     """
     if predictions_per_second <= 0:
-        raise ValueError(f"predictions_per_second must be positive, got {predictions_per_second}")
+        raise InputError(f"predictions_per_second must be positive, got {predictions_per_second}")
     return units * hourly_usd / (predictions_per_second * 3600.0) * 1e6
 
 
 def dollars_per_run(seconds: float, hourly_usd: float, *, units: int = 1) -> float:
     """USD for a run of ``seconds`` wall-clock on ``units`` devices (per-second billing)."""
     if seconds < 0:
-        raise ValueError(f"seconds must be non-negative, got {seconds}")
+        raise InputError(f"seconds must be non-negative, got {seconds}")
     return units * hourly_usd * seconds / 3600.0
 
 

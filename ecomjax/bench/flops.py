@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ecomjax.bench.timing import time_jitted
+from ecomjax.errors import InputError
 
 # Square matmul side per backend: large enough to saturate the matrix units, small enough to run
 # in well under a second (CPU: ~2 GFLOP per call at 1024).
@@ -89,7 +90,7 @@ def measure_matmul_peak(
     backend = jax.default_backend()
     n = int(n if n is not None else DEFAULT_MATMUL_N.get(backend, 4096))
     if n < 1:
-        raise ValueError(f"matmul size must be positive, got {n}")
+        raise InputError(f"matmul size must be positive, got {n}")
     key = _device_key(dtype, n)
     if use_cache and key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
@@ -107,7 +108,7 @@ def measure_matmul_peak(
 def achieved_flops(flops_per_call: float, seconds_per_call: float) -> float:
     """FLOP/s achieved by one call."""
     if seconds_per_call <= 0:
-        raise ValueError(f"seconds_per_call must be positive, got {seconds_per_call}")
+        raise InputError(f"seconds_per_call must be positive, got {seconds_per_call}")
     return flops_per_call / seconds_per_call
 
 
@@ -120,5 +121,5 @@ def mfu(flops_per_call: float | None, seconds_per_call: float, peak_flops: float
     if flops_per_call is None:
         return None
     if peak_flops <= 0:
-        raise ValueError(f"peak_flops must be positive, got {peak_flops}")
+        raise InputError(f"peak_flops must be positive, got {peak_flops}")
     return achieved_flops(flops_per_call, seconds_per_call) / peak_flops

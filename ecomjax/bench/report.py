@@ -22,6 +22,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from ecomjax.errors import InputError
+
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -106,7 +108,7 @@ def write_results(
     intact rather than half a JSON file.
     """
     if not _NAME_RE.match(name):
-        raise ValueError(f"result name {name!r} must be a plain file stem (letters, digits, ._-)")
+        raise InputError(f"result name {name!r} must be a plain file stem (letters, digits, ._-)")
     directory = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     document = {

@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ecomjax.errors import InputError
+
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 95.0, 99.0)
 
 
@@ -39,11 +41,11 @@ def percentiles(
     """
     values = np.asarray(samples, dtype=np.float64).ravel()
     if values.size == 0:
-        raise ValueError("percentiles() needs at least one sample")
+        raise InputError("percentiles() needs at least one sample")
     qs = tuple(float(q) for q in qs)
     for q in qs:
         if not 0.0 <= q <= 100.0:
-            raise ValueError(f"percentile {q} is outside [0, 100]")
+            raise InputError(f"percentile {q} is outside [0, 100]")
     return {q: float(v) for q, v in zip(qs, np.percentile(values, qs), strict=True)}
 
 
@@ -148,9 +150,9 @@ def _timed_loop(
 ) -> tuple[np.ndarray, float | None]:
     """Run warm-up then timed calls; returns (samples, first warm-up call seconds)."""
     if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
+        raise InputError(f"iters must be >= 1, got {iters}")
     if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
+        raise InputError(f"warmup must be >= 0, got {warmup}")
     max_iters = max(max_iters, iters)
     first_call: float | None = None
     for i in range(warmup):

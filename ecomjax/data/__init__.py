@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ecomjax.config import AT_LEAST_1, Check
-from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.files import resolve_data_path
 from ecomjax.data.sequences import SequenceDataset, read_sequence_file
 from ecomjax.data.synthetic import SyntheticConfig, generate_shop
+from ecomjax.errors import DataFormatError, InputError
 
 
 @dataclass
@@ -27,10 +28,10 @@ def load_sequences(config: DataConfig) -> SequenceDataset:
     """The interaction sequences a config names: the synthetic shop or a sequence file."""
     if config.source == "synthetic":
         if config.path is not None:
-            raise ValueError("data.path is set but data.source is 'synthetic'; set data.source=sequences")
+            raise InputError("data.path is set but data.source is 'synthetic'; set data.source=sequences")
         return generate_shop(config.synthetic).dataset
     if config.path is None:
-        raise ValueError("data.source=sequences needs data.path (a 'user item item ...' file)")
+        raise InputError("data.source=sequences needs data.path (a 'user item item ...' file)")
     return read_sequence_file(resolve_data_path(config.path))
 
 

@@ -14,7 +14,9 @@ samples (DeepCTR / torch-rechub for Ali-CCP, FuxiCTR for AliExpress, DeepCTR for
 Categorical values get ids from the *training* file in order of first appearance (1, 2, ...);
 a value first seen in validation or test maps to 0, "unknown", and how many did is reported in
 ``ImpressionData.source``. Every row is checked: a wrong field count, a label that is not 0/1,
-a number that does not parse, or a purchase without a click is an error naming file:line.
+a number that does not parse (ASCII decimals only: no ``nan``, no ``inf``), an empty user or
+request id (it would pool unrelated rows into one GAUC user or one NDCG list), or a purchase
+without a click is an error naming file:line. Files must be UTF-8 text.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.files import open_text, parse_float, resolve_data_path
 from ecomjax.data.schema import CategoricalField, FeatureSchema, ImpressionData, split_by_group
+from ecomjax.errors import DataFormatError, InputError
 
 
 @dataclass(frozen=True)
@@ -48,70 +51,95 @@ FORMATS: dict[str, CtrFormat] = {
 }
 
 
-def _read(path: Path, fmt: CtrFormat) -> tuple[list[str], list[list[str]]]:
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataFormatError(f"{path}: empty file (a header line is expected)") from None
-        needed = [c for c in (fmt.click, fmt.purchase, fmt.user, fmt.group) if c]
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise DataFormatError(f"{path}: missing column(s) {missing}; header has {header[:8]}...")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataFormatError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-            rows.append(row)
-    if not rows:
-        raise DataFormatError(f"{path}: no data rows")
-    return header, rows
-
-
-def _labels(path: Path, rows: list[list[str]], column: int, name: str) -> np.ndarray:
-    values = np.empty(len(rows), np.float32)
-    for i, row in enumerate(rows):
-        raw = row[column].strip()
-        if raw not in ("0", "1", "0.0", "1.0"):
-            raise DataFormatError(f"{path}:{i + 2}: label {name!r} must be 0 or 1, got {raw!r}")
-        values[i] = float(raw)
-    return values
-
-
-def _numbers(path: Path, rows: list[list[str]], column: int, name: str, log: bool) -> np.ndarray:
-    values = np.zeros(len(rows), np.float32)
-    for i, row in enumerate(rows):
-        raw = row[column].strip()
-        if raw == "":
-            continue  # missing -> 0
-        try:
-            values[i] = float(raw)
-        except ValueError:
-            raise DataFormatError(f"{path}:{i + 2}: numeric field {name!r} is not a number: {raw!r}") from None
-    if not np.isfinite(values).all():
-        raise DataFormatError(f"{path}: numeric field {name!r} has NaN or infinite values")
-    return np.sign(values) * np.log1p(np.abs(values)) if log else values
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
 class _Part:
     path: Path
     rows: list[list[str]]
+    lines: list[int]  # line of each row in the file (blank lines are skipped)
+
+
+def _read(path: Path, fmt: CtrFormat) -> tuple[list[str], _Part]:
+    with open_text(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise DataFormatError(f"{path}: empty file (a header line is expected)") from None
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise DataFormatError(f"{path}:1: column(s) {repeated} appear more than once in the header")
+            needed = [c for c in (fmt.click, fmt.purchase, fmt.user, fmt.group) if c]
+            missing = [c for c in needed if c not in header]
+            if missing:
+                raise DataFormatError(f"{path}: missing column(s) {missing}; header has {header[:8]}...")
+            rows, lines = [], []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataFormatError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                rows.append(row)
+                lines.append(reader.line_num)
+        except csv.Error as exc:
+            raise DataFormatError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    if not rows:
+        raise DataFormatError(f"{path}: no data rows")
+    return header, _Part(path, rows, lines)
+
+
+def _labels(part: _Part, column: int, name: str) -> np.ndarray:
+    values = np.empty(len(part.rows), np.float32)
+    for i, row in enumerate(part.rows):
+        raw = row[column].strip()
+        if raw not in ("0", "1", "0.0", "1.0"):
+            raise DataFormatError(f"{part.path}:{part.lines[i]}: label {name!r} must be 0 or 1, got {raw!r}")
+        values[i] = float(raw)
+    return values
+
+
+def _numbers(part: _Part, column: int, name: str, log: bool) -> np.ndarray:
+    values = np.zeros(len(part.rows), np.float32)
+    for i, row in enumerate(part.rows):
+        raw = row[column].strip()
+        if raw == "":
+            continue  # missing -> 0
+        value = parse_float(raw)
+        if value is None:
+            raise DataFormatError(f"{part.path}:{part.lines[i]}: numeric field {name!r} is not a number: {raw!r}")
+        if abs(value) > _FLOAT32_MAX:
+            raise DataFormatError(f"{part.path}:{part.lines[i]}: numeric field {name!r}: {raw!r} is "
+                                  "outside the float32 range")
+        values[i] = value
+    return np.sign(values) * np.log1p(np.abs(values)) if log else values
+
+
+def _ids(part: _Part, column: int, name: str) -> list[str]:
+    """The user or request id of every row; an empty one is an error (it would join one group)."""
+    values = [row[column].strip() for row in part.rows]
+    for i, value in enumerate(values):
+        if not value:
+            raise DataFormatError(f"{part.path}:{part.lines[i]}: empty {name!r} (the user or request id "
+                                  "that groups rows for GAUC and NDCG)")
+    return values
 
 
 def read_ctr_files(fmt_name: str, train: Path, others: dict[str, Path]) -> tuple[ImpressionData, dict[str, np.ndarray]]:
     """Read the training file and the other named files; rows concatenated, train first."""
+    if fmt_name not in FORMATS:
+        raise InputError(f"CTR file format {fmt_name!r} is unknown; formats: {sorted(FORMATS)}")
     fmt = FORMATS[fmt_name]
-    header, train_rows = _read(train, fmt)
-    parts = {"train": _Part(train, train_rows)}
+    header, train_part = _read(train, fmt)
+    train_rows = train_part.rows
+    parts = {"train": train_part}
     for name, path in others.items():
-        other_header, rows = _read(path, fmt)
+        other_header, part = _read(path, fmt)
         if other_header != header:
             raise DataFormatError(f"{path}: header differs from the training file {train}")
-        parts[name] = _Part(path, rows)
+        parts[name] = part
     labels = {c for c in (fmt.click, fmt.purchase, fmt.group) if c}
     features = [c for c in header if c not in labels]
     numeric = [c for c in features if fmt.is_numeric(c)]
@@ -132,18 +160,17 @@ def read_ctr_files(fmt_name: str, train: Path, others: dict[str, Path]) -> tuple
             cat[:, j] = ids
             if part.path != train:
                 unknown += sum(1 for i, row in zip(ids, part.rows, strict=True) if i == 0 and row[col].strip())
-        num = np.stack([_numbers(part.path, part.rows, header.index(c), c, fmt.log_numeric) for c in numeric],
+        num = np.stack([_numbers(part, header.index(c), c, fmt.log_numeric) for c in numeric],
                        axis=1) if numeric else np.zeros((len(part.rows), 0), np.float32)
-        click = _labels(part.path, part.rows, header.index(fmt.click), fmt.click)
-        purchase = (_labels(part.path, part.rows, header.index(fmt.purchase), fmt.purchase)
-                    if fmt.purchase else None)
+        click = _labels(part, header.index(fmt.click), fmt.click)
+        purchase = _labels(part, header.index(fmt.purchase), fmt.purchase) if fmt.purchase else None
         if purchase is not None:
             bad = np.flatnonzero((purchase > 0) & (click == 0))
             if len(bad):
-                raise DataFormatError(f"{part.path}:{bad[0] + 2}: {fmt.purchase}=1 with {fmt.click}=0; "
+                raise DataFormatError(f"{part.path}:{part.lines[bad[0]]}: {fmt.purchase}=1 with {fmt.click}=0; "
                                       f"the funnel is click -> purchase ({len(bad)} such rows)")
-        raw_user = [row[header.index(fmt.user)] for row in part.rows] if fmt.user else None
-        raw_group = [row[header.index(fmt.group)] for row in part.rows] if fmt.group else None
+        raw_user = _ids(part, header.index(fmt.user), fmt.user) if fmt.user else None
+        raw_group = _ids(part, header.index(fmt.group), fmt.group) if fmt.group else None
         blocks.append((cat, num, click, purchase, raw_user, raw_group))
     n = sum(len(b[0]) for b in blocks)
 

@@ -33,7 +33,8 @@ from typing import Literal
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.files import INT64_MAX, open_text, parse_id, resolve_data_path
+from ecomjax.errors import DataFormatError, InputError, MissingFileError, UnknownKeyError
 
 DATASET_DIR = "fashion-products"
 STYLES_FILE, IMAGES_FILE = "styles.csv", "images-128.zip"
@@ -76,13 +77,16 @@ def read_styles(path: str | Path) -> list[Product]:
     path = Path(path)
     products: list[Product] = []
     first_line: dict[int, int] = {}
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    with open_text(path, newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != list(COLUMNS):
-            raise DataFormatError(f"{path}:1: header must be {','.join(COLUMNS)}, got {header}")
-        for row in reader:
-            line = reader.line_num
+        try:
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != list(COLUMNS):
+                raise DataFormatError(f"{path}:1: header must be {','.join(COLUMNS)}, got {header}")
+            rows = [(reader.line_num, row) for row in reader]
+        except csv.Error as exc:
+            raise DataFormatError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+        for line, row in rows:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(COLUMNS):
@@ -92,16 +96,14 @@ def read_styles(path: str | Path) -> list[Product]:
             for name in _REQUIRED:
                 if not values[name]:
                     raise DataFormatError(f"{path}:{line}: missing {name}")
-            if not (values["id"].isascii() and values["id"].isdigit()):
-                raise DataFormatError(f"{path}:{line}: id {values['id']!r} is not an integer id")
-            product_id = int(values["id"])
+            product_id = parse_id(values["id"], f"{path}:{line}", "id", high=INT64_MAX)
             if product_id in first_line:
                 raise DataFormatError(f"{path}:{line}: id {product_id} already appeared on line "
                                       f"{first_line[product_id]}")
             first_line[product_id] = line
             year = values["year"]
-            if year not in _MISSING_VALUES and not (year.isascii() and year.isdigit()):
-                raise DataFormatError(f"{path}:{line}: year {year!r} is not an integer")
+            if year not in _MISSING_VALUES:
+                parse_id(year, f"{path}:{line}", "year", high=9999)
             products.append(Product(
                 id=product_id, gender=values["gender"], master_category=values["masterCategory"],
                 sub_category=values["subCategory"], article_type=values["articleType"],
@@ -162,7 +164,7 @@ class FashionCatalog:
             self._cache.move_to_end(product_id)
             return self._cache[product_id]
         if product_id not in self._index:
-            raise KeyError(f"product {product_id} is not in the catalogue"
+            raise UnknownKeyError(f"product {product_id} is not in the catalogue"
                            + (" (its image is missing)" if product_id in self.missing_images
                               else ""))
         from PIL import Image
@@ -181,7 +183,7 @@ class FashionCatalog:
         pixels = [self.image(int(i)) for i in ids]
         shapes = {p.shape for p in pixels}
         if len(shapes) > 1:
-            raise ValueError(f"images of different sizes {sorted(shapes)}: resize before stacking")
+            raise InputError(f"images of different sizes {sorted(shapes)}: resize before stacking")
         return np.stack(pixels)
 
     def _zip(self) -> zipfile.ZipFile:
@@ -212,10 +214,13 @@ def read_fashion_catalog(
     root = resolve_data_path(DATASET_DIR if root is None else root, directory=True, key="data.path")
     images_path = root / IMAGES_FILE
     if not images_path.is_file():
-        raise FileNotFoundError(f"fashion catalogue: image archive {images_path} not found")
+        raise MissingFileError(f"fashion catalogue: image archive {images_path} not found")
     products = read_styles(root / STYLES_FILE)
-    with zipfile.ZipFile(images_path) as archive:
-        names = set(archive.namelist())
+    try:
+        with zipfile.ZipFile(images_path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataFormatError(f"{images_path}: not a readable zip archive ({exc})") from None
     missing = [p.id for p in products if f"{p.id}.jpg" not in names]
     if missing and missing_images == "error":
         raise DataFormatError(f"{images_path}: no image for {len(missing)} products listed in "

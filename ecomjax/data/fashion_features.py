@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecomjax.data.fashion import FashionCatalog
+from ecomjax.errors import InputError, UnknownKeyError
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class FashionFeatures:
         position = {int(i): r for r, i in enumerate(self.ids)}
         missing = [int(i) for i in ids if int(i) not in position]
         if missing:
-            raise KeyError(f"no features for products {missing[:10]}")
+            raise UnknownKeyError(f"no features for products {missing[:10]}")
         return np.array([position[int(i)] for i in ids], dtype=np.int64)
 
     def pooled_text(self) -> np.ndarray:
@@ -60,7 +61,7 @@ def encode_catalog(catalog: FashionCatalog, ids: np.ndarray | None = None, *,
 
     ids = catalog.ids if ids is None else np.asarray(ids, dtype=np.int64)
     if len(ids) == 0:
-        raise ValueError("encode_catalog: no product ids")
+        raise InputError("encode_catalog: no product ids")
     titles = catalog.clean_titles(catalog.subset(ids))
     text_dir = resolve_checkpoint(text_checkpoint)
     text_key = content_key({"what": "fashion-title-tokens", "checkpoint": directory_fingerprint(text_dir)},

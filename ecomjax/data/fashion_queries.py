@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecomjax.data.fashion import Product
+from ecomjax.errors import InputError
 
 # Phrases per attribute value: (before the noun, after the noun). Several per value, so a
 # retrieval model must learn that "for him", "men's" and "mens" mean the same thing.
@@ -137,7 +138,7 @@ def compose_queries(pool: Sequence[Product], num_queries: int, seed: int = 0, *,
     """
     products = sorted(pool, key=lambda p: p.id)
     if not products:
-        raise ValueError("compose_queries: empty pool")
+        raise InputError("compose_queries: empty pool")
     ids = np.array([p.id for p in products], dtype=np.int64)
     columns = {name: np.array([getattr(p, name) for p in products], dtype=object)
                for name in ("article_type", *QUERY_FIELDS)}
@@ -228,7 +229,7 @@ def training_pairs(codes_q: np.ndarray, codes_p: np.ndarray, product_rows: np.nd
     for q in range(len(codes_q)):
         relevant = product_rows[grades[q] == 2]
         if len(relevant) == 0:
-            raise ValueError(f"training query {q} has no relevant training product")
+            raise InputError(f"training query {q} has no relevant training product")
         chosen = rng.choice(relevant, size=min(per_query, len(relevant)), replace=False)
         pairs.extend((q, int(p)) for p in chosen)
     return np.array(pairs, dtype=np.int32)

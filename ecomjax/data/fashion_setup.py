@@ -29,6 +29,7 @@ from ecomjax.data.fashion_queries import (
     training_pairs,
 )
 from ecomjax.data.fashion_splits import Vocabulary, build_vocabularies, split_products
+from ecomjax.errors import InputError
 
 
 @dataclass
@@ -112,7 +113,7 @@ def prepare_fashion(config: FashionDataConfig, seed: int, *, queries: bool, prog
     rows = {name: features.rows(getattr(split, name)) for name in ("train", "valid", "test")}
     for name, part in rows.items():
         if len(part) == 0:
-            raise ValueError(f"data: the {name} split holds no product; raise data.max_products")
+            raise InputError(f"data: the {name} split holds no product; raise data.max_products")
     vocabularies = build_vocabularies([products[r] for r in rows["train"]], config.min_count)
     values: dict[str, dict[str, int]] = {f: {} for f in CODE_FIELDS}
     data = FashionData(catalog, features, products, rows, vocabularies,

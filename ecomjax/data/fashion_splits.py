@@ -16,6 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from ecomjax.data.fashion import ATTRIBUTE_FIELDS, MISSING, OTHER, Product
+from ecomjax.errors import InputError, UnknownKeyError
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class ProductSplit:
             position = np.searchsorted(ids, product_id)
             if position < len(ids) and ids[position] == product_id:
                 return name
-        raise KeyError(f"product {product_id} is in no part of the split")
+        raise UnknownKeyError(f"product {product_id} is in no part of the split")
 
 
 def _unit_hash(seed: int, product_id: int) -> float:
@@ -99,7 +100,7 @@ def split_products(products: Sequence[Product], fractions: tuple[float, float, f
     each class in proportion (a class of one or two products lands in train).
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got "
+        raise InputError(f"fractions must be three non-negative numbers summing to 1, got "
                          f"{fractions}")
     groups: dict[object, list[Product]] = {}
     for p in products:

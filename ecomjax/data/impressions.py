@@ -33,6 +33,7 @@ import numpy as np
 
 from ecomjax.data.schema import CategoricalField, FeatureSchema, ImpressionData, SequenceField
 from ecomjax.data.synthetic import _BRANDS, _COLOURS, _STYLES, SyntheticConfig, generate_shop
+from ecomjax.errors import InputError
 
 
 @dataclass
@@ -50,11 +51,11 @@ class ImpressionConfig:
 
     def __post_init__(self) -> None:
         if self.num_requests < 1 or self.list_size < 1 or self.num_segments < 1 or self.history_len < 1:
-            raise ValueError("impressions: num_requests, list_size, num_segments and history_len must be >= 1")
+            raise InputError("impressions: num_requests, list_size, num_segments and history_len must be >= 1")
         if not 0 <= self.taste_share <= 1:
-            raise ValueError(f"impressions.taste_share: {self.taste_share} must be in [0, 1]")
+            raise InputError(f"impressions.taste_share: {self.taste_share} must be in [0, 1]")
         if self.dwell_noise < 0:
-            raise ValueError(f"impressions.dwell_noise: {self.dwell_noise} must be >= 0")
+            raise InputError(f"impressions.dwell_noise: {self.dwell_noise} must be >= 0")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError
+from ecomjax.data.files import open_text, parse_id, read_text
+from ecomjax.errors import DataFormatError, InputError
 
 TextNormalization = Literal["center", "whiten", "none"]
 
@@ -49,7 +50,7 @@ def title_word_ids(titles: list[str], min_items: int, max_words: int = MAX_TITLE
     be one more per-item ID. Titles keep their first ``max_words`` known words (brand first).
     """
     if min_items < 1 or max_words < 1:
-        raise ValueError(f"min_items and max_words must be >= 1, got {min_items} and {max_words}")
+        raise InputError(f"min_items and max_words must be >= 1, got {min_items} and {max_words}")
     per_title = [title_words(t) for t in titles]
     counts = Counter(w for words in per_title for w in words)
     vocabulary = tuple(sorted(w for w, c in counts.items() if c >= min_items))
@@ -66,27 +67,33 @@ def read_item_titles(path: str | Path) -> dict[int, str]:
     last column the title (``s3rec_item_id  asin  title`` in the Beauty release)."""
     path = Path(path)
     titles: dict[int, str] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
+    first_line: dict[int, int] = {}
+    with open_text(path, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+            rows = list(reader)
+        except csv.Error as exc:
+            raise DataFormatError(f"{path}:{reader.line_num}: not valid tab-separated text ({exc})") from None
         if header is None or len(header) < 2:
             raise DataFormatError(f"{path}:1: expected a header with an id and a title column, got {header}")
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             if len(row) != len(header):
                 raise DataFormatError(f"{path}:{line}: expected {len(header)} tab-separated fields "
                                       f"({', '.join(header)}), got {len(row)}")
-            try:
-                item = int(row[0])
-            except ValueError:
-                raise DataFormatError(f"{path}:{line}: item id {row[0]!r} is not an integer") from None
+            if not (row[0].isascii() and row[0].isdigit()):
+                raise DataFormatError(f"{path}:{line}: item id {row[0]!r} is not an integer (ASCII digits)")
+            item = parse_id(row[0], f"{path}:{line}", "item id")
             if item in titles:
-                raise DataFormatError(f"{path}:{line}: item id {item} appears twice")
+                raise DataFormatError(f"{path}:{line}: item id {item} appears twice (first on line "
+                                      f"{first_line[item]}); one title per item")
             title = row[-1].strip()
             if not title:
                 raise DataFormatError(f"{path}:{line}: item {item} has an empty title")
             titles[item] = title
+            first_line[item] = line
     if not titles:
         raise DataFormatError(f"{path}: no titles")
     return titles
@@ -97,23 +104,39 @@ def read_item_attributes(path: str | Path) -> dict[int, list[int]]:
     brand and category ids per item, as S3-Rec released them). Keys are the data file's item ids."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text(path), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         raise DataFormatError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: JSON nested too deeply") from None
+    except _DuplicateKey as error:
+        raise DataFormatError(f"{path}: key {error.args[0]!r} appears twice in one object") from None
     if not isinstance(raw, dict) or not raw:
         raise DataFormatError(f"{path}: expected a non-empty JSON object {{item id: [attribute ids]}}")
     attributes: dict[int, list[int]] = {}
     for key, values in raw.items():
-        try:
-            item = int(key)
-        except ValueError:
-            raise DataFormatError(f"{path}: item id {key!r} is not an integer") from None
+        if not (key.isascii() and key.isdigit()):
+            raise DataFormatError(f"{path}: item id {key!r} is not an integer (ASCII digits)")
+        item = parse_id(key, str(path), "item id")
         if (not isinstance(values, list)
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
             raise DataFormatError(f"{path}: item {key}: attributes must be a list of integer ids >= 0, "
                                   f"got {values!r}")
         attributes[item] = list(dict.fromkeys(values))
     return attributes
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def attribute_token_ids(per_item: list[list[int]], min_items: int) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -153,7 +176,7 @@ def normalize_features(features: np.ndarray, rows: np.ndarray,
     if how == "none":
         return features
     if how not in ("center", "whiten"):
-        raise ValueError(f"unknown text normalization {how!r}; choose 'center', 'whiten' or 'none'")
+        raise InputError(f"unknown text normalization {how!r}; choose 'center', 'whiten' or 'none'")
     centered = features[rows] - features[rows].mean(axis=0, keepdims=True)
     if how == "whiten":
         covariance = np.cov(centered.astype(np.float64), rowvar=False)

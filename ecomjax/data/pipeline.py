@@ -20,6 +20,7 @@ import grain
 import numpy as np
 
 from ecomjax.data.split import EvalSplit, LeaveOneOut
+from ecomjax.errors import InputError
 
 BATCH_KEYS = ("items", "targets", "segments", "positions")
 
@@ -223,7 +224,7 @@ def sample_negatives(
         seen = set(history[u][history[u] > 0].tolist())
         seen.add(int(targets[u]))
         if num_items - len(seen) < count:
-            raise ValueError(
+            raise InputError(
                 f"eval.sampled_negatives={count}: user row {u} has only "
                 f"{num_items - len(seen)} unseen items to sample from"
             )

@@ -4,7 +4,13 @@ The Home Depot file (``id,product_uid,product_title,search_term,relevance``, rel
 human grades in [1, 3]) is the reference format; any CSV or Parquet file with the columns
 ``query, product_id, title, relevance`` (or the Home Depot names) reads the same way. Every row
 is checked: a missing column, an empty query or title, a non-numeric or out-of-range grade is an
-error naming the file, the line and the value, never a silently dropped row.
+error naming the file, the line and the value, never a silently dropped row. A CSV file must be
+UTF-8 text; a grade is an ASCII decimal number (no ``nan``, no other scripts' digits).
+
+A product may carry different titles on different rows (Home Depot's ``train.csv`` has 11 such
+products, e.g. ``100540`` on lines 785 and 786): each row keeps the title that was judged, the
+catalogue keeps the first, and ``RelevanceData.title_conflicts`` lists every such product with
+the two lines, so it is reported rather than silently resolved.
 
 Splits are *by query*: all rows of a query land on one side, so a model is scored on queries it
 never saw, as a search engine is. Products may (and do) appear on both sides.
@@ -16,12 +22,13 @@ import csv
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError
+from ecomjax.data.files import open_text, parse_float
+from ecomjax.errors import DataFormatError, InputError
 
 # canonical column -> accepted names in the file, first match wins
 COLUMNS = {
@@ -41,13 +48,16 @@ class RelevanceData:
     titles: np.ndarray  # [n] object: product title of the row
     relevance: np.ndarray  # [n] float32 in [low, high]
     source: str = ""
+    # product id -> (first line, first line with another title): rows keep their own title,
+    # catalogue() the first one
+    title_conflicts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.relevance)
 
     def subset(self, rows: np.ndarray) -> RelevanceData:
         return RelevanceData(self.queries[rows], self.product_ids[rows], self.titles[rows],
-                             self.relevance[rows], self.source)
+                             self.relevance[rows], self.source, self.title_conflicts)
 
     def catalogue(self) -> tuple[np.ndarray, np.ndarray]:
         """``(product_ids, titles)`` of each distinct product, in first-seen order."""
@@ -102,41 +112,55 @@ def read_relevance(path: str | Path, *, low: float = 1.0, high: float = 3.0) -> 
         except ImportError:
             raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install 'ecomjax[parquet]'") from None
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataFormatError(f"{path}: not a readable Parquet file ({exc})") from None
         header = table.column_names
         index = _column_index(header, path)
         columns = {name: table.column(header[i]).to_pylist() for name, i in index.items()}
         rows = list(zip(*(columns[n] for n in COLUMNS), strict=True))
-        first_line = 1  # Parquet rows are numbered from 1 in messages
+        lines = list(range(1, len(rows) + 1))  # Parquet rows are numbered from 1 in messages
     else:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with open_text(path, newline="") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise DataFormatError(f"{path}: empty file (expected a header line)")
-            index = _column_index(header, path)
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataFormatError(f"{path}:{line}: expected {len(header)} comma-separated fields "
-                                          f"({', '.join(header)}), got {len(row)}")
-                rows.append(tuple(row[index[n]] for n in COLUMNS))
-        first_line = 2
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise DataFormatError(f"{path}: empty file (expected a header line)")
+                index = _column_index(header, path)
+                rows, lines = [], []
+                for row in reader:
+                    if not row:
+                        continue
+                    if len(row) != len(header):
+                        raise DataFormatError(f"{path}:{reader.line_num}: expected {len(header)} comma-separated "
+                                              f"fields ({', '.join(header)}), got {len(row)}")
+                    rows.append(tuple(row[index[n]] for n in COLUMNS))
+                    lines.append(reader.line_num)
+            except csv.Error as exc:
+                raise DataFormatError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     queries, products, titles, grades = [], [], [], []
-    for offset, (query, product, title, grade) in enumerate(rows):
-        where = f"{path}:{offset + first_line}"
+    first_title: dict[str, tuple[str, int]] = {}
+    conflicts: dict[str, tuple[int, int]] = {}
+    for line, (query, product, title, grade) in zip(lines, rows, strict=True):
+        where = f"{path}:{line}"
         query, product, title = str(query or "").strip(), str(product or "").strip(), str(title or "").strip()
         for name, value in (("query", query), ("product id", product), ("title", title)):
             if not value:
                 raise DataFormatError(f"{where}: empty {name}")
-        try:
-            grade = float(grade)
-        except (TypeError, ValueError):
-            raise DataFormatError(f"{where}: relevance {grade!r} is not a number") from None
+        if isinstance(grade, int | float) and not isinstance(grade, bool):
+            number = float(grade) if np.isfinite(grade) else None
+        else:
+            number = parse_float(str(grade).strip()) if isinstance(grade, str) else None
+        if number is None:
+            raise DataFormatError(f"{where}: relevance {grade!r} is not a number")
+        grade = number
         if not low <= grade <= high:
             raise DataFormatError(f"{where}: relevance {grade} is outside [{low}, {high}]")
+        seen_title, seen_line = first_title.setdefault(product, (title, line))
+        if seen_title != title and product not in conflicts:
+            conflicts[product] = (seen_line, line)
         queries.append(query)
         products.append(product)
         titles.append(title)
@@ -144,7 +168,8 @@ def read_relevance(path: str | Path, *, low: float = 1.0, high: float = 3.0) -> 
     if not grades:
         raise DataFormatError(f"{path}: no rows")
     return RelevanceData(np.array(queries, dtype=object), np.array(products, dtype=object),
-                         np.array(titles, dtype=object), np.array(grades, dtype=np.float32), str(path))
+                         np.array(titles, dtype=object), np.array(grades, dtype=np.float32), str(path),
+                         conflicts)
 
 
 def hash_fraction(key: str, salt: str | int) -> float:
@@ -162,7 +187,7 @@ def split_by_query(data: RelevanceData, valid_fraction: float = 0.1, test_fracti
     orderings, and a row added to the file never moves another query across the split.
     """
     if not (0 <= valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must be "
+        raise InputError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must be "
                          "in [0, 1) and (0, 1) and sum to less than 1")
     distinct, index = data.query_groups()
     u = np.array([hash_fraction(q, seed) for q in distinct])

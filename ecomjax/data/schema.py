@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecomjax.errors import InputError, UnknownKeyError
+
 
 @dataclass(frozen=True)
 class CategoricalField:
@@ -45,15 +47,15 @@ class FeatureSchema:
         names = [f.name for f in self.categorical] + list(self.numeric) + [s.name for s in self.sequences]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"feature names used twice: {duplicates}")
+            raise InputError(f"feature names used twice: {duplicates}")
         categorical = {f.name: f for f in self.categorical}
         for seq in self.sequences:
             if seq.table is not None:
                 if seq.table not in categorical:
-                    raise ValueError(f"sequence field {seq.name!r} shares the table of {seq.table!r}, "
+                    raise InputError(f"sequence field {seq.name!r} shares the table of {seq.table!r}, "
                                      f"which is not a categorical field ({sorted(categorical)})")
                 if categorical[seq.table].vocab_size != seq.vocab_size:
-                    raise ValueError(f"sequence field {seq.name!r} has vocab {seq.vocab_size} but its "
+                    raise InputError(f"sequence field {seq.name!r} has vocab {seq.vocab_size} but its "
                                      f"table {seq.table!r} has {categorical[seq.table].vocab_size}")
 
     @property
@@ -66,7 +68,7 @@ class FeatureSchema:
         for i, f in enumerate(self.categorical):
             if f.name == name:
                 return i
-        raise KeyError(f"no categorical field {name!r}; fields: {[f.name for f in self.categorical]}")
+        raise UnknownKeyError(f"no categorical field {name!r}; fields: {[f.name for f in self.categorical]}")
 
     def to_dict(self) -> dict:
         return {"categorical": [[f.name, f.vocab_size] for f in self.categorical],
@@ -106,38 +108,38 @@ class ImpressionData:
         """Shapes, id ranges and the funnel (purchase and dwell only after a click)."""
         n, schema = len(self.click), self.schema
         if self.categorical.shape != (n, len(schema.categorical)):
-            raise ValueError(f"categorical columns {self.categorical.shape}, schema has "
+            raise InputError(f"categorical columns {self.categorical.shape}, schema has "
                              f"{len(schema.categorical)} fields for {n} impressions")
         if self.numeric.shape != (n, len(schema.numeric)):
-            raise ValueError(f"numeric columns {self.numeric.shape}, schema has {len(schema.numeric)}")
+            raise InputError(f"numeric columns {self.numeric.shape}, schema has {len(schema.numeric)}")
         if not np.isfinite(self.numeric).all():
             col = int(np.flatnonzero(~np.isfinite(self.numeric).all(axis=0))[0])
-            raise ValueError(f"numeric field {schema.numeric[col]!r} has NaN or infinite values")
+            raise InputError(f"numeric field {schema.numeric[col]!r} has NaN or infinite values")
         for i, f in enumerate(schema.categorical):
             column = self.categorical[:, i]
             if n and (column.min() < 0 or column.max() >= f.vocab_size):
-                raise ValueError(f"field {f.name!r}: ids must be in [0, {f.vocab_size}), "
+                raise InputError(f"field {f.name!r}: ids must be in [0, {f.vocab_size}), "
                                  f"found [{column.min()}, {column.max()}]")
         for i, s in enumerate(schema.sequences):
             column = self.sequences[:, i]
             if n and (column.min() < 0 or column.max() >= s.vocab_size):
-                raise ValueError(f"sequence {s.name!r}: ids must be in [0, {s.vocab_size}), "
+                raise InputError(f"sequence {s.name!r}: ids must be in [0, {s.vocab_size}), "
                                  f"found [{column.min()}, {column.max()}]")
         if not set(np.unique(self.click)) <= {0.0, 1.0}:
-            raise ValueError("click labels must be 0 or 1")
+            raise InputError("click labels must be 0 or 1")
         if self.purchase is not None:
             if not set(np.unique(self.purchase)) <= {0.0, 1.0}:
-                raise ValueError("purchase labels must be 0 or 1")
+                raise InputError("purchase labels must be 0 or 1")
             bad = np.flatnonzero((self.purchase > 0) & (self.click == 0))
             if len(bad):
-                raise ValueError(f"{len(bad)} impressions have a purchase without a click (first: row "
+                raise InputError(f"{len(bad)} impressions have a purchase without a click (first: row "
                                  f"{bad[0]}): the funnel is click -> purchase")
         if self.dwell is not None:
             bad = np.flatnonzero((self.dwell > 0) & (self.click == 0))
             if len(bad):
-                raise ValueError(f"{len(bad)} impressions have dwell time without a click (first: row {bad[0]})")
+                raise InputError(f"{len(bad)} impressions have dwell time without a click (first: row {bad[0]})")
             if (self.dwell[self.click > 0] <= 0).any():
-                raise ValueError("clicked impressions need a dwell time > 0 seconds")
+                raise InputError("clicked impressions need a dwell time > 0 seconds")
         return self
 
     def take(self, rows: np.ndarray) -> ImpressionData:
@@ -158,11 +160,11 @@ def drop_fields(data: ImpressionData, names: list[str]) -> ImpressionData:
     known = [f.name for f in schema.categorical] + list(schema.numeric) + [s.name for s in schema.sequences]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"data.drop_fields: no field(s) {unknown}; fields: {known}")
+        raise InputError(f"data.drop_fields: no field(s) {unknown}; fields: {known}")
     keep_seq = [i for i, s in enumerate(schema.sequences) if s.name not in names]
     for i in keep_seq:
         if schema.sequences[i].table in names:
-            raise ValueError(f"data.drop_fields: {schema.sequences[i].table!r} holds the table of sequence "
+            raise InputError(f"data.drop_fields: {schema.sequences[i].table!r} holds the table of sequence "
                              f"{schema.sequences[i].name!r}; drop both or neither")
     keep_cat = [i for i, f in enumerate(schema.categorical) if f.name not in names]
     keep_num = [i for i, n in enumerate(schema.numeric) if n not in names]

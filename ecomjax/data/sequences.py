@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError
+from ecomjax.data.files import INT64_MAX, open_text, parse_id
+from ecomjax.errors import DataFormatError
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class SequenceDataset:
     user_ids: np.ndarray  # original user id of each row
     item_ids: np.ndarray  # original id of each remapped item; item_ids[0] is the padding slot
     name: str = "sequences"
+    source: str = ""  # the file read (messages name it), "" for sequences built in memory
 
     @property
     def num_users(self) -> int:
@@ -43,6 +45,8 @@ def from_lists(
     sequences: list[list[int]] | list[np.ndarray], num_items: int, name: str = "sequences"
 ) -> SequenceDataset:
     """Build a dataset from already remapped sequences (ids in ``1..num_items``)."""
+    if len(sequences) == 0:
+        raise DataFormatError(f"{name}: no sequences")
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     if np.any(lengths == 0):
         raise DataFormatError(f"{name}: user {int(np.argmin(lengths))} has an empty sequence")
@@ -64,8 +68,9 @@ def read_sequence_file(path: str | Path) -> SequenceDataset:
     """Read ``user item item ...`` lines (whitespace separated integer ids, time-ordered).
 
     Blank lines are allowed and carry nothing. Everything else must be well formed: a line with
-    a user but no items, a token that is not an integer id, or a user that appears twice is an
-    error naming the file and line, because dropping it would silently change the benchmark.
+    a user but no items, a token that is not an integer id (ASCII digits, at most 2**63 - 1), or
+    a user that appears twice is an error naming the file and line, because dropping it would
+    silently change the benchmark. The file must be UTF-8 text (``ecomjax.data.files.read_text``).
     Item ids are remapped in increasing order of the original id, so files whose ids are
     already ``1..N`` (Amazon/S3-Rec, MovieLens) keep them.
     """
@@ -73,22 +78,14 @@ def read_sequence_file(path: str | Path) -> SequenceDataset:
     users: list[int] = []
     rows: list[list[int]] = []
     seen: dict[int, int] = {}
-    with path.open(encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             tokens = line.split()
             if not tokens:
                 continue
-            try:
-                ids = [int(t) for t in tokens]
-            except ValueError:
-                bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-                raise DataFormatError(
-                    f"{path}:{line_no}: {bad!r} is not an integer id; expected 'user item item ...'"
-                ) from None
+            ids = [_sequence_id(t, f"{path}:{line_no}") for t in tokens]
             if len(ids) < 2:
                 raise DataFormatError(f"{path}:{line_no}: user {ids[0]} has no items")
-            if min(ids) < 0:
-                raise DataFormatError(f"{path}:{line_no}: negative id {min(ids)}")
             if ids[0] in seen:
                 raise DataFormatError(
                     f"{path}:{line_no}: user {ids[0]} already appeared on line {seen[ids[0]]}"
@@ -108,4 +105,14 @@ def read_sequence_file(path: str | Path) -> SequenceDataset:
         user_ids=np.asarray(users),
         item_ids=np.concatenate([[-1], item_ids]),
         name=path.stem,
+        source=str(path),
     )
+
+
+def _sequence_id(token: str, where: str) -> int:
+    if token.startswith("-") and token[1:].isascii() and token[1:].isdigit():
+        raise DataFormatError(f"{where}: negative id {token}")
+    if not (token.isascii() and token.isdigit()):
+        raise DataFormatError(f"{where}: {token!r} is not an integer id; expected 'user item item ...' "
+                              "(ASCII digits)")
+    return parse_id(token, where, high=INT64_MAX)

@@ -4,7 +4,8 @@ For a user with items ``s[0..n-1]``: the last item is the test target, the one b
 validation target, and ``s[:n-2]`` is training data. Validation ranks ``s[n-2]`` given
 ``s[:n-2]``; test ranks ``s[n-1]`` given ``s[:n-1]`` (the validation item is history then).
 Users with fewer than three items cannot give all three parts: their whole sequence is used for
-training and they are counted (never silently) in ``LeaveOneOut.num_train_only``.
+training and they are counted (never silently) in ``LeaveOneOut.num_train_only``. A dataset in
+which no user has three items has nothing to validate or test on, and is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecomjax.data.sequences import SequenceDataset
+from ecomjax.errors import DataFormatError
+
+MIN_EVALUATED_LENGTH = 3  # a training item, the validation target and the test target
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,14 @@ class LeaveOneOut:
 def leave_one_out(dataset: SequenceDataset) -> LeaveOneOut:
     start, end = dataset.offsets[:-1], dataset.offsets[1:]
     lengths = end - start
-    evaluated = lengths >= 3
+    evaluated = lengths >= MIN_EVALUATED_LENGTH
+    if not evaluated.any():
+        counts = np.bincount(lengths, minlength=MIN_EVALUATED_LENGTH)
+        short = ", ".join(f"{int(counts[n])} with {n}" for n in (2, 1) if counts[n])
+        raise DataFormatError(
+            f"{dataset.source or dataset.name}: all {len(lengths)} users have fewer than "
+            f"{MIN_EVALUATED_LENGTH} items ({short}); leave-one-out needs at least "
+            f"{MIN_EVALUATED_LENGTH} items for a user to give training, validation and test data")
     train_end = np.where(evaluated, end - 2, end)
     users = np.flatnonzero(evaluated)
     valid = EvalSplit(users=users, history_end=end[users] - 2, targets=dataset.items[end[users] - 2])

@@ -16,7 +16,7 @@ train + test (``get_count`` in ``code/EHCF.py``); here that equals ``max sid + 1
 
 Parsing is strict because a silently skipped or mis-split row shifts every metric a little and
 is then never found: a malformed row raises ``DataFormatError`` (a ``ValueError``) naming the
-file, the line and the value. Repeated (user, item) pairs are dropped, and how many were dropped
+file, the line and the value; a file that is not UTF-8 text, likewise the file and the line. Repeated (user, item) pairs are dropped, and how many were dropped
 is kept in ``MultiBehaviorData.duplicates`` (the published files have none).
 """
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.data.files import DataFormatError, resolve_data_path
+from ecomjax.data.files import INT32_MAX, open_text, parse_id, resolve_data_path
+from ecomjax.errors import DataFormatError, InputError, MissingFileError
 
 BUY_TRAIN = "buy.train.txt"
 BUY_TEST = "buy.test.txt"
@@ -69,7 +70,7 @@ def _read_pairs(path: Path, behaviour: str | None) -> tuple[np.ndarray, np.ndarr
     expected = 2 if behaviour is None else 3
     users: list[int] = []
     items: list[int] = []
-    with path.open(encoding="utf-8") as handle:
+    with open_text(path) as handle:
         header = handle.readline().rstrip("\r\n").split("\t")
         if len(header) != expected or header[:2] != ["uid", "sid"]:
             raise DataFormatError(f"{path}:1: header {header!r} is not uid<TAB>sid"
@@ -83,10 +84,8 @@ def _read_pairs(path: Path, behaviour: str | None) -> tuple[np.ndarray, np.ndarr
                 raise DataFormatError(f"{path}:{number}: expected {expected} tab-separated fields, "
                                       f"got {len(fields)}: {line!r}")
             for name, value, out in (("uid", fields[0], users), ("sid", fields[1], items)):
-                if not value.isdigit():  # rejects '', '-1', '3.0', ' 7'
-                    raise DataFormatError(f"{path}:{number}: {name} {value!r} is not a "
-                                          "non-negative integer")
-                out.append(int(value))
+                # ASCII digits within int32: rejects '', '-1', '3.0', ' 7', '1_0', '٣', '6²'
+                out.append(parse_id(value, f"{path}:{number}", name, high=INT32_MAX))
             if behaviour is not None and fields[2] != behaviour:
                 raise DataFormatError(f"{path}:{number}: behaviour {fields[2]!r} is not {behaviour!r}")
     if not users:
@@ -112,7 +111,7 @@ def load_taobao(data_dir: str | Path | None = None) -> MultiBehaviorData:
     for key, (name, behaviour) in files.items():
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"Taobao file {str(path)!r} not found (the loader reads {BUY_TRAIN}, "
+            raise MissingFileError(f"Taobao file {str(path)!r} not found (the loader reads {BUY_TRAIN}, "
                                     f"{BUY_TEST} and {CART} from the directory data.path names)")
         raw[key] = _read_pairs(path, behaviour)
     num_users = 1 + max(int(u.max()) for u, _ in raw.values())
@@ -158,7 +157,7 @@ def split_validation(data: MultiBehaviorData, fraction: float, seed: int) -> Val
     counts = np.bincount(buy.users, minlength=data.num_users)
     eligible = np.flatnonzero(counts >= 3)
     if len(eligible) == 0:
-        raise ValueError("no user has 3 training purchases to hold one out for validation")
+        raise InputError("no user has 3 training purchases to hold one out for validation")
     chosen = np.sort(rng.choice(eligible, size=max(1, round(fraction * len(eligible))), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rows = starts[chosen] + rng.integers(0, counts[chosen])

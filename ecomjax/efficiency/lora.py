@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError
 from ecomjax.models.paths import param_path
 
 # ``LoraConfig.also_train`` for the BERT encoders (``ecomjax.models.bert``): every LayerNorm, every
@@ -53,14 +54,14 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+            raise InputError(f"lora rank must be >= 1, got {self.rank}")
         if not self.alpha > 0:
-            raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
+            raise InputError(f"lora alpha must be > 0, got {self.alpha}")
         for name in ("targets", "also_train"):
             try:
                 re.compile(getattr(self, name))
             except re.error as exc:
-                raise ValueError(f"lora {name} {getattr(self, name)!r} is not a regular expression: {exc}") from None
+                raise InputError(f"lora {name} {getattr(self, name)!r} is not a regular expression: {exc}") from None
 
 
 def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int = 0,
@@ -74,9 +75,9 @@ def apply_lora(model: nnx.Module, config: LoraConfig, *example_args, seed: int =
     adapted = qwix.apply_lora_to_model(nnx.clone(model), qwix.LoraProvider([rule]), *example_args,
                                        methods=(method,), rngs=nnx.Rngs(seed))
     if not adapter_paths(adapted):
-        raise ValueError(f"lora targets {config.targets!r} match no dense layer reached by {method}()")
+        raise InputError(f"lora targets {config.targets!r} match no dense layer reached by {method}()")
     if config.also_train and not jax.tree.leaves(nnx.state(adapted, _params_matching(config.also_train))):
-        raise ValueError(f"lora also_train {config.also_train!r} matches no parameter path "
+        raise InputError(f"lora also_train {config.also_train!r} matches no parameter path "
                          f"(paths look like {_first_param_path(adapted)!r})")
     return adapted
 
@@ -163,7 +164,7 @@ def merged_into_base(adapted: nnx.Module, build_base: Callable[[], nnx.Module], 
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     missing = [param_path(path) for path, _ in leaves if param_path(path) not in have]
     if missing:
-        raise ValueError(f"the adapted model lacks base parameters {missing[:3]}")
+        raise InputError(f"the adapted model lacks base parameters {missing[:3]}")
     base = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [have[param_path(p)] for p, _ in leaves]))
     return merge_lora(adapted, base, config)
 

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from ecomjax.config import PruneConfig
+from ecomjax.errors import InputError
 from ecomjax.models.paths import param_path
 
 
@@ -80,7 +81,7 @@ def _blocks(paths: list[str], container: str, first: str, second: str) -> list[_
         if p.endswith(f"{container}/{first}/kernel"):
             stem = p.removesuffix(f"{first}/kernel")
             if stem + f"{second}/kernel" not in index:
-                raise ValueError(f"{p} has no matching {stem}{second}/kernel")
+                raise InputError(f"{p} has no matching {stem}{second}/kernel")
             blocks.append(_Block(i, index.get(stem + f"{first}/bias"), index[stem + f"{second}/kernel"]))
     return blocks
 
@@ -109,7 +110,7 @@ def popularity_shares(row_counts: np.ndarray, power: float) -> np.ndarray:
     """Row weights ``(count + 1) ** power``: how the kept coordinates of a table are shared out."""
     counts = np.asarray(row_counts, np.float64)
     if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError("row_counts must be one non-negative count per table row")
+        raise InputError("row_counts must be one non-negative count per table row")
     return ((counts + 1.0) ** power).astype(np.float32)
 
 
@@ -152,16 +153,16 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
     ``num_heads`` (heads per attention block) is needed to prune heads; ``row_counts`` (interactions
     per row of the item tables, padding rows 0) for ``scope: popularity``."""
     if not 0 < config.sparsity < 1:
-        raise ValueError(f"efficiency.prune.sparsity={config.sparsity} must be in (0, 1) to prune")
+        raise InputError(f"efficiency.prune.sparsity={config.sparsity} must be in (0, 1) to prune")
     if config.end_fraction < config.begin_fraction:
-        raise ValueError(f"efficiency.prune.end_fraction={config.end_fraction} is before "
+        raise InputError(f"efficiency.prune.end_fraction={config.end_fraction} is before "
                          f"begin_fraction={config.begin_fraction}")
     begin = int(config.begin_fraction * total_steps)
     end = int(config.end_fraction * total_steps)
     targets = re.compile(config.targets)
     popularity = config.method == "magnitude" and config.scope == "popularity"
     if popularity and row_counts is None:
-        raise ValueError("efficiency.prune.scope=popularity needs the items' interaction counts: only the "
+        raise InputError("efficiency.prune.scope=popularity needs the items' interaction counts: only the "
                          "recommender trainer (one row per item) provides them")
     shares = jnp.asarray(popularity_shares(row_counts, config.popularity_power)) if popularity else None
 
@@ -177,26 +178,26 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
             if "neurons" in structures:
                 blocks = feed_forward_blocks(paths)
                 if not blocks:
-                    raise ValueError(f"efficiency.prune.method={config.method}: the model has no "
+                    raise InputError(f"efficiency.prune.method={config.method}: the model has no "
                                      "feed_forward/up + down kernels to prune")
                 pruned |= {i for b in blocks for i in b if i is not None}
             if "heads" in structures:
                 blocks = attention_blocks(paths)
                 if not blocks:
-                    raise ValueError(f"efficiency.prune.method={config.method}: the model has no "
+                    raise InputError(f"efficiency.prune.method={config.method}: the model has no "
                                      "attention/qkv + out kernels to prune")
                 if num_heads is None or num_heads < 2:
-                    raise ValueError(f"efficiency.prune.method={config.method} needs a model with 2 or more "
+                    raise InputError(f"efficiency.prune.method={config.method} needs a model with 2 or more "
                                      f"attention heads (model.num_heads={num_heads})")
                 pruned |= {i for b in blocks for i in b if i is not None}
         else:
             pruned = {i for i, p in enumerate(paths) if targets.search(p)
                       and leaves[i][1].ndim >= 2}
             if not pruned:
-                raise ValueError(f"efficiency.prune.targets={config.targets!r} matches no parameter of "
+                raise InputError(f"efficiency.prune.targets={config.targets!r} matches no parameter of "
                                  f"two or more dimensions; paths are like {paths[:3]}")
             if popularity and not any(is_table(leaves[i][1]) for i in pruned):
-                raise ValueError(f"efficiency.prune.scope=popularity: no targeted parameter has one row per "
+                raise InputError(f"efficiency.prune.scope=popularity: no targeted parameter has one row per "
                                  f"item ({shares.shape[0]} rows); targets={config.targets!r}")
         masks = tuple(jnp.ones(leaf.shape, bool) if i in pruned else jnp.ones((), bool)
                       for i, (_, leaf) in enumerate(leaves))
@@ -252,7 +253,7 @@ def pruning(config: PruneConfig, total_steps: int, num_heads: int | None = None,
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError("pruning needs the parameters: call tx.update(grads, state, params)")
+            raise InputError("pruning needs the parameters: call tx.update(grads, state, params)")
         count = state.count
         due = (count >= begin) & (count <= end) & (((count - begin) % config.frequency == 0) | (count == end))
         fraction = sparsity_at(count, config.sparsity, begin, end)
@@ -303,7 +304,7 @@ def _shrink_attention(module) -> tuple[int, int]:
     out = np.abs(np.asarray(module.out.kernel[...])).reshape(heads, head_dim, -1)
     keep = np.flatnonzero((qkv.sum((0, 1, 3)) > 0) | (out.sum((1, 2)) > 0))
     if len(keep) == 0:
-        raise ValueError("every head of an attention block is pruned: nothing would pass")
+        raise InputError("every head of an attention block is pruned: nothing would pass")
     rows = (keep[:, None] * head_dim + np.arange(head_dim)).ravel()
     columns = np.concatenate([part * heads * head_dim + rows for part in range(3)])
     module.qkv = _narrow(module.qkv, columns, axis=1)
@@ -336,7 +337,7 @@ def shrink_pruned(model):
         alive = (np.abs(np.asarray(up.kernel[...])).sum(0) > 0) | (np.abs(np.asarray(down.kernel[...])).sum(1) > 0)
         keep = np.flatnonzero(alive)
         if len(keep) == 0:
-            raise ValueError(f"every unit of {name} is pruned: nothing would pass")
+            raise InputError(f"every unit of {name} is pruned: nothing would pass")
         if len(keep) == alive.size:
             continue
         widths[name] = [int(alive.size), len(keep)]

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import QuantizeConfig
+from ecomjax.errors import InputError, MissingFileError, UnknownKeyError
 from ecomjax.models.paths import param_path
 
 INT8_MAX = 127.0
@@ -61,9 +62,9 @@ class Int8Table(nnx.Module):
 
     def __init__(self, table: jax.Array, *, activations: str = "int8"):
         if table.ndim != 2:
-            raise ValueError(f"an embedding table is [rows, width], got shape {list(table.shape)}")
+            raise InputError(f"an embedding table is [rows, width], got shape {list(table.shape)}")
         if activations not in ("int8", "none"):
-            raise ValueError(f"activations must be 'int8' or 'none', not {activations!r}")
+            raise InputError(f"activations must be 'int8' or 'none', not {activations!r}")
         q, scale = quantize_rows(jnp.asarray(table, jnp.float32))
         self.qvalue = QuantizedRows(q)
         self.scale = QuantizedRows(scale)
@@ -143,7 +144,7 @@ def quantize_model(model: nnx.Module, config: QuantizeConfig, *example_args, met
     that method (the dense layers it reaches are quantized; layers only other methods use stay
     float). Tables are replaced wherever they are used."""
     if config.weights == "none":
-        raise ValueError("efficiency.quantize.weights is 'none': nothing to quantize")
+        raise InputError("efficiency.quantize.weights is 'none': nothing to quantize")
     quantized = _quantize_dense(nnx.clone(model), config, method, example_args)
     if config.tables:
         _replace_tables(quantized, config)
@@ -195,7 +196,7 @@ def quantized_layer_bytes(float_model: nnx.Module, quantized: nnx.Module) -> dic
         scale = path[: path.rindex("qvalue")] + "scale" + (match["tail"] or "")
         original = next((float_bytes[name] for name in (layer, layer + "/embedding") if name in float_bytes), None)
         if original is None:
-            raise KeyError(f"quantized layer {layer} has no float counterpart")
+            raise UnknownKeyError(f"quantized layer {layer} has no float counterpart")
         layers[layer] = {"float": original, "quantized": size + qbytes[scale]}
     return layers
 
@@ -217,7 +218,7 @@ def load_quantized(abstract: nnx.Module, directory: str | Path) -> nnx.Module:
     a missing or mis-shaped array is an error naming it."""
     path = Path(directory) / "quantized.npz"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run with efficiency.quantize.weights=int8 first")
+        raise MissingFileError(f"{path} not found: run with efficiency.quantize.weights=int8 first")
     stored = np.load(path)
     graphdef, state = nnx.split(abstract)
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
@@ -228,10 +229,10 @@ def load_quantized(abstract: nnx.Module, directory: str | Path) -> nnx.Module:
             leaves.append(leaf)
             continue
         if name not in stored.files:
-            raise KeyError(f"{path} has no array {name!r}: saved from another architecture?")
+            raise UnknownKeyError(f"{path} has no array {name!r}: saved from another architecture?")
         value = stored[name]
         if value.shape != tuple(leaf.shape) or value.dtype != leaf.dtype:
-            raise ValueError(f"{path}: {name} is {value.dtype}{list(value.shape)}, the model expects "
+            raise InputError(f"{path}: {name} is {value.dtype}{list(value.shape)}, the model expects "
                              f"{leaf.dtype}{list(leaf.shape)}")
         leaves.append(jnp.asarray(value))
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))

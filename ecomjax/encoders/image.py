@@ -32,6 +32,7 @@ from flax import nnx
 
 from ecomjax.encoders.torch_pickle import load_state_dict
 from ecomjax.encoders.weights import CheckpointNotFoundError, cache_dir
+from ecomjax.errors import InputError
 from ecomjax.models.image import FEATURE_DIM, EfficientNetLite, load_reference_weights
 
 IMAGE_SIZE = 224  # Lite0's training resolution
@@ -123,7 +124,7 @@ def efficientnet_lite0(weights: str | Path | None = None, *, dtype: jnp.dtype | 
     unset = [path for path, leaf in nnx.to_flat_state(nnx.state(model))
              if not isinstance(leaf.get_value(), jax.Array)]
     if unset:
-        raise ValueError(f"weights left unset: {unset[:5]}")
+        raise InputError(f"weights left unset: {unset[:5]}")
     return model
 
 
@@ -144,17 +145,17 @@ def check_images(images: np.ndarray | jax.Array) -> None:
     """Raise a ValueError naming the problem unless ``images`` is a non-empty RGB NHWC batch."""
     shape = tuple(images.shape)
     if len(shape) != 4:
-        raise ValueError(f"images must be [batch, height, width, 3] (NHWC), got shape {shape}")
+        raise InputError(f"images must be [batch, height, width, 3] (NHWC), got shape {shape}")
     if shape[0] == 0:
-        raise ValueError("images: empty batch")
+        raise InputError("images: empty batch")
     if shape[3] != 3:
-        raise ValueError(f"images must have 3 (RGB) channels last, got {shape[3]} in shape {shape}"
+        raise InputError(f"images must have 3 (RGB) channels last, got {shape[3]} in shape {shape}"
                          " (convert grayscale/RGBA first; NCHW input needs a transpose)")
     if shape[1] < 1 or shape[2] < 1:
-        raise ValueError(f"images: empty height or width in shape {shape}")
+        raise InputError(f"images: empty height or width in shape {shape}")
     dtype = images.dtype
     if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        raise ValueError(f"images must be uint8 or float in 0..255, got dtype {images.dtype}")
+        raise InputError(f"images must be uint8 or float in 0..255, got dtype {images.dtype}")
 
 
 def preprocess(images: np.ndarray | jax.Array, image_size: int = IMAGE_SIZE) -> jax.Array:
@@ -206,16 +207,16 @@ class ImageEncoder:
                            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Features and logits from one pass; a list may mix image sizes (grouped by shape)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(images, np.ndarray | jax.Array):
             return self._encode_array(images, batch_size)
         images = [np.asarray(image) for image in images]
         if not images:
-            raise ValueError("images: empty batch")
+            raise InputError("images: empty batch")
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
             if image.ndim != 3:
-                raise ValueError(f"image {i} must be [height, width, 3], got shape {image.shape}")
+                raise InputError(f"image {i} must be [height, width, 3], got shape {image.shape}")
             groups.setdefault((image.shape, image.dtype.str), []).append(i)
         features = np.empty((len(images), FEATURE_DIM), np.float32)
         logits = np.empty((len(images), self.model.classifier.out_features), np.float32)

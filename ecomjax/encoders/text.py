@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.encoders.weights import DEFAULT_TEXT_CHECKPOINT, resolve_checkpoint
+from ecomjax.errors import InputError
 from ecomjax.models.bert import (
     BertConfig,
     BertModel,
@@ -79,7 +80,7 @@ def _pooling_mode(pooling_config: Mapping | None) -> Pooling:
         return "mean"
     if modes == ["pooling_mode_cls_token"]:
         return "cls"
-    raise ValueError(f"unsupported sentence-transformers pooling {modes}: only mean or cls")
+    raise InputError(f"unsupported sentence-transformers pooling {modes}: only mean or cls")
 
 
 def load_tokenizer(checkpoint: str | os.PathLike, max_length: int):
@@ -118,7 +119,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     if not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     if len(texts) == 0:
-        raise ValueError("texts is empty: nothing to encode")
+        raise InputError("texts is empty: nothing to encode")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, not str: {text!r:.60}")
@@ -173,13 +174,13 @@ class TextEncoder:
         """
         dtype = jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"dtype must be a floating type (float32, bfloat16), got {dtype}")
+            raise InputError(f"dtype must be a floating type (float32, bfloat16), got {dtype}")
         checkpoint = resolve_checkpoint(source, download=download)
         model = load_bert(checkpoint, dtype=dtype)
         head = SentenceHead.from_checkpoint(checkpoint, model.config)
         if max_length is not None:
             if not 2 <= max_length <= model.config.max_position_embeddings:
-                raise ValueError(f"max_length must be in [2, "
+                raise InputError(f"max_length must be in [2, "
                                  f"{model.config.max_position_embeddings}], got {max_length}")
             head = SentenceHead(max_length, head.pooling, head.normalize, head.lowercase)
         return cls(model, load_tokenizer(checkpoint, head.max_length), head)
@@ -198,7 +199,7 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """``[len(texts), dim]`` float32 embeddings, in the order of ``texts``."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         token_ids = self.tokenize(texts)
         lengths = np.array([len(ids) for ids in token_ids])
         order = np.argsort(-lengths, kind="stable")  # longest first: batches of similar lengths
@@ -225,7 +226,7 @@ class TextEncoder:
         positions hold zeros. What fusion by cross-attention reads (one vector per word).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         token_ids = self.tokenize(texts)
         length = max(len(ids) for ids in token_ids)
         ids = np.zeros((len(token_ids), length), dtype=np.int32)

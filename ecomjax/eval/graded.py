@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecomjax.errors import InputError, NonFiniteError
+
 
 def _finite(name: str, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"{name}: {int((~np.isfinite(values)).sum())} values are NaN or infinite")
+        bad = np.flatnonzero(~np.isfinite(values))
+        raise NonFiniteError(f"{name}: {bad.size} values are NaN or infinite (first at row {bad[0]}); not scored")
     return values
 
 
@@ -33,9 +36,9 @@ def ndcg_rows(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> np.ndarray:
     ideal DCG is 0."""
     scores, gains = _finite("scores", scores), _finite("gains", gains)
     if scores.shape != gains.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and gains {gains.shape} must be the same [lists, items]")
+        raise InputError(f"scores {scores.shape} and gains {gains.shape} must be the same [lists, items]")
     if (gains < 0).any():
-        raise ValueError("gains must be >= 0")
+        raise InputError("gains must be >= 0")
     k = min(k, scores.shape[1])
     order = np.lexsort((gains, -scores), axis=-1)[:, :k]  # by score, ties: lower gain first
     discounts = _discounts(k)
@@ -53,9 +56,9 @@ def grouped_ndcg(scores: np.ndarray, gains: np.ndarray, groups: np.ndarray, k: i
     scores, gains = _finite("scores", scores).reshape(-1), _finite("gains", gains).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     if not scores.shape == gains.shape == groups.shape:
-        raise ValueError(f"{len(scores)} scores, {len(gains)} gains and {len(groups)} group ids differ in length")
+        raise InputError(f"{len(scores)} scores, {len(gains)} gains and {len(groups)} group ids differ in length")
     if (gains < 0).any():
-        raise ValueError("gains must be >= 0")
+        raise InputError("gains must be >= 0")
     order = np.lexsort((gains, -scores, groups))  # by group, then score, ties: lower gain first
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
@@ -86,7 +89,7 @@ def rmse(predicted: np.ndarray, targets: np.ndarray) -> float:
     """Root mean squared error; NaN predictions are an error, an empty input gives NaN."""
     predicted, targets = _finite("predictions", predicted), np.asarray(targets, np.float64)
     if predicted.shape != targets.shape:
-        raise ValueError(f"predictions {predicted.shape} and targets {targets.shape} differ in shape")
+        raise InputError(f"predictions {predicted.shape} and targets {targets.shape} differ in shape")
     return float(np.sqrt(np.mean((predicted - targets) ** 2))) if predicted.size else float("nan")
 
 
@@ -109,7 +112,7 @@ def retrieval_metrics(scores: np.ndarray, grades: np.ndarray, k: int = 10) -> di
     with no grade-2 product in the pool is an error: it cannot be scored."""
     relevant = (grades == 2).sum(1)
     if not (relevant > 0).all():
-        raise ValueError(f"{int((relevant == 0).sum())} queries have no relevant product in the pool")
+        raise InputError(f"{int((relevant == 0).sum())} queries have no relevant product in the pool")
     gains = 2.0 ** grades - 1
     top = np.lexsort((gains, -scores), axis=-1)[:, :k]  # the tie rule of ndcg_rows
     hits = (np.take_along_axis(grades, top, axis=1) == 2).sum(1)

@@ -46,6 +46,24 @@ def sampled_rank(scores: jax.Array, targets: jax.Array, negatives: jax.Array) ->
     return target_rank(jnp.take_along_axis(scores, candidates, axis=-1), jnp.zeros_like(targets))
 
 
+def nonfinite_rows(scores: jax.Array, valid: jax.Array) -> jax.Array:
+    """How many valid rows hold a NaN or +inf score. Ranking such a row is meaningless (NaN
+    compares false, so a NaN target counts as a hit at rank 0): evaluators report the count and
+    refuse to turn those rows into metrics. -inf is a masked item, not an error."""
+    bad = jnp.any(jnp.isnan(scores) | (scores == jnp.inf), axis=-1)
+    return jnp.sum(jnp.where(valid.astype(bool) & bad, 1.0, 0.0))
+
+
+def check_finite_rows(count: float, where: str) -> None:
+    """Raise when an evaluated batch had rows with non-finite scores (see ``nonfinite_rows``)."""
+    if count:
+        from ecomjax.errors import NonFiniteError
+
+        raise NonFiniteError(f"{where}: {int(count)} users have NaN or infinite scores, so they cannot be "
+                             "ranked; the model's parameters are not finite (a corrupt checkpoint, or "
+                             "training that diverged)")
+
+
 def rank_metric_sums(ranks: jax.Array, valid: jax.Array, ks: tuple[int, ...]) -> dict[str, jax.Array]:
     """Per-metric sums over valid users (divide by the user count after all batches)."""
     weight = valid.astype(jnp.float32)

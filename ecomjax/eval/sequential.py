@@ -14,7 +14,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ecomjax.eval.ranking import full_ranking_scores, rank_metric_sums, sampled_rank, target_rank
+from ecomjax.eval.ranking import (
+    check_finite_rows,
+    full_ranking_scores,
+    nonfinite_rows,
+    rank_metric_sums,
+    sampled_rank,
+    target_rank,
+)
 
 
 def make_evaluator(graphdef: nnx.GraphDef, ks: tuple[int, ...], exclude_history: bool, sampled: bool):
@@ -32,6 +39,7 @@ def make_evaluator(graphdef: nnx.GraphDef, ks: tuple[int, ...], exclude_history:
         scores = model.catalogue_scores(hidden)
         ranked = full_ranking_scores(scores, history if exclude_history else None, model.num_items)
         sums = rank_metric_sums(target_rank(ranked, targets), valid, ks)
+        sums["nonfinite"] = nonfinite_rows(ranked, valid)
         if sampled:
             sampled_sums = rank_metric_sums(sampled_rank(scores, targets, negatives), valid, ks)
             sums.update({f"sampled/{name}": value for name, value in sampled_sums.items()})
@@ -65,7 +73,8 @@ def evaluate_split(
     pending = []
     for batch in batches:
         pending.append(evaluate_batch(params, *(batch[name] for name in _ORDER)))  # dispatch all first
-    for sums in jax.device_get(pending):
+    for index, sums in enumerate(jax.device_get(pending)):
+        check_finite_rows(float(sums.pop("nonfinite")), f"evaluation batch {index} ({len(batches)} batches)")
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
     if users is None:

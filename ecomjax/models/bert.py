@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError
 from ecomjax.models.axes import logical_init
 from ecomjax.models.layers import dense, layer_norm
 
@@ -58,12 +59,12 @@ class BertConfig:
     def from_hf(cls, hf: Mapping) -> BertConfig:
         """Accept only what this module implements; anything else fails here, not in silence."""
         if hf.get("model_type", "bert") != "bert":
-            raise ValueError(f"model_type {hf.get('model_type')!r} is not supported (only 'bert')")
+            raise InputError(f"model_type {hf.get('model_type')!r} is not supported (only 'bert')")
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError("only absolute position embeddings are supported, got "
+            raise InputError("only absolute position embeddings are supported, got "
                              f"{hf['position_embedding_type']!r}")
         if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {hf['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
+            raise InputError(f"hidden_act {hf['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
         config = cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -76,7 +77,7 @@ class BertConfig:
             hidden_act=hf.get("hidden_act", "gelu"),
         )
         if config.hidden_size % config.num_heads:
-            raise ValueError(f"hidden_size {config.hidden_size} is not divisible by "
+            raise InputError(f"hidden_size {config.hidden_size} is not divisible by "
                              f"num_attention_heads {config.num_heads}")
         return config
 
@@ -184,7 +185,7 @@ class BertModel(nnx.Module):
         token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's "
+            raise InputError(f"sequence length {input_ids.shape[1]} exceeds the model's "
                              f"{self.config.max_position_embeddings} positions")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -261,7 +262,7 @@ def load_hf_weights(model: BertModel, tensors: Mapping[str, np.ndarray]) -> None
     unexpected = sorted(k for k in set(tensors) - set(targets)
                         if not k.startswith(_IGNORED_PREFIXES))
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match BertModel: missing {missing[:5]}"
+        raise InputError(f"checkpoint does not match BertModel: missing {missing[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                          f"{'...' if len(unexpected) > 5 else ''}")
     for name, (variable, transpose) in targets.items():
@@ -269,7 +270,7 @@ def load_hf_weights(model: BertModel, tensors: Mapping[str, np.ndarray]) -> None
         array = array.T if transpose else array
         expected = tuple(variable.get_value().shape)
         if array.shape != expected:
-            raise ValueError(f"{name}: checkpoint shape {array.shape}, model expects {expected}")
+            raise InputError(f"{name}: checkpoint shape {array.shape}, model expects {expected}")
         variable.set_value(jnp.asarray(array))
 
 

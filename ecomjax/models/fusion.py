@@ -31,6 +31,7 @@ import optax
 from flax import nnx
 
 from ecomjax.config import ConfigError
+from ecomjax.errors import InputError
 from ecomjax.models.axes import logical_init
 from ecomjax.models.bert import BertModel
 from ecomjax.models.image import EfficientNetLite
@@ -132,7 +133,7 @@ class FusionHead(nnx.Module):
 
     def __init__(self, config: FusionConfig, *, rngs: nnx.Rngs):
         if config.fusion not in FUSION_MODES:  # also for configs built with dataclasses.replace
-            raise ValueError(f"unknown fusion {config.fusion!r}; choose one of "
+            raise InputError(f"unknown fusion {config.fusion!r}; choose one of "
                              f"{list(FUSION_MODES)}")
         self.fusion = config.fusion
         dtype, width = jnp.dtype(config.compute_dtype), config.hidden_size
@@ -179,7 +180,7 @@ class FusionHead(nnx.Module):
                          text_mask: jax.Array | None = None) -> jax.Array:
         """``[B, 2]`` (text, image) weights of ``gated`` fusion; each row sums to 1."""
         if self.gate is None:
-            raise ValueError(f"modality weights exist only for fusion='gated', not {self.fusion!r}")
+            raise InputError(f"modality weights exist only for fusion='gated', not {self.fusion!r}")
         t, i, _ = self._project(text, image, text_mask, pooled=True)
         return self._weights(t, i)
 
@@ -273,7 +274,7 @@ def parameter_label(path: tuple, backbone: Backbone, trainable_blocks: int,
     Unused modules (the ImageNet classifier) stay frozen, so weight decay cannot touch them.
     """
     if backbone not in BACKBONE_MODES:
-        raise ValueError(f"unknown backbone mode {backbone!r}; choose one of "
+        raise InputError(f"unknown backbone mode {backbone!r}; choose one of "
                          f"{list(BACKBONE_MODES)}")
     if not path or path[0] not in block_counts:
         return TRAINABLE

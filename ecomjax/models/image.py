@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError
 from ecomjax.models.axes import LOGICAL_AXES_KEY, logical_init
 
 BN_EPSILON = 1e-3
@@ -195,11 +196,11 @@ def load_reference_weights(model: EfficientNetLite, state: Mapping[str, np.ndarr
     given = {k for k in state if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(set(targets) - given), sorted(given - set(targets))
     if missing or unexpected:
-        raise ValueError(f"not an EfficientNet-Lite0 state dict: missing {missing[:5]}"
+        raise InputError(f"not an EfficientNet-Lite0 state dict: missing {missing[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
     for name, (var, axes) in targets.items():
         value = np.asarray(state[name], np.float32)
         value = value.transpose(axes) if axes else value
         if value.shape != var.shape:
-            raise ValueError(f"{name}: checkpoint shape {value.shape}, model expects {var.shape}")
+            raise InputError(f"{name}: checkpoint shape {value.shape}, model expects {var.shape}")
         var.set_value(jnp.asarray(value, var.dtype))  # whole replacement: abstract models too

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError
 from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
 
 ItemFusion = Literal["id", "add", "gated", "text_only"]
@@ -59,7 +60,7 @@ def item_count_options(config, counts: np.ndarray | None) -> dict:
     if not (config.item_id_min_interactions or config.item_count_buckets):
         return {}
     if counts is None:
-        raise ValueError("model.item_id_min_interactions / item_count_buckets need the training "
+        raise InputError("model.item_id_min_interactions / item_count_buckets need the training "
                          "interactions per item (item_counts)")
     return {"counts": counts, "id_min_interactions": config.item_id_min_interactions,
             "count_buckets": config.item_count_buckets}
@@ -77,16 +78,16 @@ class ItemEmbedding(nnx.Module):
                  text_adapter_size: int = 0, words: np.ndarray | None = None, counts: np.ndarray | None = None,
                  id_min_interactions: int = 0, count_buckets: int = 0, rngs: nnx.Rngs):
         if fusion not in ITEM_FUSIONS:
-            raise ValueError(f"unknown item fusion {fusion!r}; choose one of {list(ITEM_FUSIONS)}")
+            raise InputError(f"unknown item fusion {fusion!r}; choose one of {list(ITEM_FUSIONS)}")
         if (fusion == "id") != (features is None):
-            raise ValueError("item features are required for item fusion "
+            raise InputError("item features are required for item fusion "
                              f"{fusion!r}" if features is None else
                              "item features were given but item fusion is 'id'; choose add, "
                              "gated or text_only to use them")
         self.num_items, self.fusion = num_items, fusion
         rows = padded_vocab(num_items + 1)
         if id_init not in ("normal", "zeros"):
-            raise ValueError(f"unknown id_init {id_init!r}; choose 'normal' or 'zeros'")
+            raise InputError(f"unknown id_init {id_init!r}; choose 'normal' or 'zeros'")
         # zeros: with text, an item starts as its title's vector and its ID learns a residual;
         # an item seen rarely then keeps a clean content vector instead of init noise added to it
         base = _INIT if id_init == "normal" else _ZEROS
@@ -94,7 +95,7 @@ class ItemEmbedding(nnx.Module):
         self.ids = (nnx.Embed(rows, width, embedding_init=table_init, rngs=rngs)
                     if fusion != "text_only" else None)
         if id_dropout and fusion not in ("add", "gated"):
-            raise ValueError(f"id_dropout needs item fusion add or gated (an item must keep its text "
+            raise InputError(f"id_dropout needs item fusion add or gated (an item must keep its text "
                              f"vector when its ID is dropped), not {fusion!r}")
         # Training drops an item's whole ID vector with this probability (inputs per token, the
         # output table per row), so its title vector must carry it: IDs cannot memorise alone.
@@ -102,7 +103,7 @@ class ItemEmbedding(nnx.Module):
         if words is None:
             self.words = self.word_embedding = None
         elif features is None:
-            raise ValueError("title words need the title features too (item fusion add, gated or text_only)")
+            raise InputError("title words need the title features too (item fusion add, gated or text_only)")
         else:
             self._init_words(np.asarray(words), num_items, rows, width, rngs)
         self._init_counts(counts, id_min_interactions, count_buckets, fusion, features is not None,
@@ -112,10 +113,10 @@ class ItemEmbedding(nnx.Module):
             return
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[0] != num_items + 1:
-            raise ValueError(f"item features must be [num_items + 1, D] = [{num_items + 1}, D], "
+            raise InputError(f"item features must be [num_items + 1, D] = [{num_items + 1}, D], "
                              f"got {list(features.shape)}")
         if not np.isfinite(features).all():
-            raise ValueError("item features contain NaN or infinite values")
+            raise InputError("item features contain NaN or infinite values")
         padded = np.zeros((rows, features.shape[1]), dtype=np.float32)
         padded[: num_items + 1] = features
         padded[0] = 0.0
@@ -136,10 +137,10 @@ class ItemEmbedding(nnx.Module):
 
     def _init_words(self, words: np.ndarray, num_items: int, rows: int, width: int, rngs: nnx.Rngs) -> None:
         if words.ndim != 2 or words.shape[0] != num_items + 1 or not np.issubdtype(words.dtype, np.integer):
-            raise ValueError(f"title words must be integer ids [num_items + 1, max_words] = "
+            raise InputError(f"title words must be integer ids [num_items + 1, max_words] = "
                              f"[{num_items + 1}, T], got {words.dtype} {list(words.shape)}")
         if words.size and words.min() < 0:
-            raise ValueError("title word ids must be >= 0 (0 is padding)")
+            raise InputError("title word ids must be >= 0 (0 is padding)")
         vocab = int(words.max(initial=0)) + 1
         padded = np.zeros((rows, words.shape[1]), dtype=np.int32)
         padded[: num_items + 1] = words
@@ -156,13 +157,13 @@ class ItemEmbedding(nnx.Module):
             self.counts = self.count_embedding = None
             return
         if not has_text:
-            raise ValueError("id_min_interactions / count_buckets need item content vectors "
+            raise InputError("id_min_interactions / count_buckets need item content vectors "
                              "(item fusion add, gated or text_only)")
         if id_min_interactions and fusion not in ("add", "gated"):
-            raise ValueError(f"id_min_interactions needs item fusion add or gated, not {fusion!r}")
+            raise InputError(f"id_min_interactions needs item fusion add or gated, not {fusion!r}")
         counts = np.asarray(counts)
         if counts.shape != (num_items + 1,) or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
-            raise ValueError(f"item counts must be integers >= 0 of shape [num_items + 1] = [{num_items + 1}], "
+            raise InputError(f"item counts must be integers >= 0 of shape [num_items + 1] = [{num_items + 1}], "
                              f"got {counts.dtype} {list(counts.shape)}")
         padded = np.zeros(rows, dtype=np.int32)
         padded[: num_items + 1] = counts

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.data.taobao import TARGET_BEHAVIOR
+from ecomjax.errors import InputError
 from ecomjax.models.axes import LOGICAL_AXES_KEY, padded_vocab
 
 
@@ -26,7 +27,7 @@ class MultiBehaviorRecommender(nnx.Module):
                  *, behavior_vectors: bool = True, use_history: bool = False,
                  interaction_bonus: bool = False, init_std: float = 0.01, rngs: nnx.Rngs):
         if TARGET_BEHAVIOR not in behaviors:
-            raise ValueError(f"behaviors {list(behaviors)} must include {TARGET_BEHAVIOR!r}")
+            raise InputError(f"behaviors {list(behaviors)} must include {TARGET_BEHAVIOR!r}")
         self.num_users, self.num_items = num_users, num_items
         self.behaviors = tuple(behaviors)
         self.auxiliary = tuple(b for b in self.behaviors if b != TARGET_BEHAVIOR)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ecomjax.data.schema import FeatureSchema
+from ecomjax.errors import InputError
 from ecomjax.models.axes import logical_init, padded_vocab, zero_padded_rows
 from ecomjax.models.layers import dense
 
@@ -176,7 +177,7 @@ class FieldTransformer(nnx.Module):
     def __init__(self, num_fields: int, embed_dim: int, width: int, layers: int, heads: int,
                  dropout: float, rngs: nnx.Rngs):
         if width % heads:
-            raise ValueError(f"model.attention_dim={width} must be divisible by model.attention_heads={heads}")
+            raise InputError(f"model.attention_dim={width} must be divisible by model.attention_heads={heads}")
         self.project = _linear(embed_dim, width, rngs, ("embed", "heads"))
         self.attention = nnx.List([
             nnx.MultiHeadAttention(heads, width, qkv_features=width, out_features=width, dropout_rate=dropout,
@@ -271,7 +272,7 @@ class MultiTaskRanker(nnx.Module):
                  first_order: bool = True, pairwise: bool = True,
                  initial_bias: dict[str, float] | None = None, rngs: nnx.Rngs):
         if not tasks:
-            raise ValueError("a ranker needs at least one task head")
+            raise InputError("a ranker needs at least one task head")
         self.tasks = tuple(tasks)
         self.sharing = sharing
         self.field_dropout = nnx.Dropout(field_dropout, broadcast_dims=(2,))
@@ -285,7 +286,7 @@ class MultiTaskRanker(nnx.Module):
         elif interaction == "dcnv2":
             self.interaction = CrossNetwork(n, embed_dim, cross_layers, cross_rank, deep, dropout, rngs)
         else:
-            raise ValueError(f"model.interaction: {interaction!r}; allowed: autoint, dcnv2")
+            raise InputError(f"model.interaction: {interaction!r}; allowed: autoint, dcnv2")
         d = self.interaction.out_dim
         if sharing == "mmoe":
             self.experts = nnx.List([MLP(d, expert_hidden, dropout, rngs) for _ in range(experts)])
@@ -295,7 +296,7 @@ class MultiTaskRanker(nnx.Module):
             self.bottom = MLP(d, expert_hidden, dropout, rngs)
             shared_dim = self.bottom.out_dim
         else:
-            raise ValueError(f"model.sharing: {sharing!r}; allowed: shared_bottom, mmoe")
+            raise InputError(f"model.sharing: {sharing!r}; allowed: shared_bottom, mmoe")
         bias = initial_bias or {}
         self.towers = nnx.Dict({t: MLP(shared_dim, tower_hidden, dropout, rngs) for t in self.tasks})
         self.heads = nnx.Dict({

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError
 from ecomjax.models.axes import logical_init
 from ecomjax.models.item_embedding import ItemEmbedding, item_count_options
 from ecomjax.models.layers import TRUNCATED_NORMAL, FeedForward, dense, layer_norm
@@ -45,7 +46,7 @@ class CausalSelfAttention(nnx.Module):
     def __init__(self, config: SequentialModelConfig, dtype: jnp.dtype, *, rngs: nnx.Rngs):
         width = config.hidden_size
         if width % config.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"model.hidden_size={width} must be divisible by model.num_heads={config.num_heads}"
             )
         self.num_heads = config.num_heads

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ecomjax.data.relevance import normalize_text
+from ecomjax.errors import InputError
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'/-][a-z0-9]+)*")
 
@@ -44,9 +45,9 @@ class BM25:
 
     def __init__(self, documents: Sequence[str], *, k1: float = 1.5, b: float = 0.75):
         if not len(documents):
-            raise ValueError("BM25 needs at least one document")
+            raise InputError("BM25 needs at least one document")
         if k1 < 0 or not 0 <= b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+            raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.k1, self.b = k1, b
         tokenized = [tokenize(d) for d in documents]
         self.vocabulary: dict[str, int] = {}
@@ -88,7 +89,7 @@ class BM25:
         """Score of ``queries[i]`` against document index ``documents[i]`` for every ``i``."""
         documents = np.asarray(documents)
         if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
+            raise InputError(f"{len(queries)} queries but {len(documents)} documents")
         out = np.zeros(len(documents), dtype=np.float32)
         for i, (query, doc) in enumerate(zip(queries, documents, strict=True)):
             terms = self._query_vector(query)
@@ -102,7 +103,7 @@ class BM25:
         of the index it equals ``pair_scores``. Re-ranking features use this, so a judged file
         with products outside the catalogue scores the same way as the catalogue."""
         if len(queries) != len(titles):
-            raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
+            raise InputError(f"{len(queries)} queries but {len(titles)} titles")
         out = np.zeros(len(titles), dtype=np.float32)
         query_terms: dict[str, list[tuple[str, float]]] = {}
         for i, (query, title) in enumerate(zip(queries, titles, strict=True)):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ecomjax.errors import InputError
 from ecomjax.search.bm25 import tokenize
 
 LEXICAL_FEATURES = (
@@ -38,7 +39,7 @@ def lexical_features(queries: Sequence[str], titles: Sequence[str], cache: dict 
     whole catalogue's titles parsed, so a request parses only its query.
     """
     if len(queries) != len(titles):
-        raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
+        raise InputError(f"{len(queries)} queries but {len(titles)} titles")
     out = np.zeros((len(queries), len(LEXICAL_FEATURES)), dtype=np.float32)
     cache = {} if cache is None else cache
 

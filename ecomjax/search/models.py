@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.data.relevance import RelevanceData, normalize_text
+from ecomjax.errors import MissingFileError
 from ecomjax.models.towers import BiEncoder, CrossEncoder
 from ecomjax.search.bm25 import BM25
 from ecomjax.search.features import LEXICAL_FEATURES, PRIOR_FEATURES, ProductPrior, lexical_features
@@ -192,7 +193,7 @@ class SearchModels:
 
         workdir, config = Path(run.workdir), run.config
         if not (workdir / "gbdt_fast.txt").is_file():
-            raise FileNotFoundError(f"{workdir} holds no finished search run (no gbdt_fast.txt); "
+            raise MissingFileError(f"{workdir} holds no finished search run (no gbdt_fast.txt); "
                                     "train one with `ecomjax train CONFIG` (task: relevance)")
         with np.load(workdir / "catalogue.npz") as archive:
             titles = archive["titles"]

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecomjax.errors import InputError
+
 
 @partial(jax.jit, static_argnames=("k",))
 def _chunk_top_k(queries: jax.Array, chunk: jax.Array, offset: jax.Array, k: int):
@@ -28,7 +30,7 @@ def exact_top_k(queries: np.ndarray, products: np.ndarray, k: int, chunk_size: i
     queries = jnp.asarray(queries, jnp.float32)
     n = len(products)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the number of products), got {k}")
+        raise InputError(f"k must be in [1, {n}] (the number of products), got {k}")
     best_s = best_i = None
     for start in range(0, n, chunk_size):
         chunk = np.asarray(products[start:start + chunk_size], np.float32)
@@ -54,7 +56,7 @@ class HNSWIndex:
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or not len(vectors):
-            raise ValueError(f"HNSWIndex needs a non-empty [N, D] matrix, got shape {vectors.shape}")
+            raise InputError(f"HNSWIndex needs a non-empty [N, D] matrix, got shape {vectors.shape}")
         self.index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = ef_construction
         self.index.add(vectors)
@@ -89,7 +91,7 @@ class HNSWIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.ef_search < k:
-            raise ValueError(f"ef_search ({self.ef_search}) must be >= k ({k}) or HNSW cannot return k results")
+            raise InputError(f"ef_search ({self.ef_search}) must be >= k ({k}) or HNSW cannot return k results")
         scores, index = self.index.search(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), k)
         return scores, index
 
@@ -97,6 +99,6 @@ class HNSWIndex:
 def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each query's exact top-k found in its approximate top-k."""
     if approximate.shape != exact.shape:
-        raise ValueError(f"shapes differ: {approximate.shape} vs {exact.shape}")
+        raise InputError(f"shapes differ: {approximate.shape} vs {exact.shape}")
     hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approximate, exact, strict=True)]
     return float(np.mean(hits) / exact.shape[1])

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.data.taobao import TARGET_BEHAVIOR
+from ecomjax.errors import InputError, UnknownKeyError
 from ecomjax.serve.recommend import Recommendations
 
 
@@ -42,9 +43,9 @@ class UserRecommender:
     def recommend(self, user: int, k: int = 10, exclude_history: bool = True) -> Recommendations:
         """The ``k`` best items to buy for ``user`` (a user id of the training files)."""
         if not 0 <= int(user) < self.num_users:
-            raise KeyError(f"user {user} unknown to the recommender (it knows users 0..{self.num_users - 1})")
+            raise UnknownKeyError(f"user {user} unknown to the recommender (it knows users 0..{self.num_users - 1})")
         if not 1 <= k <= self.num_items:
-            raise ValueError(f"k={k} must be in [1, {self.num_items}]")
+            raise InputError(f"k={k} must be in [1, {self.num_items}]")
         bought = self.items_of(TARGET_BEHAVIOR, user)
         auxiliary = [b for b in self.model.auxiliary if f"{b}_items" in self.vocab]
         touched = np.concatenate([bought, *(self.items_of(b, user) for b in auxiliary)]).astype(np.int32)

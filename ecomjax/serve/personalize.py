@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecomjax.errors import InputError
+
 
 class HistoryPersonalizer:
     """``quantized=True`` serves the int8 model the run saved (``efficiency.quantize``)."""
@@ -26,7 +28,7 @@ class HistoryPersonalizer:
 
         run = load(workdir)
         if run.config.task != "next_item":
-            raise ValueError(f"{workdir} is a {run.config.task} run: personalisation needs a next-item recommender")
+            raise InputError(f"{workdir} is a {run.config.task} run: personalisation needs a next-item recommender")
         model = run.model
         if quantized:
             from ecomjax.tasks.next_item import load_quantized

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.data.schema import FeatureSchema
+from ecomjax.errors import InputError, UnknownKeyError
 from ecomjax.eval.satisfaction import SatisfactionConfig, satisfaction_score
 
 FEATURES = ("categorical", "numeric", "sequences")
@@ -54,7 +55,7 @@ class RankerScorer:
         if shown first (position set to 1): what re-ranking a list can change."""
         missing = [k for k in FEATURES if k not in features]
         if missing:
-            raise KeyError(f"features: missing {missing}; a ranker reads {list(FEATURES)}")
+            raise UnknownKeyError(f"features: missing {missing}; a ranker reads {list(FEATURES)}")
         categorical = np.array(features["categorical"])
         if "position" in [f.name for f in self.schema.categorical]:
             categorical[:, self.schema.index("position")] = 1
@@ -74,15 +75,15 @@ class RankerScorer:
         expected = {"categorical": (n, len(s.categorical)), "numeric": (n, len(s.numeric))}
         for name, value in (("categorical", categorical), ("numeric", numeric)):
             if tuple(np.shape(value)) != expected[name]:
-                raise ValueError(f"features.{name}: shape {list(np.shape(value))}, the ranker reads "
+                raise InputError(f"features.{name}: shape {list(np.shape(value))}, the ranker reads "
                                  f"{list(expected[name])} (fields {self._names(name)})")
         if np.shape(sequences)[:2] != (n, len(s.sequences)):
-            raise ValueError(f"features.sequences: shape {list(np.shape(sequences))}, the ranker reads "
+            raise InputError(f"features.sequences: shape {list(np.shape(sequences))}, the ranker reads "
                              f"[{n}, {len(s.sequences)}, max_len]")
         for i, f in enumerate(s.categorical):
             column = np.asarray(categorical)[:, i]
             if n and (column.min() < 0 or column.max() >= f.vocab_size):
-                raise ValueError(f"features.categorical: field {f.name!r} has ids outside [0, {f.vocab_size}) "
+                raise InputError(f"features.categorical: field {f.name!r} has ids outside [0, {f.vocab_size}) "
                                  "(0 = unknown)")
 
     def _names(self, kind: str) -> list[str]:

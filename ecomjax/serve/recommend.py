@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ecomjax.errors import InputError, NonFiniteError, UnknownKeyError
 from ecomjax.eval.ranking import full_ranking_scores
 
 
@@ -56,22 +57,26 @@ class Recommender:
         """Original ids -> dense ids; an unknown id is an error naming it."""
         unknown = [h for h in history if str(h) not in self.index]
         if unknown:
-            raise KeyError(f"items unknown to the recommender: {unknown[:5]} (it knows {self.num_items} items)")
+            raise UnknownKeyError(f"items unknown to the recommender: {unknown[:5]} (it knows {self.num_items} items)")
         return np.asarray([self.index[str(h)] for h in history], np.int32)
 
     def recommend(self, history: Sequence, k: int = 10, exclude_history: bool = True) -> Recommendations:
         """The ``k`` best items after ``history`` (original ids, oldest first)."""
         if len(history) == 0:
-            raise ValueError("empty history: a sequential recommender needs at least one item")
+            raise InputError("empty history: a sequential recommender needs at least one item")
         if not 1 <= k <= self.num_items:
-            raise ValueError(f"k={k} must be in [1, {self.num_items}]")
+            raise InputError(f"k={k} must be in [1, {self.num_items}]")
         scores, top = _top_k(self.graphdef, self.state, *self._inputs(history), k=k, exclude=exclude_history)
-        return Recommendations(self.item_ids[np.asarray(top)[0]], np.asarray(scores)[0])
+        scores = np.asarray(scores)[0]
+        if np.isnan(scores).any() or np.isposinf(scores).any():  # top_k would rank NaN first
+            raise NonFiniteError("the model scores this history NaN or infinite: its parameters are not finite "
+                                 "(a corrupt checkpoint, or training that diverged); no recommendations")
+        return Recommendations(self.item_ids[np.asarray(top)[0]], scores)
 
     def scores(self, history: Sequence) -> np.ndarray:
         """``[num_items + 1]`` next-item scores by dense id (index 0 -inf), history not excluded."""
         if len(history) == 0:
-            raise ValueError("empty history: a sequential recommender needs at least one item")
+            raise InputError("empty history: a sequential recommender needs at least one item")
         scores = _all_scores(self.graphdef, self.state, *self._inputs(history), exclude=False)
         return np.asarray(scores)[0, : self.num_items + 1]
 

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.data.relevance import normalize_text
+from ecomjax.errors import InputError
 from ecomjax.search.features import lexical_features
 from ecomjax.search.models import SearchModels, tower_vectors
 
@@ -85,7 +86,7 @@ class SearchPipeline:
             serve = models.config.serve
             index = HNSWIndex.load(workdir / "hnsw.faiss", max(serve.hnsw_ef_search, serve.candidates))
             if index.size != len(ids):
-                raise ValueError(f"{workdir}/hnsw.faiss indexes {index.size} products but the catalogue has "
+                raise InputError(f"{workdir}/hnsw.faiss indexes {index.size} products but the catalogue has "
                                  f"{len(ids)}: the workdir is inconsistent; delete hnsw.faiss to rebuild it")
         return cls(models, ids, titles, index=index, **kwargs)
 
@@ -96,7 +97,7 @@ class SearchPipeline:
         normalized = [normalize_text(q) for q in queries]
         for original, text in zip(queries, normalized, strict=True):
             if not text:
-                raise ValueError(f"query {original!r} is empty after normalisation")
+                raise InputError(f"query {original!r} is empty after normalisation")
         frozen = self.encoder.encode(normalized, batch_size=max(len(normalized), 1))
         tower = np.asarray(self._query_tower(frozen))
         return normalized, frozen, tower
@@ -114,7 +115,7 @@ class SearchPipeline:
         n_candidates = candidates or self.config.serve.candidates
         reranker = reranker or self.config.serve.reranker
         if not 1 <= k <= n_candidates:
-            raise ValueError(f"k must be in [1, {n_candidates}] (the candidates re-ranked), got {k}")
+            raise InputError(f"k must be in [1, {n_candidates}] (the candidates re-ranked), got {k}")
         t = {"start": time.perf_counter()}
         normalized, frozen, tower = self.encode_queries(queries)
         t["encode"] = time.perf_counter()
@@ -134,11 +135,11 @@ class SearchPipeline:
             scores = features[:, self.models.feature_names.index("bi_cosine")]
         elif reranker in ("gbdt", "cross_encoder"):
             if self.models.cross_encoder is None:
-                raise ValueError(f"reranker {reranker!r} needs the cross-encoder, which this run did not train")
+                raise InputError(f"reranker {reranker!r} needs the cross-encoder, which this run did not train")
             cross = self.models.cross_scores([normalized[i] for i in repeat], list(self.titles[rows]))
             scores = cross if reranker == "cross_encoder" else self.models.gbdt.predict(np.column_stack([features, cross]))
         else:
-            raise ValueError(f"unknown reranker {reranker!r}; choose gbdt_fast, gbdt, cross_encoder or bi_encoder")
+            raise InputError(f"unknown reranker {reranker!r}; choose gbdt_fast, gbdt, cross_encoder or bi_encoder")
         scores = np.asarray(scores, np.float64).reshape(len(queries), n_candidates)
         t["rerank"] = time.perf_counter()
         weight = self.config.serve.personalization_weight

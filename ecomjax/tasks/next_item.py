@@ -39,6 +39,7 @@ from ecomjax.data import DataConfig, load_sequences
 from ecomjax.data.item_text import model_item_features
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
 from ecomjax.data.split import leave_one_out
+from ecomjax.errors import InputError, MissingFileError
 from ecomjax.models.axes import padded_vocab
 from ecomjax.models.sequential import SequentialModelConfig, build_sequential_model
 from ecomjax.tasks.base import Stage, Task
@@ -91,11 +92,11 @@ class NextItemTask(Task):
         super().__init__(config)
         lora, prune, quantize = config.efficiency.lora, config.efficiency.prune, config.efficiency.quantize
         if lora.rank and not config.train.init_from:
-            raise ValueError("efficiency.lora adapts a trained model: set train.init_from to a finished run's workdir")
+            raise InputError("efficiency.lora adapts a trained model: set train.init_from to a finished run's workdir")
         if lora.rank and prune.sparsity > 0:
-            raise ValueError("efficiency.lora and efficiency.prune do not combine: the base weights are frozen")
+            raise InputError("efficiency.lora and efficiency.prune do not combine: the base weights are frozen")
         if quantize.qat and quantize.weights == "none":
-            raise ValueError("efficiency.quantize.qat=true trains for an int8 export: set efficiency.quantize.weights=int8")
+            raise InputError("efficiency.quantize.qat=true trains for an int8 export: set efficiency.quantize.weights=int8")
         self.dataset = None  # set by prepare(): a loaded run builds its stage from the spec alone
         self.teacher = None
         self.quantized = None
@@ -115,7 +116,7 @@ class NextItemTask(Task):
         self.split = split = leave_one_out(dataset)
         self.train_data = NextItemTrainData(split, config.data.max_len, config.train.batch_size, config.seed)
         if self.train_data.num_tokens == 0:
-            raise ValueError(f"{dataset.name}: no training positions (every user has fewer than 2 items)")
+            raise InputError(f"{dataset.name}: no training positions (every user has fewer than 2 items)")
         self.item_counts = split.train_item_counts()  # the sampler prior knows no validation or test target
         self.item_text = model_item_features(config.model, dataset)
         if self.item_text is not None and len(self.item_text.missing):
@@ -140,7 +141,7 @@ class NextItemTask(Task):
         config, split = self.config, self.split
         mesh = self.mesh
         if config.eval.batch_size % mesh.shape["data"]:
-            raise ValueError(f"eval.batch_size={config.eval.batch_size} does not split over mesh.data="
+            raise InputError(f"eval.batch_size={config.eval.batch_size} does not split over mesh.data="
                              f"{mesh.shape['data']} devices; use a multiple of {mesh.shape['data']}")
         sharding = batch_sharding(mesh)
         rows = process_rows(sharding, (config.eval.batch_size,))
@@ -159,7 +160,7 @@ class NextItemTask(Task):
             return None
         run = _source_run("efficiency.distill.teacher", source, self.dataset, self.mesh)
         if run.config.data.max_len < self.config.data.max_len:
-            raise ValueError(f"the teacher reads {run.config.data.max_len} positions, this run "
+            raise InputError(f"the teacher reads {run.config.data.max_len} positions, this run "
                              f"{self.config.data.max_len}: raise the teacher's data.max_len or lower this run's")
         return run.model
 
@@ -219,7 +220,7 @@ class NextItemTask(Task):
         from ecomjax.train.sharding import replicated
 
         if jax.process_count() > 1:
-            raise ValueError("efficiency.quantize runs in a single process; quantize the saved run afterwards")
+            raise InputError("efficiency.quantize runs in a single process; quantize the saved run afterwards")
         config = self.config
         qconfig = config.efficiency.quantize
         quantized = quantize_model(model, qconfig, *recommender_example_inputs(config.data.max_len), method="encode")
@@ -261,17 +262,17 @@ def _source_run(key: str, source: str, dataset, mesh: jax.sharding.Mesh):
     try:
         run = load(source, mesh=mesh)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{key}={source!r}: {error}") from None
+        raise MissingFileError(f"{key}={source!r}: {error}") from None
     _check_same_items(key, source, run, dataset)
     return run
 
 
 def _check_same_items(key: str, source: str, run, dataset) -> None:
     if run.config.task != "next_item":
-        raise ValueError(f"{key}={source!r} is a {run.config.task} run, not a next-item recommender")
+        raise InputError(f"{key}={source!r} is a {run.config.task} run, not a next-item recommender")
     ids = run.vocab["item_ids"]
     if len(ids) != len(dataset.item_ids) or not np.array_equal(ids, dataset.item_ids):
-        raise ValueError(f"{key}={source!r} was trained on {run.spec['dataset']} ({run.spec['num_items']} items), "
+        raise InputError(f"{key}={source!r} was trained on {run.spec['dataset']} ({run.spec['num_items']} items), "
                          f"this run on {dataset.name} ({dataset.num_items} items): it must know the same items")
 
 
@@ -454,7 +455,7 @@ def load_quantized(run) -> nnx.Module:
 
     config = run.config
     if config.efficiency.quantize.weights == "none":
-        raise ValueError(f"{run.workdir} was not quantized: train it with efficiency.quantize.weights=int8")
+        raise InputError(f"{run.workdir} was not quantized: train it with efficiency.quantize.weights=int8")
     stage = run.task.stages(run.spec)[0]
     abstract = abstract_quantized(stage.build, config.efficiency.quantize,
                                   *recommender_example_inputs(run.spec["max_len"]), method="encode")

@@ -30,6 +30,7 @@ from flax import nnx
 from ecomjax.config import RunConfig, TrainConfig
 from ecomjax.data.fashion_queries import relevance_grades
 from ecomjax.data.fashion_setup import FashionData, FashionDataConfig, prepare_fashion
+from ecomjax.errors import InputError
 from ecomjax.eval.graded import retrieval_metrics
 from ecomjax.models.fusion import FusionConfig
 from ecomjax.models.towers import TwoTower
@@ -211,9 +212,9 @@ class ProductSearch:
 
     def search(self, query: str, k: int = 10) -> Found:
         if not query.strip():
-            raise ValueError("query is empty")
+            raise InputError("query is empty")
         if not 1 <= k <= len(self.ids):
-            raise ValueError(f"k={k} must be in [1, {len(self.ids)}]")
+            raise InputError(f"k={k} must be in [1, {len(self.ids)}]")
         embedding = self.encoder.encode([query])
         q = query_vectors(self.run.model, embedding, np.arange(1))[0]
         scores = self.products @ q

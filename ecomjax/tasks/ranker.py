@@ -31,6 +31,7 @@ from ecomjax.config import DROPOUT, ConfigError, LoraSection, RunConfig, TrainCo
 from ecomjax.data.impressions import ImpressionConfig, generate_impressions
 from ecomjax.data.schema import FeatureSchema, ImpressionData, drop_fields, split_by_group
 from ecomjax.data.synthetic import SyntheticConfig
+from ecomjax.errors import InputError
 from ecomjax.eval.classification import log_loss
 from ecomjax.eval.satisfaction import (
     Predictions,
@@ -262,7 +263,7 @@ class RankerStage(Stage):
             from ecomjax.efficiency.lora import LoraConfig
 
             if not config.train.init_from:
-                raise ValueError("efficiency.lora trains adapters on a finished ranker: set train.init_from")
+                raise InputError("efficiency.lora trains adapters on a finished ranker: set train.init_from")
             self.lora = LoraConfig(lora.rank, lora.alpha, lora.targets, also_train=lora.also_train)
             if lora.b_learning_rate_ratio != 1:
                 self.train = dataclasses.replace(self.train, learning_rate_scales={
@@ -357,7 +358,7 @@ class RankerTask(Task):
         self.columns = host_columns(self.data)
         for name, rows in self.splits.items():
             if len(rows) == 0:
-                raise ValueError(f"the {name} split of {self.data.source} is empty; adjust data.*_fraction")
+                raise InputError(f"the {name} split of {self.data.source} is empty; adjust data.*_fraction")
         heads = heads_of(self.data)
         train = self.splits["train"]
         bias = {"model": base_rates(self.data, train, heads)}

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ecomjax.errors import InputError
+
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
@@ -45,13 +47,13 @@ def ranker_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], cv
     if "purchase" in outputs:
         if cvr == "esmm":
             if "click" not in outputs:
-                raise ValueError("ESMM needs the click head: pCTCVR = pCTR x pCVR")
+                raise InputError("ESMM needs the click head: pCTCVR = pCTR x pCVR")
             losses["purchase"] = esmm_purchase_loss(outputs["click"], outputs["purchase"], batch["purchase"])
         elif cvr == "clicked_only":
             xent = optax.sigmoid_binary_cross_entropy(outputs["purchase"], batch["purchase"])
             losses["purchase"] = _masked_mean(xent, clicked)
         else:
-            raise ValueError(f"loss.cvr: {cvr!r}; allowed: esmm, clicked_only")
+            raise InputError(f"loss.cvr: {cvr!r}; allowed: esmm, clicked_only")
     if "dwell" in outputs:
         losses["dwell"] = _masked_mean((outputs["dwell"] - batch["log_dwell"]) ** 2, clicked)
     return losses

@@ -42,6 +42,7 @@ from ecomjax.data.relevance import (
     read_relevance,
     split_by_query,
 )
+from ecomjax.errors import InputError, warn
 from ecomjax.eval.graded import relevance_metrics
 from ecomjax.models.towers import BiEncoder, CrossEncoder
 from ecomjax.tasks.attributes import row_batches
@@ -176,7 +177,7 @@ def load_splits(config: RelevanceConfig) -> tuple[RelevanceData, dict[str, np.nd
     splits["base"], splits["stack"] = train[~stack], train[stack]
     for name, rows in splits.items():
         if not len(rows):
-            raise ValueError(f"the {name} split of {data.source} is empty; adjust data.*_fraction")
+            raise InputError(f"the {name} split of {data.source} is empty; adjust data.*_fraction")
     return data, splits
 
 
@@ -321,6 +322,13 @@ class CrossEncoderStage(Stage):
         return {"rmse": float(np.sqrt(np.mean((predicted - self.task.data.relevance[rows]) ** 2)))}
 
 
+def _title_conflicts(data) -> dict[str, Any]:
+    if not data.title_conflicts:
+        return {}
+    return {"products_with_two_titles": {p: list(lines) for p, lines in list(data.title_conflicts.items())[:20]},
+            "products_with_two_titles_count": len(data.title_conflicts)}
+
+
 class RelevanceTask(Task):
     name = "relevance"
     Config = RelevanceConfig
@@ -334,7 +342,7 @@ class RelevanceTask(Task):
         data, splits = load_splits(self.config)
         return {"source": data.source, "pairs": len(data), "queries": len(data.query_groups()[0]),
                 "products": len(data.catalogue()[0]), "mean_relevance": round(float(data.relevance.mean()), 4),
-                "splits": {k: len(v) for k, v in splits.items()}}
+                "splits": {k: len(v) for k, v in splits.items()}, **_title_conflicts(data)}
 
     def prepare(self) -> dict[str, Any]:
         from ecomjax.search.models import embed_texts
@@ -342,6 +350,10 @@ class RelevanceTask(Task):
         config = self.config
         self.data, self.splits = data, splits = load_splits(config)
         print(f"relevance: {len(data)} pairs; " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+        if data.title_conflicts:  # judged rows keep their own title, the catalogue the first one
+            product, (first, second) = next(iter(data.title_conflicts.items()))
+            warn(f"{data.source}: {len(data.title_conflicts)} products have two titles (e.g. {product} on "
+                 f"lines {first} and {second}); the catalogue keeps the first")
         start = time.perf_counter()
         self.queries = [normalize_text(q) for q in data.queries]
         self.titles = [normalize_text(t) for t in data.titles]
@@ -389,7 +401,7 @@ class RelevanceTask(Task):
             start = time.perf_counter()
             SearchPipeline(search_models, catalogue_ids, catalogue_titles).save_index(self.workdir)
             timings["index"] = time.perf_counter() - start
-        return {**self.report(models), "seconds": timings}
+        return {**self.report(models), "seconds": timings, **_title_conflicts(self.data)}
 
     def _fit_rerankers(self, models: dict[str, nnx.Module], cross_stage: CrossEncoderStage | None):
         """BM25, the product prior and the two LightGBM re-rankers, trained on the stack queries

@@ -19,6 +19,8 @@ import os
 
 import jax
 
+from ecomjax.errors import InputError
+
 
 def initialize(
     coordinator: str | None = None,
@@ -35,15 +37,15 @@ def initialize(
         process_id = int(os.environ["JAX_PROCESS_ID"])
     if coordinator is None and not auto:
         if num_processes is not None or process_id is not None:
-            raise ValueError("--num-processes/--process-id need a coordinator address (--coordinator HOST:PORT)")
+            raise InputError("--num-processes/--process-id need a coordinator address (--coordinator HOST:PORT)")
         return False
     if coordinator is not None and (num_processes is None or process_id is None):
-        raise ValueError(
+        raise InputError(
             f"coordinator {coordinator} given without the process count and id "
             "(--num-processes and --process-id, or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
         )
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"process id {process_id} is outside [0, {num_processes})")
+        raise InputError(f"process id {process_id} is outside [0, {num_processes})")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return jax.process_count() > 1
 

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ecomjax.errors import InputError
+
 
 def read_history(path: Path) -> list[dict[str, Any]]:
     """Every complete record of ``path`` (a partial last line, from a kill mid-write, is skipped;
@@ -26,7 +28,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
+            raise InputError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
     return records
 
 

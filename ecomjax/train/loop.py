@@ -29,6 +29,14 @@ from tqdm.auto import tqdm
 
 from ecomjax.bench.flops import compiled_flops
 from ecomjax.config import RunConfig, load_config, save_config
+from ecomjax.data.inputs import changed_inputs, fingerprints, recording_inputs
+from ecomjax.errors import (
+    ChangedDataError,
+    InputError,
+    MissingFileError,
+    NonFiniteError,
+    UnknownKeyError,
+)
 from ecomjax.tasks.base import Stage, Task, Trained
 from ecomjax.train.callbacks import Callback
 from ecomjax.train.checkpoint import RunCheckpoints, abstract_like
@@ -37,9 +45,18 @@ from ecomjax.train.history import History
 from ecomjax.train.resume import check_same_run
 from ecomjax.train.sharding import make_mesh
 from ecomjax.train.state import UpdateProgram, check_given
+from ecomjax.train.workdir import (
+    discard_aside,
+    has_checkpoint,
+    open_workdir,
+    read_run_record,
+    restore_aside,
+    set_aside,
+    write_run_record,
+)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(NonFiniteError):
     """Training produced a NaN or infinite loss; the message names the stage and step."""
 
 
@@ -50,24 +67,42 @@ def train(config: RunConfig, callbacks: Sequence[Callback] = ()):
 
     task: Task = task_class(config.task)(config)
     mesh = make_mesh(config.mesh)
-    workdir = Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     primary = is_primary()
-    task.mesh = mesh
+    workdir = open_workdir(config, primary)
+    task.workdir, task.mesh = workdir, mesh
+    _sync("ecomjax-open-workdir")
     with jax.set_mesh(mesh):
         resuming = check_same_run(config, workdir)
-        spec = task.prepare()
-        if primary:
-            save_config(config, workdir / "config.yaml")
-            (workdir / "model.json").write_text(json.dumps({"task": task.name, "spec": spec}, indent=1))
-            vocabulary = task.vocabulary()
-            if vocabulary:
-                np.savez(workdir / "vocab.npz", **vocabulary)
-        trainer = Trainer(config, workdir, mesh, callbacks, resume=resuming)
+        replacing = not resuming  # the workdir holds a run that train.resume=false replaces
+        if replacing and primary:
+            set_aside(workdir)
+        _sync("ecomjax-set-aside")
+        trainer = None
         try:
-            metrics = task.run(trainer, spec)
-        finally:
-            trainer.close()
+            with recording_inputs() as inputs:
+                spec = task.prepare()
+            recorded = read_run_record(workdir).get("inputs", {})
+            changed = changed_inputs(recorded, inputs) if resuming and has_checkpoint(workdir) else []
+            if changed:
+                raise ChangedDataError(f"{changed[0]}: the run in {workdir} was trained on it as it was; "
+                                       "train into another workdir (or restore the file)")
+            if primary:
+                save_config(config, workdir / "config.yaml")
+                (workdir / "model.json").write_text(json.dumps({"task": task.name, "spec": spec}, indent=1))
+                write_run_record(workdir, config, fingerprints(inputs))
+                vocabulary = task.vocabulary()
+                if vocabulary:
+                    np.savez(workdir / "vocab.npz", **vocabulary)
+            trainer = Trainer(config, workdir, mesh, callbacks, resume=resuming,
+                              on_first_save=(lambda: discard_aside(workdir)) if replacing and primary else None)
+            try:
+                metrics = task.run(trainer, spec)
+            finally:
+                trainer.close()
+        except BaseException:
+            if replacing and primary and not (trainer and trainer.saved):
+                restore_aside(workdir)  # the new run saved nothing: the replaced run comes back
+            raise
         main = next(iter(trainer.trained.values()))
         metrics = {**metrics, **main.summary,
                    "stages": {name: t.summary for name, t in trainer.trained.items()} if len(trainer.trained) > 1 else {},
@@ -77,16 +112,32 @@ def train(config: RunConfig, callbacks: Sequence[Callback] = ()):
         if not metrics["stages"]:
             del metrics["stages"]
         if primary:
-            (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+            write_json_atomically(workdir / "metrics.json", metrics)
     return Run(workdir, config, task, spec, {name: t.model for name, t in trainer.trained.items()}, metrics)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Write ``path`` whole or not at all: a kill mid-write leaves the previous file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, default=float))
+    temporary.replace(path)
 
 
 class Trainer:
     """Trains the stages of one run; ``fit`` is the loop."""
 
     def __init__(self, config: RunConfig, workdir: Path, mesh: jax.sharding.Mesh,
-                 callbacks: Sequence[Callback] = (), *, resume: bool = True):
+                 callbacks: Sequence[Callback] = (), *, resume: bool = True, on_first_save=None):
         self.config, self.workdir, self.mesh = config, workdir, mesh
+        self.on_first_save = on_first_save  # called once, after the run's first checkpoint is on disk
+        self.saved = False
         self.callbacks = list(callbacks)
         self.resume = resume
         self.primary = is_primary()
@@ -105,12 +156,12 @@ class Trainer:
         data_devices = mesh.shape["data"]
         prefix = "" if name == "model" else f"{name}."
         if cfg.batch_size % data_devices:
-            raise ValueError(f"{prefix}train.batch_size={cfg.batch_size} does not split over mesh.data="
+            raise InputError(f"{prefix}train.batch_size={cfg.batch_size} does not split over mesh.data="
                              f"{data_devices} devices; use a multiple of {data_devices}")
         steps_per_epoch = [stage.steps_in_epoch(e) for e in range(cfg.epochs)]
         total_steps = sum(steps_per_epoch)
         if total_steps == 0:
-            raise ValueError(f"{name}: no training batch: fewer training examples than "
+            raise InputError(f"{name}: no training batch: fewer training examples than "
                              f"{prefix}train.batch_size={cfg.batch_size}")
 
         # --- State, update step ----------------------------------------------------------------
@@ -154,6 +205,10 @@ class Trainer:
             meta["steps"] = int(state["step"])
             checkpoints.save(int(state["step"]), {k: v for k, v in state.items() if k != "buffers"},
                              state["buffers"], best_params, meta)
+            if not self.saved:
+                self.saved = True
+                if self.on_first_save is not None:
+                    self.on_first_save()
 
         # Ctrl-C / SIGTERM set a flag checked between steps, so the saved state is always consistent.
         stop_signal = {"received": False}
@@ -177,6 +232,7 @@ class Trainer:
         max_steps = cfg.max_steps or math.inf
         show = cfg.progress and self.primary
         warmed = False
+        pending = None  # (step, epoch, metrics) of the last step, logged once its loss is fetched
         try:
             while meta["stop_reason"] is None and meta["epoch"] < cfg.epochs:
                 epoch = meta["epoch"]
@@ -209,6 +265,7 @@ class Trainer:
                         save_checkpoint()
                 if pending is not None:
                     self._log_step(name, bar, *pending, schedule)
+                    pending = None
                 jax.block_until_ready(state)
                 meta["train_seconds"] += time.perf_counter() - t_epoch
                 bar.close()
@@ -228,6 +285,8 @@ class Trainer:
                 save_checkpoint()
         except KeyboardInterrupt:
             jax.block_until_ready(state)
+            if pending is not None:  # the step the checkpoint includes keeps its history line
+                self._log_step(name, bar, *pending, schedule)
             save_checkpoint()
             raise
         finally:
@@ -247,11 +306,11 @@ class Trainer:
         valid = stage.evaluate(model, "valid")
         meta["eval_seconds"] += time.perf_counter() - t0
         if stage.monitor not in valid:
-            raise KeyError(f"{stage.name}: validation computed {sorted(valid)}, not the monitored "
+            raise UnknownKeyError(f"{stage.name}: validation computed {sorted(valid)}, not the monitored "
                            f"{stage.monitor!r}")
         score = float(valid[stage.monitor])
         if not math.isfinite(score):
-            raise FloatingPointError(f"{stage.name}: validation {stage.monitor} is {score} after epoch {epoch}")
+            raise NonFiniteError(f"{stage.name}: validation {stage.monitor} is {score} after epoch {epoch}")
         timing = {"train_seconds": round(meta["train_seconds"], 3), "eval_seconds": round(meta["eval_seconds"], 3)}
         self.history.write({"stage": stage.name, "step": step, "epoch": epoch, "valid": valid, **timing})
         meta["valid_curve"].append({"epoch": epoch, stage.monitor: score, **timing})
@@ -299,9 +358,9 @@ class Trainer:
         try:
             run = load(source, mesh=self.mesh)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{key}: {error}") from None
+            raise MissingFileError(f"{key}: {error}") from None
         if run.config.task != self.config.task or stage.name not in run.models:
-            raise ValueError(f"{key}: a {run.config.task} run without a {stage.name!r} model; this run is "
+            raise InputError(f"{key}: a {run.config.task} run without a {stage.name!r} model; this run is "
                              f"a {self.config.task} run")
         stage.check_init_from(run)
         given = flat_params(nnx.state(run.models[stage.name], nnx.Param))

@@ -11,6 +11,7 @@ import jax
 import optax
 
 from ecomjax.config import TrainConfig
+from ecomjax.errors import InputError
 from ecomjax.models.paths import param_path
 
 
@@ -47,12 +48,12 @@ def scale_by_path(scales: dict[str, float]) -> optax.GradientTransformation:
         names = [param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
         unused = [k for k in scales if not any(k in n for n in names)]
         if unused:
-            raise ValueError(f"train.learning_rate_scales keys {unused} match no trained parameter")
+            raise InputError(f"train.learning_rate_scales keys {unused} match no trained parameter")
         out = []
         for name in names:
             found = [v for k, v in scales.items() if k in name]
             if len(found) > 1:
-                raise ValueError(f"parameter {name} matches more than one train.learning_rate_scales key")
+                raise InputError(f"parameter {name} matches more than one train.learning_rate_scales key")
             out.append(found[0] if found else 1.0)
         return out
 

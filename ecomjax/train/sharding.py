@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ecomjax.config import MeshConfig
+from ecomjax.errors import InputError
 from ecomjax.models.axes import LOGICAL_AXES_KEY
 
 DATA_AXIS, MODEL_AXIS = "data", "model"
@@ -32,17 +33,17 @@ def mesh_shape(config: MeshConfig, device_count: int) -> tuple[int, int]:
     """``(data, model)`` sizes from the config; one ``-1`` takes the devices left over."""
     sizes = [config.data, config.model]
     if sizes.count(-1) > 1:
-        raise ValueError("mesh.data and mesh.model cannot both be -1")
+        raise InputError("mesh.data and mesh.model cannot both be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if device_count % known:
-            raise ValueError(
+            raise InputError(
                 f"mesh: {device_count} devices do not divide by the fixed axis size {known} "
                 f"(mesh.data={config.data}, mesh.model={config.model})"
             )
         sizes[sizes.index(-1)] = device_count // known
     if math.prod(sizes) != device_count:
-        raise ValueError(
+        raise InputError(
             f"mesh.data={sizes[0]} x mesh.model={sizes[1]} = {math.prod(sizes)} devices, but "
             f"{device_count} are available; the product must equal the device count (-1 = the rest)"
         )
@@ -81,7 +82,7 @@ def spec_for(
     if names is None:
         return PartitionSpec()
     if len(names) != len(shape):
-        raise ValueError(f"logical axes {tuple(names)} do not match an array of shape {tuple(shape)}")
+        raise InputError(f"logical axes {tuple(names)} do not match an array of shape {tuple(shape)}")
     used: set[str] = set()
     spec = []
     for name, size in zip(names, shape, strict=True):
@@ -89,7 +90,7 @@ def spec_for(
             spec.append(None)
             continue
         if name not in rules:
-            raise ValueError(
+            raise InputError(
                 f"logical axis {name!r} has no entry in mesh.rules; known: {sorted(rules)}"
             )
         axis = rules[name]
@@ -134,7 +135,7 @@ def process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slic
     lo, hi = min(starts), max(stops)
     covered = sum(b - a for a, b in {(a, b) for a, b in zip(starts, stops, strict=True)})
     if covered != hi - lo:
-        raise ValueError(f"this process's batch rows {sorted(zip(starts, stops, strict=True))} are not contiguous")
+        raise InputError(f"this process's batch rows {sorted(zip(starts, stops, strict=True))} are not contiguous")
     return slice(lo, hi)
 
 

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ecomjax.errors import InputError
 from ecomjax.models.paths import flat_params, param_path
 from ecomjax.train.sharding import DATA_AXIS, process_rows, replicated, tree_shardings
 
@@ -88,12 +89,12 @@ def check_given(given: Mapping[str, Any], model_params: Any, key: str, new: Call
     need = {k: v for k, v in flat_params(model_params).items() if not new(k)}
     missing, extra = sorted(need.keys() - given.keys()), sorted(given.keys() - need.keys())
     if missing or extra:
-        raise ValueError(f"{key}: its model has other parameters than this run's (only there: {extra[:3]}, "
+        raise InputError(f"{key}: its model has other parameters than this run's (only there: {extra[:3]}, "
                          f"only here: {missing[:3]}); use the same model section")
     for name, leaf in need.items():
         have = given[name]
         if tuple(have.shape) != tuple(leaf.shape) or have.dtype != leaf.dtype:
-            raise ValueError(f"{key}: {name} is {have.dtype}{list(have.shape)} there, "
+            raise InputError(f"{key}: {name} is {have.dtype}{list(have.shape)} there, "
                              f"{leaf.dtype}{list(leaf.shape)} here; use the same model section")
 
 
