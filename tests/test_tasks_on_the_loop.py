@@ -60,8 +60,8 @@ def tiny_run(task: str, root: Path) -> tuple[str, dict]:
     if task == "ranker":
         return "configs/ranker_synthetic.yaml", {
             "data.synthetic.num_users": 300, "data.synthetic.num_items": 200, "data.synthetic.num_categories": 8,
-            "data.impressions.num_requests": 1000, "model.embed_dim": 8, "model.expert_hidden": [32],
-            "model.tower_hidden": [16], "train.epochs": 3, "train.batch_size": 128, "baselines.gbdt": False,
+            "data.impressions.num_requests": 500, "model.embed_dim": 8, "model.expert_hidden": [32],
+            "model.tower_hidden": [16], "train.epochs": 2, "train.batch_size": 128, "baselines.gbdt": False,
             "train.checkpoint_every_steps": 5}
     if task == "multi_behavior":
         return "configs/ranker_taobao.yaml", {
