@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import real_data
+from flax import nnx
 
 import ecomjax
 from ecomjax.errors import (
@@ -201,9 +203,6 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, b
 
 
 def jax_leaves(model):
-    import jax
-    from flax import nnx
-
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
@@ -238,13 +237,11 @@ def test_an_unreadable_step_without_checksums_falls_back_too(tmp_path, beauty_sl
 
 def test_nan_parameters_are_an_error_not_a_hit_rate(tmp_path, beauty_slice):
     """NaN scores compare false, so an unguarded ranking counts them as hits at rank 0."""
-    from flax import nnx
-
     from ecomjax.eval.full_ranking import full_ranking_metrics
 
     run = _train(tmp_path / "run", beauty_slice)
     table = nnx.state(run.model, nnx.Param)
-    poisoned = __import__("jax").tree.map(lambda x: x * np.nan, table)
+    poisoned = jax.tree.map(lambda x: x * np.nan, table)
     nnx.update(run.model, poisoned)
     with pytest.raises(NonFiniteError, match="users have NaN or infinite scores"):
         run.task.stages(run.spec)[0].evaluate(run.model, "test")
