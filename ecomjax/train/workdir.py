@@ -107,12 +107,17 @@ def settle_replacement(workdir: Path) -> None:
             restore_aside(workdir)
 
 
+def write_json_atomically(path: Path, value: Any, indent: int = 2) -> None:
+    """Write ``path`` whole or not at all: a kill mid-write leaves the previous file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=indent, default=float))
+    temporary.replace(path)
+
+
 def write_run_record(workdir: Path, config: Any, inputs: dict[str, Any]) -> None:
-    record = {"format": FORMAT_VERSION, "task": config.task, "workdir": str(workdir),
-              "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "inputs": inputs}
-    temporary = workdir / f".{RUN_RECORD}.tmp"
-    temporary.write_text(json.dumps(record, indent=1))
-    temporary.replace(workdir / RUN_RECORD)
+    write_json_atomically(workdir / RUN_RECORD, {
+        "format": FORMAT_VERSION, "task": config.task, "workdir": str(workdir),
+        "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "inputs": inputs}, indent=1)
 
 
 def read_run_record(workdir: Path) -> dict[str, Any]:
