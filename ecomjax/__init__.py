@@ -8,6 +8,7 @@ Public API::
     run = ecomjax.load("runs/sasrec_beauty")                 # no data, no training
     run.recommend([12, 7, 301], k=10)                        # original item ids and scores
     ecomjax.evaluate("runs/sasrec_beauty")                   # -> runs/sasrec_beauty/eval/metrics.json
+    ecomjax.tune("configs/sasrec_beauty.yaml", "configs/tune/sasrec_beauty.yaml", trials=30)
 
 The config's ``task:`` picks what is trained (``ecomjax.tasks.TASKS``); without one it is a
 next-item recommender. Importing ``ecomjax`` does not import JAX: the CLI answers ``--help``
@@ -63,4 +64,14 @@ def evaluate(workdir: str | Path, **overrides: Any) -> dict[str, Any]:
     return evaluate_run(workdir, overrides)
 
 
-__all__ = ["ConfigError", "RunConfig", "evaluate", "load", "load_config", "train"]
+def tune(config_or_path: str | Path | None, space: str | Path, *, trials: int, **settings: Any):
+    """Search ``space`` (YAML: dotted keys -> distributions) over a config with Optuna: each
+    trial an ordinary run under ``TUNE_DIR/trials/NNN``, pruned on its validation curve, chosen
+    on validation only; writes ``report.md``, ``report.json``, plots and ``best.yaml``. Settings
+    and defaults: ``ecomjax.tuning.tune``."""
+    from ecomjax.tuning import tune as run_tune
+
+    return run_tune(config_or_path, space, trials=trials, **settings)
+
+
+__all__ = ["ConfigError", "RunConfig", "evaluate", "load", "load_config", "train", "tune"]

@@ -1,5 +1,5 @@
 """Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data
-CONFIG``, ``ecomjax search WORKDIR "query"``.
+CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``.
 
 Parsing imports nothing heavy (no JAX), so ``ecomjax --help`` answers at once; each command
 imports what it needs.
@@ -35,6 +35,33 @@ def _parser() -> argparse.ArgumentParser:
     data_p = sub.add_parser("data", help="describe the dataset a config resolves to")
     data_p.add_argument("config", nargs="?")
     data_p.add_argument("overrides", nargs="*")
+    tune_p = sub.add_parser("tune", help="search hyperparameters of a config with Optuna (any task)")
+    tune_p.add_argument("config", help="YAML config of the runs to tune")
+    tune_p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    tune_p.add_argument("--space", required=True, help="YAML search space (dotted keys -> distributions)")
+    tune_p.add_argument("--trials", type=int, required=True, help="finished trials in the study (a resumed "
+                        "tune continues to this total)")
+    tune_p.add_argument("--jobs", type=int, default=1, help="trials at a time (CPU: cores divided between them)")
+    tune_p.add_argument("--dir", dest="tune_dir", help="tune directory (default: WORKDIR_tune beside the "
+                        "config's workdir)")
+    tune_p.add_argument("--study", dest="study_name", help="study name (default: the tune directory's name)")
+    tune_p.add_argument("--storage", help="SQLAlchemy URL of the study database (default: SQLite in the tune "
+                        "directory; postgresql://... to share a study between machines)")
+    tune_p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "cmaes"])
+    tune_p.add_argument("--pruner", default="median", choices=["median", "hyperband", "asha", "none"])
+    tune_p.add_argument("--startup-trials", type=int, default=3, help="finished trials before the median "
+                        "pruner prunes (default 3)")
+    tune_p.add_argument("--warmup-epochs", type=int, default=0, help="epochs a trial runs before it can be "
+                        "pruned (default 0: from its first evaluation)")
+    tune_p.add_argument("--timeout", type=float, help="stop after this many seconds (running trials are "
+                        "checkpointed and queued again)")
+    tune_p.add_argument("--seed", type=int, default=0, help="sampler seed (the runs keep the config's seed)")
+    tune_p.add_argument("--top", type=int, default=1, help="score the test split of the best K trials "
+                        "(default 1; 3 gives a stability column)")
+    tune_p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not queue the config's own values as the first trial")
+    tune_p.add_argument("--trials-per-device", type=int, default=1, help="GPU: trials sharing one device")
+    tune_p.add_argument("--summary", action="store_true", help="print the per-trial table at the end")
     search_p = sub.add_parser("search", help="answer a query with a trained search workdir")
     search_p.add_argument("workdir")
     search_p.add_argument("query", nargs="+")
@@ -83,6 +110,22 @@ def _data(args) -> None:
     print(json.dumps({"task": config.task, **task_class(config.task)(config).describe_data()}, indent=2))
 
 
+def _tune(args) -> None:
+    from ecomjax.config import parse_override
+    from ecomjax.tuning import tune
+    from ecomjax.tuning.report import markdown, summary_text
+
+    result = tune(args.config, args.space, trials=args.trials, jobs=args.jobs,
+                  overrides=dict(parse_override(o) for o in args.overrides), tune_dir=args.tune_dir,
+                  study_name=args.study_name, storage=args.storage, sampler=args.sampler, pruner=args.pruner,
+                  startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs, timeout=args.timeout,
+                  seed=args.seed, top=args.top, baseline=args.baseline, trials_per_device=args.trials_per_device)
+    if args.summary:
+        print(markdown(result.report))
+    print(summary_text(result.report))
+    print(f"wrote {result.tune_dir}/report.md, report.json" + (", best.yaml" if result.best else ""))
+
+
 def _search(args) -> None:
     from ecomjax.serve import SearchPipeline
 
@@ -122,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
     try:
-        {"train": _train, "eval": _eval, "data": _data, "search": _search}[args.command](args)
+        {"train": _train, "eval": _eval, "data": _data, "tune": _tune, "search": _search}[args.command](args)
     except KeyboardInterrupt:
         if args.debug:
             raise
-        saved = "; checkpoint saved, run the same command again to resume" if args.command == "train" else ""
+        saved = ("; checkpoint saved, run the same command again to resume"
+                 if args.command in ("train", "tune") else "")
         print(f"ecomjax: interrupted{saved}", file=sys.stderr)
         return 130
     except EcomjaxError as exc:

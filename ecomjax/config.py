@@ -246,6 +246,9 @@ class RunConfig:
     task: str = "next_item"  # the TASKS registry key (ecomjax.tasks)
     workdir: str = "runs/run"
     seed: int = 0  # training randomness: initialisation, shuffling, dropout, splits
+    # false: metrics.json holds validation only, no test number. Hyperparameter trials run so
+    # (ecomjax.tuning): a choice made among them cannot have seen the test split.
+    report_test: bool = True
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     RANGES: ClassVar[dict[str, Check]] = {"seed": SEED}

@@ -206,8 +206,9 @@ def _from_tensors(stage: Stage, tensors: dict[str, np.ndarray], path: Path) -> n
 def evaluate(workdir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Re-score a finished run from its kept models, on its own data or (``data.*`` overrides)
     another file of the same format; writes ``WORKDIR/eval/metrics.json`` and never touches the
-    training ``metrics.json`` or the checkpoints, and never trains. Only ``data.*`` and
-    ``eval.*`` keys may be overridden: anything else would describe another model.
+    training ``metrics.json`` or the checkpoints, and never trains. Only ``data.*``, ``eval.*``
+    and ``report_test`` keys may be overridden: anything else would describe another model
+    (``report_test=true`` scores the test split of a hyperparameter trial, which trained without).
 
     The run's input files are found where training found them (``run.json``, so it works from
     any directory) and must be unchanged: an edited or grown file is refused naming it, unless
@@ -225,9 +226,9 @@ def evaluate(workdir: str | Path, overrides: dict[str, Any] | None = None) -> di
         if allow_changed.lower() not in ("true", "false"):
             raise ConfigError(f"eval.allow_changed_data: {allow_changed!r} is not true or false")
         allow_changed = allow_changed.lower() == "true"
-    other = sorted(k for k in overrides if not k.startswith(("data.", "eval.")))
+    other = sorted(k for k in overrides if not k.startswith(("data.", "eval.")) and k != "report_test")
     if other:
-        raise ConfigError(f"ecomjax eval takes data.* and eval.* overrides only, not {other}")
+        raise ConfigError(f"ecomjax eval takes data.*, eval.* and report_test overrides only, not {other}")
     if not (workdir / "config.yaml").is_file():
         raise MissingFileError(f"{workdir} is not a run directory (no config.yaml)")
     recorded = read_run_record(workdir).get("inputs", {})
@@ -255,6 +256,8 @@ def evaluate(workdir: str | Path, overrides: dict[str, Any] | None = None) -> di
             raise ChangedDataError(f"{workdir}: the data no longer matches the trained model ({', '.join(differ)} "
                                    "differ from model.json); was the data file changed?")
         metrics = task.report(run.models)
+    if not config.report_test:
+        metrics = {k: v for k, v in metrics.items() if k not in task.test_keys}
     if changed:
         metrics = {**metrics, "changed_data": changed}
     out = workdir / "eval"

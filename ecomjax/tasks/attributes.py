@@ -136,6 +136,9 @@ class AttributesTask(Task):
     Config = AttributesConfig
     config: AttributesConfig
 
+    def objective(self) -> tuple[str, bool]:
+        return AttributesStage.monitor, True
+
     def __init__(self, config: AttributesConfig):
         super().__init__(config)
         self.data: FashionData | None = None

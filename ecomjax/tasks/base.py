@@ -161,6 +161,26 @@ class Task(ABC):
         """Final metrics (validation and test) of the trained models, after ``prepare``: what
         ``metrics.json`` holds and what ``ecomjax eval`` recomputes."""
 
+    # Keys of ``report`` computed on the test split: dropped from metrics.json when the run has
+    # ``report_test: false`` (hyperparameter trials), so that no choice among runs can see them.
+    test_keys: ClassVar[tuple[str, ...]] = ("test",)
+
+    def objective(self) -> tuple[str, bool]:
+        """``(validation metric, higher is better)`` that a hyperparameter search selects on,
+        known from the config alone (the study's direction is fixed before its first trial).
+        The default is the main stage's early-stopping monitor."""
+        raise NotImplementedError(f"task {self.name!r} declares no tuning objective")
+
+    def objective_value(self, metrics: dict[str, Any]) -> float:
+        """The objective of a finished run: the main stage's validation monitor at its kept
+        (best) epoch, read from the loop's summary in ``metrics.json``."""
+        name, _ = self.objective()
+        curve = {point["epoch"]: point for point in metrics.get("valid_curve", [])}
+        best = curve.get(metrics.get("best_epoch"))
+        if best is None or name not in best:
+            raise KeyError(f"metrics.json has no validation {name!r} at the best epoch")
+        return float(best[name])
+
     def summary(self, metrics: dict[str, Any]) -> str:
         """What the CLI prints after training or evaluation."""
         return "\n".join(f"{split:5s}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()

@@ -376,6 +376,9 @@ class MultiBehaviorTask(Task):
     Config = MultiBehaviorConfig
     config: MultiBehaviorConfig
 
+    def objective(self) -> tuple[str, bool]:
+        return self.config.eval.monitor, True
+
     def __init__(self, config: MultiBehaviorConfig):
         super().__init__(config)
         self.prepared: _Prepared | None = None

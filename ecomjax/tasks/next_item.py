@@ -88,6 +88,9 @@ class NextItemTask(Task):
     Config = NextItemConfig
     config: NextItemConfig
 
+    def objective(self) -> tuple[str, bool]:
+        return self.config.eval.monitor, True
+
     def __init__(self, config: NextItemConfig):
         super().__init__(config)
         lora, prune, quantize = config.efficiency.lora, config.efficiency.prune, config.efficiency.quantize
@@ -182,7 +185,8 @@ class NextItemTask(Task):
         config, dataset = self.config, self.dataset
         model = models["model"]
         evaluate = _Evaluator(config)
-        metrics: dict[str, Any] = {split: evaluate(model, self.eval_sets[split]) for split in ("valid", "test")}
+        splits = ("valid", "test") if config.report_test else ("valid",)  # trials never score test
+        metrics: dict[str, Any] = {split: evaluate(model, self.eval_sets[split]) for split in splits}
         metrics.update({
             "model": config.model.name, "loss": config.loss.name,
             "data": {"name": dataset.name, "users": dataset.num_users, "items": dataset.num_items,

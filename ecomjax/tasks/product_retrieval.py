@@ -140,6 +140,9 @@ class RetrievalTask(Task):
     Config = RetrievalConfig
     config: RetrievalConfig
 
+    def objective(self) -> tuple[str, bool]:
+        return RetrievalStage.monitor, True
+
     def __init__(self, config: RetrievalConfig):
         super().__init__(config)
         self.data: FashionData | None = None

@@ -340,6 +340,12 @@ class RankerTask(Task):
     Config = RankerConfig
     config: RankerConfig
 
+    # the Bayes ceiling and the baselines are scored on the test lists too
+    test_keys = ("test", "bayes", "baselines", "test_predict_seconds")
+
+    def objective(self) -> tuple[str, bool]:
+        return "loss", False  # the model's validation loss (the training objective), as its early stopping
+
     def __init__(self, config: RankerConfig):
         super().__init__(config)
         self.data: ImpressionData | None = None
@@ -395,6 +401,10 @@ class RankerTask(Task):
 
         config, data, splits = self.config, self.data, self.splits
         model = models["model"]
+        identity = {"source": data.source, "model": f"{config.model.interaction}_{config.model.sharing}_{config.loss.cvr}",
+                    "tasks": list(model.tasks), "rows": {k: len(v) for k, v in splits.items()}}
+        if not config.report_test:  # a hyperparameter trial: nothing is scored on the test lists
+            return identity
         test = splits["test"]
         dwell_noise = config.data.impressions.dwell_noise if data.truth else None
         sample = splits["train"][:200_000]
@@ -403,8 +413,7 @@ class RankerTask(Task):
         pred = predict(model, data, test, config.eval.batch_size, dwell_sigma=sigma)
         predict_seconds = time.perf_counter() - start
         metrics: dict[str, Any] = {
-            "source": data.source, "model": f"{config.model.interaction}_{config.model.sharing}_{config.loss.cvr}",
-            "tasks": list(model.tasks), "rows": {k: len(v) for k, v in splits.items()},
+            **identity,
             "test": evaluate_predictions(pred, data, test, config.satisfaction, dwell_noise),
             "dwell_sigma": sigma, "test_predict_seconds": predict_seconds,
             "protocol": {"split": "by request (whole lists on one side)", "seed": config.seed,

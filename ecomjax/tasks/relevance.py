@@ -333,6 +333,9 @@ class RelevanceTask(Task):
     name = "relevance"
     Config = RelevanceConfig
     config: RelevanceConfig
+    # every model's scores in ``report`` are on the test queries
+    test_keys = ("test_pairs", "test_queries", "mean_predictor", "bm25", "cosine", "bi_encoder", "cross_encoder",
+                 "gbdt_fast", "gbdt", "gbdt_features", "source")
 
     def __init__(self, config: RelevanceConfig):
         super().__init__(config)
@@ -401,7 +404,22 @@ class RelevanceTask(Task):
             start = time.perf_counter()
             SearchPipeline(search_models, catalogue_ids, catalogue_titles).save_index(self.workdir)
             timings["index"] = time.perf_counter() - start
-        return {**self.report(models), "seconds": timings, **_title_conflicts(self.data)}
+        return {**self.report(models), "valid": self._valid_rmse(search_models), "seconds": timings,
+                **_title_conflicts(self.data)}
+
+    def _valid_rmse(self, search) -> dict[str, dict[str, float]]:
+        """Validation RMSE of every grade-predicting model (the re-rankers' early-stopping rows):
+        what a hyperparameter search of this task selects on."""
+        rows = self.splits["valid"]
+        grades = self.data.relevance[rows]
+        return {name: {"rmse": float(np.sqrt(np.mean((np.asarray(values) - grades) ** 2)))}
+                for name, values in search.score_rows(self.data, rows).items() if name not in ("bm25", "cosine")}
+
+    def objective(self) -> tuple[str, bool]:
+        return f"{self.config.serve.reranker} rmse", False  # the served re-ranker's validation RMSE
+
+    def objective_value(self, metrics: dict[str, Any]) -> float:
+        return float(metrics["valid"][self.config.serve.reranker]["rmse"])
 
     def _fit_rerankers(self, models: dict[str, nnx.Module], cross_stage: CrossEncoderStage | None):
         """BM25, the product prior and the two LightGBM re-rankers, trained on the stack queries
@@ -436,6 +454,8 @@ class RelevanceTask(Task):
         from ecomjax.run import Run
         from ecomjax.search.models import SearchModels
 
+        if not self.config.report_test:  # every number below is scored on the test queries
+            return {}
         run = Run(self.workdir, self.config, self, self.spec, models)
         search = SearchModels.from_run(run)
         self._share_vectors(search)

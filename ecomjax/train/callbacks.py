@@ -3,8 +3,9 @@ hyperparameter search (report each validation score, stop a hopeless trial), cus
 
 A callback subclasses ``Callback`` and overrides what it needs; ``ecomjax.train(config,
 callbacks=[...])`` passes them to the loop, which calls them in order on process 0 and on the
-other processes alike. An exception raised by a callback stops training (after the loop has
-saved a checkpoint), so a tuner's "prune this trial" is an exception of its own.
+other processes alike. An exception raised by a callback stops training; ``on_eval`` runs
+after the epoch's checkpoint is saved, so a tuner's "prune this trial" (an exception of its own)
+loses no work and the stopped run stays resumable.
 """
 
 from __future__ import annotations

@@ -112,6 +112,8 @@ def train(config: RunConfig, callbacks: Sequence[Callback] = ()):
                    "mesh": {"data": mesh.shape["data"], "model": mesh.shape["model"]}}
         if not metrics["stages"]:
             del metrics["stages"]
+        if not config.report_test:
+            metrics = {k: v for k, v in metrics.items() if k not in task.test_keys}
         if primary:
             write_json_atomically(workdir / "metrics.json", metrics)
     return Run(workdir, config, task, spec, {name: t.model for name, t in trainer.trained.items()}, metrics)
@@ -267,9 +269,11 @@ class Trainer:
                     save_checkpoint()
                     break
                 meta["epoch"] = epoch + 1
+                valid = None
                 if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                    if self._evaluate(stage, model_of(state["params"]), meta, epoch + 1, global_step,
-                                      selectable=global_step >= selectable_from):
+                    better, valid = self._evaluate(stage, model_of(state["params"]), meta, epoch + 1, global_step,
+                                                   selectable=global_step >= selectable_from)
+                    if better:
                         best_params = jax.tree.map(jnp.copy, state["params"])
                     if meta["bad_evals"] >= cfg.early_stopping_patience:
                         meta["stop_reason"] = "early_stopping"
@@ -277,6 +281,9 @@ class Trainer:
                     meta["stop_reason"] = "epochs"
                 meta["finished"] = meta["stop_reason"] in ("early_stopping", "epochs")
                 save_checkpoint()
+                if valid is not None:  # after the save: a callback that stops the run loses no epoch
+                    for callback in self.callbacks:
+                        callback.on_eval(name, epoch + 1, global_step, valid)
         except KeyboardInterrupt:
             jax.block_until_ready(state)
             if pending is not None:  # the step the checkpoint includes keeps its history line
@@ -294,8 +301,9 @@ class Trainer:
     # --- pieces of the loop ----------------------------------------------------------------------
 
     def _evaluate(self, stage: Stage, model: nnx.Module, meta: dict[str, Any], epoch: int, step: int,
-                  selectable: bool) -> bool:
-        """Validate, record, track the best; returns whether these parameters are the new best."""
+                  selectable: bool) -> tuple[bool, dict[str, Any]]:
+        """Validate, record, track the best; returns whether these parameters are the new best,
+        and the validation metrics."""
         t0 = time.perf_counter()
         valid = stage.evaluate(model, "valid")
         meta["eval_seconds"] += time.perf_counter() - t0
@@ -308,19 +316,17 @@ class Trainer:
         timing = {"train_seconds": round(meta["train_seconds"], 3), "eval_seconds": round(meta["eval_seconds"], 3)}
         self.history.write({"stage": stage.name, "step": step, "epoch": epoch, "valid": valid, **timing})
         meta["valid_curve"].append({"epoch": epoch, stage.monitor: score, **timing})
-        for callback in self.callbacks:
-            callback.on_eval(stage.name, epoch, step, valid)
         if stage.train.progress and self.primary:
             tqdm.write(f"{stage.name} epoch {epoch}: valid {stage.monitor} {score:.4f} "
                        f"({meta['train_seconds']:.0f}s training)")
         if not selectable:  # e.g. the target sparsity does not hold yet: not a model to keep
-            return False
+            return False, valid
         better = meta["best"] is None or (score > meta["best"] if stage.higher_is_better else score < meta["best"])
         if better:
             meta["best"], meta["best_epoch"], meta["bad_evals"], meta["best_valid"] = score, epoch, 0, valid
         else:
             meta["bad_evals"] += 1
-        return better
+        return better, valid
 
     def _log_step(self, name: str, bar, step: int, epoch: int, step_metrics, schedule) -> None:
         values = jax.device_get(step_metrics)
