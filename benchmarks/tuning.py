@@ -55,10 +55,11 @@ def _summarise(tune_dir: Path, started: float, extract) -> dict[str, Any]:
     """The study's report, with ``extract(eval metrics) -> {metric: value}`` of the test split."""
     report = json.loads((tune_dir / "report.json").read_text())
     best = report["best"]
+    wall = report["elapsed_seconds"] if started is None else round(time.perf_counter() - started, 1)
     top = [r for r in report["trials"] if isinstance(r.get("test"), dict) and "error" not in r["test"]]
     baseline = _baseline_test(tune_dir, report)
     return {
-        "tune_dir": str(tune_dir.relative_to(ROOT)), "wall_seconds": round(time.perf_counter() - started, 1),
+        "tune_dir": str(tune_dir.relative_to(ROOT)), "wall_seconds": wall,
         "stopped": report["stopped"], "counts": report["counts"],
         "best": {"trial": best["number"], "valid": best["value"], "params": best["params"], "epochs": best["epochs"],
                  "test": extract(best["test"]) if best in top else None} if best else None,
@@ -88,17 +89,17 @@ def _next_item_test(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _ranker_test(metrics: dict[str, Any]) -> dict[str, Any]:
     test, bayes = metrics["test"], metrics.get("bayes", {})
-    return {"ctr_auc": test["ctr_auc"], "bayes_ctr_auc": bayes.get("ctr_auc"),
-            "ctr_auc_gap_to_bayes": bayes["ctr_auc"] - test["ctr_auc"] if bayes else None,
-            "ctcvr_auc": test.get("ctcvr_auc"), "cvr_auc_all": test.get("cvr_auc_all"),
-            "dwell_rmse_log": test.get("dwell_rmse_log")}
+    auc, ceiling = test["click"]["auc"], bayes.get("click", {}).get("auc")
+    return {"ctr_auc": auc, "bayes_ctr_auc": ceiling, "ctr_auc_gap_to_bayes": None if ceiling is None else ceiling - auc,
+            "ctr_log_loss": test["click"]["log_loss"], "ctcvr_auc": test["purchase"]["auc"],
+            "cvr_auc_all": test["cvr"]["auc_all"], "dwell_rmse_log": test["dwell"]["rmse_log"]}
 
 
 def _search_test(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"gbdt_fast_rmse": metrics["gbdt_fast"]["rmse"], "gbdt_fast_ndcg@10": metrics["gbdt_fast"].get("ndcg@10")}
 
 
-def sasrec(minutes: float) -> dict[str, Any]:
+def sasrec(minutes: float, existing: bool = False) -> dict[str, Any]:
     base = ROOT / "runs" / "bench" / "tune"
     base.mkdir(parents=True, exist_ok=True)
     studies = {"median_pruner": ("median", {0}), "no_pruning": ("none", {1})}
@@ -106,6 +107,9 @@ def sasrec(minutes: float) -> dict[str, Any]:
     processes = {}
     for name, (pruner, cores) in studies.items():
         tune_dir = base / f"sasrec_beauty_{name}"
+        if existing:  # summarise finished studies again (no training)
+            processes[name] = (None, tune_dir)
+            continue
         if tune_dir.exists():
             raise SystemExit(f"{tune_dir} exists: remove it for a fresh measurement")
         processes[name] = (_tune("configs/sasrec_beauty.yaml", "configs/tune/sasrec_beauty.yaml", tune_dir, minutes,
@@ -113,16 +117,20 @@ def sasrec(minutes: float) -> dict[str, Any]:
                                  extra=["--startup-trials", "3", "--warmup-epochs", "4"]), tune_dir)
     results = {}
     for name, (process, tune_dir) in processes.items():
-        if process.wait() != 0:
+        if process is not None and process.wait() != 0:
             raise SystemExit(f"{name}: ecomjax tune exited {process.returncode}; see {tune_dir.with_suffix('.log')}")
-        results[name] = _summarise(tune_dir, started, _next_item_test)
+        results[name] = _summarise(tune_dir, None if existing else started, _next_item_test)
     pruned = results["median_pruner"]
-    if pruned["best"] is not None:
+    tuned = None
+    if pruned["best"] is not None and pruned["best"]["trial"] != 0:
         _write_tuned_config(ROOT / pruned["tune_dir"] / "best.yaml", pruned)
+        tuned = "configs/sasrec_beauty_tuned.yaml"
+    else:
+        print("the search kept the shipped values (no trial beat trial 0 on validation): no tuned config written")
     return {"budget_minutes": minutes, "config": "configs/sasrec_beauty.yaml", "space": "configs/tune/sasrec_beauty.yaml",
             "setup": "two studies at once, one CPU core each (the same machine load), one trial at a time per study; "
                      "median pruner: 3 startup trials, from epoch 5",
-            "shipped_test_ndcg@10": SHIPPED["sasrec"], "studies": results, "tuned_config": "configs/sasrec_beauty_tuned.yaml"}
+            "shipped_test_ndcg@10": SHIPPED["sasrec"], "studies": results, "tuned_config": tuned}
 
 
 def _write_tuned_config(best_yaml: Path, study: dict[str, Any]) -> None:
@@ -139,18 +147,27 @@ def _write_tuned_config(best_yaml: Path, study: dict[str, Any]) -> None:
     (ROOT / "configs" / "sasrec_beauty_tuned.yaml").write_text(header + text)
 
 
-def ranker(minutes: float, cores: set[int]) -> dict[str, Any]:
-    base = ROOT / "runs" / "bench" / "tune"
-    base.mkdir(parents=True, exist_ok=True)
-    tune_dir = base / "ranker_synthetic"
+def _run_or_reuse(tune_dir: Path, existing: bool, launch) -> float | None:
+    """Launch the study (or, with ``existing``, summarise the finished one again); returns the
+    start time for the wall clock (``None``: take the report's own elapsed time)."""
+    if existing:
+        return None
     if tune_dir.exists():
         raise SystemExit(f"{tune_dir} exists: remove it for a fresh measurement")
     started = time.perf_counter()
-    process = _tune("configs/ranker_synthetic.yaml", "configs/tune/ranker_synthetic.yaml", tune_dir, minutes,
-                    pruner="median", jobs=len(cores), cores=cores,
-                    extra=["--startup-trials", "2", "--warmup-epochs", "2"])
+    process = launch()
     if process.wait() != 0:
-        raise SystemExit(f"ranker: ecomjax tune exited {process.returncode}; see {tune_dir.with_suffix('.log')}")
+        raise SystemExit(f"ecomjax tune exited {process.returncode}; see {tune_dir.with_suffix('.log')}")
+    return started
+
+
+def ranker(minutes: float, cores: set[int], existing: bool = False) -> dict[str, Any]:
+    base = ROOT / "runs" / "bench" / "tune"
+    base.mkdir(parents=True, exist_ok=True)
+    tune_dir = base / "ranker_synthetic"
+    started = _run_or_reuse(tune_dir, existing, lambda: _tune("configs/ranker_synthetic.yaml", "configs/tune/ranker_synthetic.yaml", tune_dir, minutes,
+                    pruner="median", jobs=len(cores), cores=cores,
+                    extra=["--startup-trials", "2", "--warmup-epochs", "2"]))
     result = _summarise(tune_dir, started, _ranker_test)
     return {"budget_minutes": minutes, "config": "configs/ranker_synthetic.yaml",
             "space": "configs/tune/ranker_synthetic.yaml",
@@ -158,17 +175,13 @@ def ranker(minutes: float, cores: set[int]) -> dict[str, Any]:
             "study": result}
 
 
-def search_gbdt(minutes: float, cores: set[int]) -> dict[str, Any]:
+def search_gbdt(minutes: float, cores: set[int], existing: bool = False) -> dict[str, Any]:
     base = ROOT / "runs" / "bench" / "tune"
     base.mkdir(parents=True, exist_ok=True)
     tune_dir = base / "search_gbdt"
-    if tune_dir.exists():
-        raise SystemExit(f"{tune_dir} exists: remove it for a fresh measurement")
-    started = time.perf_counter()
-    process = _tune("configs/search_homedepot.yaml", "configs/tune/search_gbdt.yaml", tune_dir, minutes,
-                    pruner="none", jobs=len(cores), cores=cores, extra=[])
-    if process.wait() != 0:
-        raise SystemExit(f"search: ecomjax tune exited {process.returncode}; see {tune_dir.with_suffix('.log')}")
+    started = _run_or_reuse(tune_dir, existing, lambda: _tune(
+        "configs/search_homedepot.yaml", "configs/tune/search_gbdt.yaml", tune_dir, minutes, pruner="none",
+        jobs=len(cores), cores=cores, extra=[]))
     return {"budget_minutes": minutes, "config": "configs/search_homedepot.yaml", "space": "configs/tune/search_gbdt.yaml",
             "setup": f"{len(cores)} trial(s) at a time, one CPU core each (cores {sorted(cores)}); no pruning "
                      "(one evaluation per trial)",
@@ -210,14 +223,15 @@ def main() -> None:
     parser.add_argument("scenario", choices=["sasrec", "ranker", "search_gbdt"])
     parser.add_argument("--minutes", type=float, help="wall-time budget (sasrec 60, ranker 25, search_gbdt 20)")
     parser.add_argument("--cores", default="0,1", help="ranker / search_gbdt: CPU cores, one trial per core")
+    parser.add_argument("--existing", action="store_true", help="summarise the finished studies again (no training)")
     args = parser.parse_args()
     cores = {int(c) for c in args.cores.split(",")}
     if args.scenario == "sasrec":
-        result = sasrec(args.minutes or 60)
+        result = sasrec(args.minutes or 60, args.existing)
     elif args.scenario == "ranker":
-        result = ranker(args.minutes or 25, cores)
+        result = ranker(args.minutes or 25, cores, args.existing)
     else:
-        result = search_gbdt(args.minutes or 20, cores)
+        result = search_gbdt(args.minutes or 20, cores, args.existing)
     # read after the run: two scenarios may run side by side, each adding its own key
     previous = json.loads(RESULTS.read_text())["results"] if RESULTS.is_file() else {}
     previous[args.scenario] = result

@@ -240,7 +240,7 @@ def test_search_eval_on_another_file_and_pipeline(trained_search, capsys):
         pipeline.search("  ")
     with pytest.raises(ValueError, match="k must be in"):
         pipeline.search("drill", k=500)
-    with pytest.raises(ConfigError, match=r"takes data\.\* and eval\.\* overrides only, not \['train\.epochs'\]"):
+    with pytest.raises(ConfigError, match=r"takes data\.\*, eval\.\* and report_test overrides only, not \['train\.epochs'\]"):
         ecomjax.evaluate(workdir, **{"train.epochs": 3})
 
     assert main(["search", str(workdir), "angle", "bracket", "-k", "3"]) == 0

@@ -167,6 +167,18 @@ def test_pruning_stops_a_trial_worse_than_the_median_at_its_first_evaluation(tmp
         checkpoints.close()
 
 
+@pytest.mark.parametrize("pruner", ["hyperband", "asha"])
+def test_hyperband_and_asha_prune_in_the_trial_processes(tmp_path, tiny, pruner):
+    space = _space(tmp_path, "train.learning_rate: {choice: [0.005, 1.0e-7]}\n")
+    result = ecomjax.tune(tiny, space, trials=2, tune_dir=tmp_path / "tune", pruner=pruner, warmup_epochs=1,
+                          enqueue=[{"train.learning_rate": 1e-7}], progress=False, platform=("cpu", 1))
+    assert {r["state"] for r in result.report.rows} <= {"COMPLETE", "PRUNED"}, result.report.rows
+    # successive halving recorded its rungs from inside the trial processes (with two trials the
+    # rungs are too small to prune: that the pruner ran is what is checked here)
+    rungs = {k for t in _study(tmp_path / "tune").get_trials() for k in t.system_attrs if k.startswith("completed_rung")}
+    assert rungs, "the pruner never ran in the trial processes"
+
+
 def test_two_jobs_share_one_sqlite_study_and_the_best_config_reproduces_its_trial(tmp_path, tiny):
     space = _space(tmp_path, "train.learning_rate: {log_uniform: [1.0e-3, 1.0e-2]}\nmodel.dropout: "
                              "{uniform: [0.1, 0.4]}\n")

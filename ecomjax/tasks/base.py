@@ -168,7 +168,7 @@ class Task(ABC):
     def objective(self) -> tuple[str, bool]:
         """``(validation metric, higher is better)`` that a hyperparameter search selects on,
         known from the config alone (the study's direction is fixed before its first trial).
-        The default is the main stage's early-stopping monitor."""
+        Every registered task names one; usually its main stage's early-stopping monitor."""
         raise NotImplementedError(f"task {self.name!r} declares no tuning objective")
 
     def objective_value(self, metrics: dict[str, Any]) -> float:
