@@ -188,33 +188,21 @@ def search_gbdt(minutes: float, cores: set[int], existing: bool = False) -> dict
             "study": _summarise(tune_dir, started, _search_test)}
 
 
+def _row(scenario: str, study: dict[str, Any], test_key: str, metric: str) -> dict[str, Any]:
+    best, baseline = study["best"], study["baseline"] or {}
+    return {"scenario": scenario, "trials": sum(study["counts"].values()), "complete": study["counts"]["COMPLETE"],
+            "pruned": study["counts"]["PRUNED"], "best valid": best["valid"],
+            "best test": (best["test"] or {}).get(test_key), "baseline valid": baseline.get("valid"),
+            "baseline test": (baseline.get("test") or {}).get(test_key), "metric": metric}
+
+
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    if "sasrec" in results:
-        for name, study in results["sasrec"]["studies"].items():
-            best, baseline = study["best"], study["baseline"] or {}
-            rows.append({"scenario": f"sasrec_beauty {name}", "trials": sum(study["counts"].values()),
-                         "complete": study["counts"]["COMPLETE"], "pruned": study["counts"]["PRUNED"],
-                         "best valid": best["valid"], "best test": (best["test"] or {}).get("ndcg@10"),
-                         "baseline valid": baseline.get("valid"),
-                         "baseline test": (baseline.get("test") or {}).get("ndcg@10"),
-                         "metric": "ndcg@10"})
+    rows = [_row(f"sasrec_beauty {name}", study, "ndcg@10", "ndcg@10")
+            for name, study in results.get("sasrec", {}).get("studies", {}).items()]
     if "ranker" in results:
-        study = results["ranker"]["study"]
-        best, baseline = study["best"], study["baseline"] or {}
-        rows.append({"scenario": "ranker_synthetic", "trials": sum(study["counts"].values()),
-                     "complete": study["counts"]["COMPLETE"], "pruned": study["counts"]["PRUNED"],
-                     "best valid": best["valid"], "best test": (best["test"] or {}).get("ctr_auc"),
-                     "baseline valid": baseline.get("valid"),
-                     "baseline test": (baseline.get("test") or {}).get("ctr_auc"), "metric": "loss / ctr_auc"})
+        rows.append(_row("ranker_synthetic", results["ranker"]["study"], "ctr_auc", "loss / ctr_auc"))
     if "search_gbdt" in results:
-        study = results["search_gbdt"]["study"]
-        best, baseline = study["best"], study["baseline"] or {}
-        rows.append({"scenario": "search_gbdt (gbdt_fast)", "trials": sum(study["counts"].values()),
-                     "complete": study["counts"]["COMPLETE"], "pruned": study["counts"]["PRUNED"],
-                     "best valid": best["valid"], "best test": (best["test"] or {}).get("gbdt_fast_rmse"),
-                     "baseline valid": baseline.get("valid"),
-                     "baseline test": (baseline.get("test") or {}).get("gbdt_fast_rmse"), "metric": "rmse"})
+        rows.append(_row("search_gbdt (gbdt_fast)", results["search_gbdt"]["study"], "gbdt_fast_rmse", "rmse"))
     return rows
 
 

@@ -43,7 +43,7 @@ from ecomjax.data.relevance import (
     split_by_query,
 )
 from ecomjax.errors import InputError, warn
-from ecomjax.eval.graded import relevance_metrics
+from ecomjax.eval.graded import relevance_metrics, rmse
 from ecomjax.models.towers import BiEncoder, CrossEncoder
 from ecomjax.tasks.attributes import row_batches
 from ecomjax.tasks.base import Stage, Task
@@ -155,6 +155,11 @@ class RelevanceConfig(RunConfig):
         if self.bi_encoder.distill_weight and not self.cross_encoder.enabled:
             raise ConfigError("bi_encoder.distill_weight > 0 learns from the cross-encoder: set "
                               "cross_encoder.enabled=true")
+
+
+def _kept_valid(summary: dict[str, Any]) -> float:
+    """A stage's validation monitor at its kept epoch (the loop's summary)."""
+    return next(float(p[summary["monitor"]]) for p in summary["valid_curve"] if p["epoch"] == summary["best_epoch"])
 
 
 def load_splits(config: RelevanceConfig) -> tuple[RelevanceData, dict[str, np.ndarray]]:
@@ -404,16 +409,11 @@ class RelevanceTask(Task):
             start = time.perf_counter()
             SearchPipeline(search_models, catalogue_ids, catalogue_titles).save_index(self.workdir)
             timings["index"] = time.perf_counter() - start
-        return {**self.report(models), "valid": self._valid_rmse(search_models), "seconds": timings,
+        # Validation RMSE of every grade-predicting model (what a hyperparameter search of this task
+        # selects on): the networks' at their kept epoch, the re-rankers' on their early-stopping rows.
+        valid = {name: {"rmse": _kept_valid(trainer.trained[name].summary)} for name in models}
+        return {**self.report(models), "valid": {**valid, **self.reranker_valid}, "seconds": timings,
                 **_title_conflicts(self.data)}
-
-    def _valid_rmse(self, search) -> dict[str, dict[str, float]]:
-        """Validation RMSE of every grade-predicting model (the re-rankers' early-stopping rows):
-        what a hyperparameter search of this task selects on."""
-        rows = self.splits["valid"]
-        grades = self.data.relevance[rows]
-        return {name: {"rmse": float(np.sqrt(np.mean((np.asarray(values) - grades) ** 2)))}
-                for name, values in search.score_rows(self.data, rows).items() if name not in ("bm25", "cosine")}
 
     def objective(self) -> tuple[str, bool]:
         return f"{self.config.serve.reranker} rmse", False  # the served re-ranker's validation RMSE
@@ -438,11 +438,13 @@ class RelevanceTask(Task):
         grades = {name: data.relevance[splits[name]] for name in features}
         search.gbdt_fast = train_gbdt(config, features["stack"], grades["stack"], features["valid"], grades["valid"],
                                       FAST_FEATURES)
+        self.reranker_valid = {"gbdt_fast": {"rmse": rmse(search.gbdt_fast.predict(features["valid"]), grades["valid"])}}
         if cross_stage is not None:
             cross = {name: cross_stage.predict(models["cross_encoder"], splits[name]) for name in features}
+            valid_stacked = np.column_stack([features["valid"], cross["valid"]])
             search.gbdt = train_gbdt(config, np.column_stack([features["stack"], cross["stack"]]), grades["stack"],
-                                     np.column_stack([features["valid"], cross["valid"]]), grades["valid"],
-                                     (*FAST_FEATURES, "cross_encoder"))
+                                     valid_stacked, grades["valid"], (*FAST_FEATURES, "cross_encoder"))
+            self.reranker_valid["gbdt"] = {"rmse": rmse(search.gbdt.predict(valid_stacked), grades["valid"])}
         return search
 
     def _share_vectors(self, search) -> None:

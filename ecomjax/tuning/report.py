@@ -7,7 +7,6 @@ time. Test metrics appear only for the selected trial(s), scored after the searc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ class TuneReport:
                 "counts": self.counts, "best": self.best, "trials": self.rows, "plots": self.plots}
 
 
-def build_report(study: optuna.Study, space: SearchSpace, objective: str, tune_dir: Path, *, stopped: str,
+def build_report(study: optuna.Study, space: SearchSpace, objective: str, *, stopped: str,
                  elapsed: float) -> TuneReport:
     rows = []
     baseline = study.user_attrs.get("baseline")
@@ -70,9 +69,8 @@ def build_report(study: optuna.Study, space: SearchSpace, objective: str, tune_d
         state = trial.state.name
         if trial.user_attrs.get("interrupted"):
             state = "INTERRUPTED"  # queued again: its run resumes in the same workdir
-        is_baseline = not marked and bool(trial.user_attrs.get("baseline") or (
-            baseline is not None and trial.user_attrs.get("resumes_trial") is None
-            and {k: trial.params.get(k) for k in baseline} == baseline))
+        is_baseline = (not marked and baseline is not None and trial.user_attrs.get("resumes_trial") is None
+                       and {k: trial.params.get(k) for k in baseline} == baseline)
         marked = marked or is_baseline
         rows.append({
             "number": trial.number, "state": state, "params": {k: trial.params[k] for k in space.keys
@@ -175,8 +173,4 @@ def summary_text(report: TuneReport) -> str:
     return text
 
 
-def load_report(tune_dir: Path) -> dict[str, Any]:
-    return json.loads((tune_dir / "report.json").read_text())
-
-
-__all__ = ["TuneReport", "build_report", "load_report", "markdown", "summary_text", "write_report"]
+__all__ = ["TuneReport", "build_report", "markdown", "summary_text", "write_report"]

@@ -43,20 +43,17 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                           grace_period=GRACE_SECONDS,
-                                          heartbeat_stale_trial_callback=requeue_stale)
+                                          heartbeat_stale_trial_callback=requeue)
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as error:
         raise ConfigError(f"--storage {url!r}: {error}") from None
     except Exception as error:  # sqlalchemy's connection errors
         raise ConfigError(f"--storage {url!r}: cannot open the study database: {error}") from None
 
 
-def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """A trial whose tune process died (heartbeats stopped) runs again with its parameters in
-    its own workdir, where its run resumes from the last checkpoint."""
-    requeue(study, trial)
-
-
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue an interrupted trial again (Ctrl-C, the time budget, a tuner that died: its
+    heartbeats stopped) with its parameters and its own workdir, where its run resumes from the
+    last checkpoint."""
     attrs = {"workdir": trial.user_attrs.get("workdir", f"trials/{trial.number:03d}"),
              "resumes_trial": trial.number}
     study.enqueue_trial(trial.params, user_attrs=attrs)

@@ -112,9 +112,9 @@ def tune(config: str | Path | None, space: str | Path, *, trials: int, jobs: int
     if not study.trials:  # a new study: the config's own values first, then the given points
         params = space_def.baseline(config, overrides) if baseline else None
         if params is not None:
-            study.set_user_attr("baseline", params)
-            if sampler != "grid":  # the grid holds the point already; the report marks it
-                study.enqueue_trial(params, user_attrs={"baseline": True})
+            study.set_user_attr("baseline", params)  # the report marks the trial with these values
+            if sampler != "grid":  # the grid holds the point already
+                study.enqueue_trial(params)
         for point in enqueue:
             study.enqueue_trial(space_def.check_point(point))
 
@@ -125,7 +125,7 @@ def tune(config: str | Path | None, space: str | Path, *, trials: int, jobs: int
         runner.run(slots(jobs, trials_per_device, platform))
     except KeyboardInterrupt:
         interrupted = True
-    report = build_report(study, space_def, objective, tune_dir, stopped="interrupted" if interrupted else
+    report = build_report(study, space_def, objective, stopped="interrupted" if interrupted else
                           runner.stop_reason, elapsed=runner.elapsed)
     if not interrupted:
         for row in report.top(top):
