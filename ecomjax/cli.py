@@ -1,5 +1,5 @@
 """Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data
-CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``.
+describe|prepare CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``.
 
 Parsing imports nothing heavy (no JAX), so ``ecomjax --help`` answers at once; each command
 imports what it needs.
@@ -32,9 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     eval_p = sub.add_parser("eval", help="re-score a trained workdir into WORKDIR/eval/metrics.json")
     eval_p.add_argument("workdir")
     eval_p.add_argument("overrides", nargs="*", help="data.* / eval.* key=value overrides")
-    data_p = sub.add_parser("data", help="describe the dataset a config resolves to")
-    data_p.add_argument("config", nargs="?")
-    data_p.add_argument("overrides", nargs="*")
+    data_p = sub.add_parser("data", help="describe a config's data, or prepare a large log into shards")
+    data_sub = data_p.add_subparsers(dest="data_command", required=True)
+    describe_p = data_sub.add_parser("describe", help="what the data of a config resolves to (counts, steps)")
+    describe_p.add_argument("config", nargs="?")
+    describe_p.add_argument("overrides", nargs="*")
+    prepare_p = data_sub.add_parser("prepare", help="clean a log (CSV/TSV/Parquet) out of core into sequence "
+                                    "shards; train on them with data.format=shards data.path=OUT")
+    prepare_p.add_argument("config", help="config whose data.* section names the log, columns and steps")
+    prepare_p.add_argument("overrides", nargs="*")
+    prepare_p.add_argument("--out", required=True, help="directory for the shards (must not hold shards)")
+    prepare_p.add_argument("--bucket-mb", type=float, default=64,
+                           help="input megabytes per bucket: bounds peak memory (default 64)")
     tune_p = sub.add_parser("tune", help="search hyperparameters of a config with Optuna (any task)")
     tune_p.add_argument("config", help="YAML config of the runs to tune")
     tune_p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
@@ -104,10 +113,21 @@ def _eval(args) -> None:
 
 def _data(args) -> None:
     from ecomjax.config import load_config
-    from ecomjax.tasks import task_class
 
     config = load_config(args.config, args.overrides)
-    print(json.dumps({"task": config.task, **task_class(config.task)(config).describe_data()}, indent=2))
+    if args.data_command == "describe":
+        from ecomjax.tasks import task_class
+
+        print(json.dumps({"task": config.task, **task_class(config.task)(config).describe_data()}, indent=2))
+        return
+    from ecomjax.data.source import prepare_out_of_core
+
+    report = prepare_out_of_core(config.data, args.out, bucket_bytes=int(args.bucket_mb * 2**20))
+    for step in report["steps"]:
+        print(f"{step['step']:45s} {step.get('interactions', ''):>12}")
+    final = report["final"]
+    print(f"{final['sequences']} sequences, {final['items']} items, {final['interactions']} interactions in "
+          f"{report['buckets']} shards under {args.out}\ntrain on them with: data.format=shards data.path={args.out}")
 
 
 def _tune(args) -> None:

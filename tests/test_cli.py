@@ -41,7 +41,7 @@ def test_train_and_eval_commands(capsys, tmp_path):
 
 
 def test_data_command_describes_the_dataset(capsys):
-    assert main(["data", "configs/quickstart.yaml", "data.synthetic.num_users=50"]) == 0
+    assert main(["data", "describe", "configs/quickstart.yaml", "data.synthetic.num_users=50"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["users"] == 50 and info["items"] == 1000
 
@@ -59,7 +59,7 @@ def test_data_command_describes_every_shipped_config(name, capsys):
             "product_retrieval": "fashion-products/styles.csv"}.get(task)
     if data and "quickstart" not in name:
         real_data("movielens-1m/ml-1m.txt" if "ml1m" in name else data)
-    assert main(["data", str(path)]) == 0
+    assert main(["data", "describe", str(path)]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["task"] == task and len(described) > 2
 
@@ -67,7 +67,7 @@ def test_data_command_describes_every_shipped_config(name, capsys):
 def test_an_unknown_task_lists_the_registered_ones(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: rankr\n")
-    assert main(["data", str(bad)]) == 2
+    assert main(["data", "describe", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "task: 'rankr' is not a registered task" in err and "'multi_behavior'" in err and "'relevance'" in err
 

@@ -48,7 +48,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, text, message):
 def test_missing_file_names_the_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("ECOMJAX_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"data\.path: file 'nope\.txt' not found"):
-        load_sequences(DataConfig(source="sequences", path="nope.txt"))
+        load_sequences(DataConfig(source="file", path="nope.txt"))
 
 
 def test_leave_one_out_parts():

@@ -271,7 +271,7 @@ def test_config_requires_titles_for_text_fusion_and_fusion_for_titles():
 
 
 TINY = {
-    "data.source": "sequences", "data.max_len": 12, "model.hidden_size": 16, "model.ffn_size": 32,
+    "data.source": "file", "data.max_len": 12, "model.hidden_size": 16, "model.ffn_size": 32,
     "model.num_layers": 1, "train.batch_size": 8, "train.epochs": 2, "train.warmup_steps": 5,
     "train.progress": False, "eval.batch_size": 64,
 }

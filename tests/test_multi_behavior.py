@@ -296,5 +296,46 @@ def test_cli_trains_a_multi_behavior_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "buy_only" in out and "popularity" in out and "hr@10" in out
     assert (tmp_path / "run" / "metrics.json").is_file()
-    assert main(["data", str(CONFIG), f"data.path={root}"]) == 0
+    assert main(["data", "describe", str(CONFIG), f"data.path={root}"]) == 0
     assert json.loads(capsys.readouterr().out)["users"] == 60
+
+
+def test_a_timestamped_behaviour_log_is_split_in_time_and_trains_the_same_model(tmp_path):
+    """The synthetic shop written as one log (views too, which the model does not use): test =
+    each user's last purchase of a new item, training = everything before it in time."""
+    import ecomjax
+
+    shop = _synthetic_shop(users=60, clusters=6)
+    rng = np.random.default_rng(1)
+    rows = []
+    for user in range(shop.num_users):
+        events = [("buy", i) for i in shop.train["buy"].items[shop.train["buy"].users == user]]
+        events += [("cart", i) for i in shop.train["cart"].items[shop.train["cart"].users == user]]
+        events += [("pv", int(rng.integers(shop.num_items)))]
+        order = rng.permutation(len(events))
+        t = 0
+        for k in order:
+            t += int(rng.integers(1, 100))
+            rows.append((f"u{user}", f"p{events[k][1]}", t, events[k][0]))
+        test_item = int(shop.test.items[shop.test.users == user][0])
+        rows.append((f"u{user}", f"p{test_item}", t + 1, "buy"))
+        rows.append((f"u{user}", f"p{test_item}", t + 2, "cart"))  # after the test purchase: never trained on
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts,type\n" + "".join(f"{u},{i},{t},{b}\n" for u, i, t, b in rows))
+    overrides = {"data.path": str(log), "data.format": "delimited", "data.columns.user": "user",
+                 "data.columns.item": "item", "data.columns.time": "ts", "data.columns.behavior": "type",
+                 "model.dim": 8, "train.epochs": 4, "train.eval_every_epochs": 2, "train.batch_size": 32,
+                 "train.progress": False, "baselines.mf": False, "compare_buy_only": False}
+    run = ecomjax.train(str(CONFIG), workdir=str(tmp_path / "run"), **overrides)
+    data = run.task.prepared.data
+    names = run.vocab["item_ids"]
+    assert len(data.test) == 60
+    for user in range(60):  # the test purchase is the file's, the training carts exclude the late one
+        expected = f"p{int(shop.test.items[shop.test.users == user][0])}"
+        assert names[data.test.items[data.test.users == user][0]] == expected
+    assert len(data.train["cart"]) == len(shop.train["cart"])
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["behavior_split"]["rows_of_unmodelled_behaviours"] == {"pv": 60}
+    assert report["behavior_split"]["after_test_purchase_not_trained"] == 60
+    recs = run.recommend("u3", k=5)
+    assert len(recs.item_ids) == 5 and all(str(i).startswith("p") for i in recs.item_ids)

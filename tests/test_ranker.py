@@ -225,7 +225,7 @@ def test_cli_trains_and_describes_a_ranker_config(tmp_path, capsys):
     assert main(["train", str(path)]) == 0
     out = capsys.readouterr().out
     assert "dcnv2_shared_bottom_esmm" in out and "bayes (truth)" in out
-    assert main(["data", str(path)]) == 0
+    assert main(["data", "describe", str(path)]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["impressions"] == 25000 and described["heads"] == ["click", "purchase", "dwell"]
     assert sum(described["rows"].values()) == 25000

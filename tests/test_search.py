@@ -283,7 +283,7 @@ def test_cli_data_describes_a_search_config(capsys):
 
     real_data("homedepot/train.csv")
     config = Path(__file__).parent.parent / "configs" / "search_homedepot.yaml"
-    assert main(["data", str(config), "data.test_fraction=0.25"]) == 0
+    assert main(["data", "describe", str(config), "data.test_fraction=0.25"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["pairs"] == 59179 and described["products"] == 45713
     assert sum(described["splits"].values()) == 59179

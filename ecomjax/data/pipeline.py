@@ -19,7 +19,7 @@ from functools import cached_property
 import grain
 import numpy as np
 
-from ecomjax.data.split import EvalSplit, LeaveOneOut
+from ecomjax.data.split import EvalSplit, SequenceSplit
 from ecomjax.errors import InputError
 
 BATCH_KEYS = ("items", "targets", "segments", "positions")
@@ -50,7 +50,7 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, max_len: int) -> tuple[np.
 class NextItemTrainData:
     """Packed training rows of a leave-one-out split; one epoch = every training position once."""
 
-    split: LeaveOneOut
+    split: SequenceSplit
     max_len: int
     batch_size: int
     seed: int
@@ -135,7 +135,7 @@ class EvalBatch:
 
 
 def eval_arrays(
-    split: LeaveOneOut,
+    split: SequenceSplit,
     which: EvalSplit,
     max_len: int,
     batch_size: int,

@@ -8,7 +8,7 @@ that predictions can be mapped back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,10 @@ class SequenceDataset:
     item_ids: np.ndarray  # original id of each remapped item; item_ids[0] is the padding slot
     name: str = "sequences"
     source: str = ""  # the file read (messages name it), "" for sequences built in memory
+    times: np.ndarray | None = None  # float64 [total interactions] timestamps, when the source has them
+    behaviors: np.ndarray | None = None  # int8 [total interactions] index into behavior_names
+    behavior_names: tuple[str, ...] = ()  # e.g. ("buy", "cart", "click")
+    report: dict = field(default_factory=dict, compare=False)  # how it was made: data_report.json
 
     @property
     def num_users(self) -> int:

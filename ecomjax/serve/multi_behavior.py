@@ -28,6 +28,10 @@ class UserRecommender:
         self.vocab = vocab
         self.num_users, self.num_items = model.num_users, model.num_items
         self._scores = jax.jit(self._user_scores)
+        # a run trained on a behaviour log speaks the log's ids; the EHCF files' ids are the dense ones
+        self.user_ids = vocab.get("user_ids")
+        self.item_ids = vocab.get("item_ids")
+        self.user_index = None if self.user_ids is None else {str(u): i for i, u in enumerate(self.user_ids)}
 
     def items_of(self, behavior: str, user: int) -> np.ndarray:
         offsets, items = self.vocab[f"{behavior}_offsets"], self.vocab[f"{behavior}_items"]
@@ -41,8 +45,12 @@ class UserRecommender:
         return scores.at[boost_items].add(boost, mode="drop")
 
     def recommend(self, user: int, k: int = 10, exclude_history: bool = True) -> Recommendations:
-        """The ``k`` best items to buy for ``user`` (a user id of the training files)."""
-        if not 0 <= int(user) < self.num_users:
+        """The ``k`` best items to buy for ``user`` (a user id of the training files or log)."""
+        if self.user_index is not None:
+            if str(user) not in self.user_index:
+                raise UnknownKeyError(f"user {user} unknown to the recommender ({self.num_users} users in its log)")
+            user = self.user_index[str(user)]
+        elif not 0 <= int(user) < self.num_users:
             raise UnknownKeyError(f"user {user} unknown to the recommender (it knows users 0..{self.num_users - 1})")
         if not 1 <= k <= self.num_items:
             raise InputError(f"k={k} must be in [1, {self.num_items}]")
@@ -59,4 +67,5 @@ class UserRecommender:
         if exclude_history:
             scores[bought] = -np.inf
         top = np.argsort(-scores, kind="stable")[:k]
-        return Recommendations(top.astype(np.int64), scores[top].astype(np.float32))
+        ids = top.astype(np.int64) if self.item_ids is None else self.item_ids[top]
+        return Recommendations(ids, scores[top].astype(np.float32))

@@ -142,6 +142,11 @@ class Task(ABC):
         to speak the data's own ids (original item ids, product ids)."""
         return {}
 
+    def data_report(self) -> dict[str, Any] | None:
+        """What the data preparation read and what each of its steps left (``data_report.json``,
+        after ``prepare``); None for tasks whose sources have no preparation steps."""
+        return None
+
     def artifacts(self) -> list[str]:
         """Files of the workdir (besides config, model.json and the models) that inference
         reads: ``export`` copies them."""

@@ -79,6 +79,8 @@ import numpy as np
 from flax import nnx
 
 from ecomjax.config import ConfigError, EvalConfig, RunConfig, TrainConfig
+from ecomjax.data.preprocess import PreprocessConfig
+from ecomjax.data.source import ColumnsConfig, read_interaction_sequences
 from ecomjax.data.taobao import (
     TARGET_BEHAVIOR,
     Interactions,
@@ -96,9 +98,22 @@ from ecomjax.tasks.multi_behavior_loss import LossSpec, whole_data_loss
 Behavior = Literal["cart", "buy"]
 
 
+def _default_behavior_values() -> dict[str, str]:
+    return {"buy": "buy", "cart": "cart"}
+
+
 @dataclass
 class MultiBehaviorDataConfig:
-    path: str = "taobao"  # directory of buy.train.txt, buy.test.txt, cart.csv; relative: under $ECOMJAX_DATA_DIR
+    # ehcf: the directory of buy.train.txt, buy.test.txt, cart.csv; delimited / parquet: a
+    # timestamped behaviour log, split in time (ecomjax.data.behavior_log); relative paths are
+    # also tried under $ECOMJAX_DATA_DIR
+    path: str = "taobao"
+    format: Literal["ehcf", "delimited", "parquet"] = "ehcf"
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # a log's user, item, time, behavior columns
+    delimiter: str = ","
+    header: bool = True
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # cleaning steps of a log
+    behavior_values: dict[str, str] = field(default_factory=_default_behavior_values)  # behaviour -> value in the log
     # share of the users with one random training purchase held out (and not trained on) as the
     # validation target for early stopping
     valid_users: float = 0.1
@@ -382,14 +397,36 @@ class MultiBehaviorTask(Task):
     def __init__(self, config: MultiBehaviorConfig):
         super().__init__(config)
         self.prepared: _Prepared | None = None
+        self.log_report: dict[str, Any] | None = None  # set when the data is a behaviour log
+        self.log_ids: dict[str, np.ndarray] = {}  # a log's original user and item ids (dense order)
 
     def describe_data(self) -> dict[str, Any]:
-        data = load_taobao(self.config.data.path)
-        return {"source": data.source, **data.counts(), "duplicates_dropped": data.duplicates}
+        data = self._load()
+        return {"source": data.source, **data.counts(), "duplicates_dropped": data.duplicates,
+                **({"preparation": self.log_report} if self.log_report else {})}
+
+    def _load(self) -> MultiBehaviorData:
+        """The EHCF files, or a behaviour log split in time (its ids kept for ``recommend``)."""
+        config = self.config.data
+        if config.format == "ehcf":
+            return load_taobao(config.path)
+        from ecomjax.data.behavior_log import multi_behavior_from_sequences
+
+        unknown = sorted(set(config.behavior_values) - set(Behavior.__args__))
+        if unknown:
+            raise ConfigError(f"data.behavior_values: unknown behaviour(s) {unknown}; allowed: {list(Behavior.__args__)}")
+        sequences = read_interaction_sequences(config)
+        data, split_report = multi_behavior_from_sequences(sequences, config.behavior_values)
+        self.log_report = {**sequences.report, "behavior_split": split_report}
+        self.log_ids = {"user_ids": np.asarray(sequences.user_ids), "item_ids": np.asarray(sequences.item_ids[1:])}
+        return data
+
+    def data_report(self) -> dict[str, Any] | None:
+        return self.log_report
 
     def prepare(self) -> dict[str, Any]:
         config = self.config
-        data = load_taobao(config.data.path)
+        data = self._load()
         split = split_validation(data, config.data.valid_users, config.seed)
         self.prepared = _Prepared(data, split, {**data.train, TARGET_BEHAVIOR: split.fit_buy},
                                   padded_items(split.fit_buy, data.num_users, data.num_items),
@@ -485,7 +522,7 @@ class MultiBehaviorTask(Task):
         for name, pairs in data.train.items():  # sorted by user: CSR as they are
             out[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(np.bincount(pairs.users, minlength=data.num_users))])
             out[f"{name}_items"] = pairs.items
-        return out
+        return {**out, **self.log_ids}
 
 
 __all__ = ["MultiBehaviorConfig", "MultiBehaviorTask", "full_ranking_metrics"]

@@ -38,7 +38,7 @@ from ecomjax.config import (
 from ecomjax.data import DataConfig, load_sequences
 from ecomjax.data.item_text import model_item_features
 from ecomjax.data.pipeline import NextItemTrainData, eval_arrays, eval_batches
-from ecomjax.data.split import leave_one_out
+from ecomjax.data.split import make_split
 from ecomjax.errors import InputError, MissingFileError
 from ecomjax.models.axes import padded_vocab
 from ecomjax.models.sequential import SequentialModelConfig, build_sequential_model
@@ -111,12 +111,12 @@ class NextItemTask(Task):
         lengths = ds.lengths
         return {"name": ds.name, "users": ds.num_users, "items": ds.num_items,
                 "interactions": int(lengths.sum()), "mean_length": round(float(lengths.mean()), 2),
-                "max_length": int(lengths.max())}
+                "max_length": int(lengths.max()), "preparation": ds.report}
 
     def prepare(self) -> dict[str, Any]:
         config = self.config
         self.dataset = dataset = load_sequences(config.data)
-        self.split = split = leave_one_out(dataset)
+        self.split = split = make_split(dataset, config.data.split)
         self.train_data = NextItemTrainData(split, config.data.max_len, config.train.batch_size, config.seed)
         if self.train_data.num_tokens == 0:
             raise InputError(f"{dataset.name}: no training positions (every user has fewer than 2 items)")
@@ -136,7 +136,10 @@ class NextItemTask(Task):
         return spec
 
     def vocabulary(self) -> dict[str, np.ndarray]:
-        return {"item_ids": np.asarray(self.dataset.item_ids)}
+        return {"item_ids": np.asarray(self.dataset.item_ids), "user_ids": np.asarray(self.dataset.user_ids)}
+
+    def data_report(self) -> dict[str, Any]:
+        return self.dataset.report
 
     def _eval_sets(self) -> dict[str, tuple[list[dict[str, jax.Array]], int]]:
         """Validation and test batches, placed on the devices once for the whole run and split
@@ -193,7 +196,7 @@ class NextItemTask(Task):
                      "interactions": len(dataset.items), "train_positions": self.train_data.num_tokens,
                      "users_not_evaluated": self.split.num_train_only},
             "protocol": {
-                "split": "leave-one-out (last item test, second-to-last validation)",
+                **self.split.protocol,
                 "ranking": "full catalogue", "exclude_history": config.eval.exclude_history,
                 "ties": "pessimistic (items scoring equal to the target rank before it)",
                 "ks": list(config.eval.ks),

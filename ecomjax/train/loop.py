@@ -94,6 +94,9 @@ def train(config: RunConfig, callbacks: Sequence[Callback] = ()):
                 vocabulary = task.vocabulary()
                 if vocabulary:
                     np.savez(workdir / "vocab.npz", **vocabulary)
+                report = task.data_report()
+                if report:
+                    write_json_atomically(workdir / "data_report.json", report)
             trainer = Trainer(config, workdir, mesh, callbacks, resume=resuming,
                               on_first_save=(lambda: discard_aside(workdir)) if replacing and primary else None)
             try:

@@ -1,0 +1,301 @@
+"""Out-of-core preparation: a log larger than memory becomes sequence shards in bounded memory.
+
+The same steps as the in-memory path (``preprocess``), in passes whose memory does not grow with
+the log, only with the id maps:
+
+1. **scan**: the log is read in blocks (pyarrow's streaming CSV reader, Parquet row groups); each
+   interaction gets its global row number (the tie rule's file order) and goes to one of ``B``
+   bucket files by a stable hash of its sequence key (user, or session), so a user's whole
+   history lands in one bucket; the minimum rating is applied here;
+2. **per bucket**: one bucket at a time is loaded and cleaned exactly as the in-memory path cleans
+   a whole log (duplicates, chronological order with ties in file order, sessions from a gap,
+   consecutive repeats): a bucket holds whole sequences, so the result is the same;
+3. **k-core**: rounds over the buckets with a global item count (the only cross-bucket state) until
+   no sequence and no item falls below its minimum;
+4. **shards**: the item id map (dense ids in increasing order of the original id, as in memory) is
+   applied and each bucket is written as one Parquet shard of whole sequences
+   (``sequence``, ``items``, and ``times`` when the log has them), with ``item_ids.npy``,
+   ``data_report.json`` and ``manifest.json`` beside them.
+
+``B`` comes from the log's size (``bucket_bytes`` of input per bucket), so peak memory is about one
+bucket whatever the log's length. Each training process then reads only its own shards
+(``shard_pipeline``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zlib
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ecomjax.data.interactions import InteractionLog, first_appearance_codes, ids_from_strings
+from ecomjax.data.log_readers import ColumnMap
+from ecomjax.data.preprocess import PreprocessConfig, preprocess
+from ecomjax.errors import DataFormatError, InputError
+
+BUCKET_BYTES = 64 << 20  # input bytes per bucket: a bucket loads in a few hundred MB
+BLOCK_BYTES = 16 << 20  # CSV block read at a time
+ROLE_NAMES = {"user": "users", "item": "items", "time": "times", "rating": "ratings", "behavior": "behaviors",
+              "session": "sessions"}
+
+
+def prepare_shards(path: str | Path, out: str | Path, columns: ColumnMap, steps: PreprocessConfig, *,
+                   fmt: str = "delimited", delimiter: str = ",", header: bool = True, bucket_bytes: int = BUCKET_BYTES,
+                   num_buckets: int | None = None) -> dict[str, Any]:
+    """Prepare the log at ``path`` into shards under ``out`` (created; must not hold shards)."""
+    path, out = Path(path), Path(out)
+    if (out / "manifest.json").exists():
+        raise InputError(f"{out} already holds prepared shards; remove it or choose another directory")
+    if fmt not in ("delimited", "parquet"):
+        raise InputError(f"out-of-core preparation reads delimited or parquet logs, not {fmt!r}")
+    if steps.session_gap is not None and columns.session is not None:
+        raise InputError("data.preprocess.session_gap builds sessions from users; the log already has "
+                         "data.columns.session")
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.parquet"))
+    buckets = num_buckets or max(1, math.ceil(size / bucket_bytes))
+    work = out / "_buckets"
+    work.mkdir(parents=True, exist_ok=True)
+    key_role = "session" if columns.session is not None else "user"
+    read, kept = _scan(path, fmt, columns, delimiter, header, steps, key_role, buckets, work)
+    report_steps: list[dict[str, Any]] = [{"step": "read", "interactions": read}]
+    if steps.min_rating is not None:
+        report_steps.append({"step": f"min_rating {steps.min_rating:g}", "interactions": kept})
+    per_bucket = replace(steps, min_rating=None, min_user_interactions=0, min_item_interactions=0)
+    items = np.array([], dtype=np.int64)
+    bucket_reports = []
+    time_range = [math.inf, -math.inf]
+    for b in range(buckets):
+        log = _read_bucket(work / f"raw-{b:05d}.parquet", columns, path)
+        if log is None:
+            continue
+        log, report = preprocess(log, per_bucket)
+        bucket_reports.append(report)
+        if log.times is not None and len(log):
+            time_range = [min(time_range[0], float(log.times.min())), max(time_range[1], float(log.times.max()))]
+        _write_log(log, work / f"clean-{b:05d}.parquet")
+        items = np.union1d(items, log.items) if len(items) else np.unique(log.items)
+    for name in [s["step"] for s in bucket_reports[0]["steps"][1:]] if bucket_reports else []:
+        total = sum(next(s for s in r["steps"] if s["step"] == name)["interactions"] for r in bucket_reports)
+        entry = {"step": name, "interactions": total}
+        if name == "chronological order":
+            entry["equal_timestamp_ties"] = sum(next(s for s in r["steps"] if s["step"] == name)
+                                                ["equal_timestamp_ties"] for r in bucket_reports)
+        report_steps.append(entry)
+    alive, rounds = _k_core(work, buckets, steps)
+    if steps.min_user_interactions or steps.min_item_interactions:
+        report_steps.append({"step": f"k-core (sequences >= {steps.min_user_interactions}, items >= "
+                                     f"{steps.min_item_interactions})", "rounds": rounds})
+    item_ids = np.sort(alive) if alive is not None else items
+    if len(item_ids) == 0:
+        raise DataFormatError(f"{path}: no interactions left after preparation")
+    counts = _write_shards(work, out, buckets, item_ids, alive, steps.min_user_interactions)
+    if report_steps[-1]["step"].startswith("k-core"):
+        report_steps[-1].update(counts)
+    np.save(out / "item_ids.npy", np.concatenate([np.array([-1 if item_ids.dtype.kind in "iu" else ""],
+                                                           dtype=item_ids.dtype), item_ids]))
+    report = {"source": str(path), "format": fmt, "steps": report_steps,
+              "time_range": None if math.isinf(time_range[0]) else time_range,
+              "tie_rule": "equal timestamps within a sequence keep their order in the file (stable sort)",
+              "sequences_are": "sessions" if key_role == "session" or steps.session_gap else "users",
+              "final": counts, "buckets": buckets}
+    (out / "data_report.json").write_text(json.dumps(report, indent=1))
+    manifest = {"shards": [f"shard-{b:05d}.parquet" for b in range(buckets)], **counts,
+                "has_times": columns.time is not None, "preprocess": asdict(steps)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(work)
+    return report
+
+
+# --- pass 1: scan into buckets ------------------------------------------------------------------
+
+
+def _batches(path: Path, fmt: str, names: list[str], delimiter: str, header: bool):
+    """Record batches of the wanted columns, in file order."""
+    if fmt == "parquet":
+        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        for file in files:
+            yield from pq.ParquetFile(file).iter_batches(columns=names, batch_size=1 << 20)
+        return
+    import pyarrow.csv as pa_csv
+
+    parse = pa_csv.ParseOptions(delimiter=delimiter)
+    present = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16, autogenerate_column_names=not header),
+                              parse_options=parse).schema.names
+    if not header:  # columns are named by position, as in the in-memory reader
+        present = [str(i) for i in range(len(present))]
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise InputError(f"data.columns: column {missing[0]!r} is not in {path} (columns: {present})")
+    read_options = pa_csv.ReadOptions(block_size=BLOCK_BYTES, column_names=None if header else present)
+    reader = pa_csv.open_csv(path, read_options=read_options, parse_options=parse,
+                             convert_options=pa_csv.ConvertOptions(include_columns=names))
+    try:
+        yield from reader
+    except pa.ArrowInvalid as error:
+        raise DataFormatError(f"{path}: {error}") from None
+
+
+def _scan(path: Path, fmt: str, columns: ColumnMap, delimiter: str, header: bool, steps: PreprocessConfig, key_role: str,
+          buckets: int, work: Path) -> tuple[int, int]:
+    used = columns.used()
+    names = list(dict.fromkeys(used.values()))
+    writers: dict[int, pq.ParquetWriter] = {}
+    read = kept = 0
+    try:
+        for batch in _batches(path, fmt, names, delimiter, header):
+            table = pa.Table.from_batches([batch])
+            for role in ("user", "item", "session"):
+                if role in used and table.column(used[role]).null_count:
+                    row = read + int(pc.index(pc.is_null(table.column(used[role])), True).as_py())
+                    raise DataFormatError(f"{path}: data row {row + 1}: empty {role} (column {used[role]!r})")
+            table = table.append_column("_row", pa.array(np.arange(read, read + len(table), dtype=np.int64)))
+            read += len(table)
+            if steps.min_rating is not None:
+                table = table.filter(pc.greater_equal(pc.cast(table.column(used["rating"]), pa.float64()),
+                                                      steps.min_rating))
+            kept += len(table)
+            bucket = _bucket_of(table.column(used[key_role]), buckets)
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+            for b in range(buckets):
+                if bounds[b] == bounds[b + 1]:
+                    continue
+                part = table.take(pa.array(order[bounds[b]:bounds[b + 1]]))
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(work / f"raw-{b:05d}.parquet", part.schema)
+                writers[b].write_table(part.cast(writers[b].schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if read == 0:
+        raise DataFormatError(f"{path}: no interactions found")
+    return read, kept
+
+
+def _bucket_of(keys: pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """A stable hash of each key (the same in every process and run), modulo ``buckets``."""
+    if pa.types.is_integer(keys.type):
+        x = keys.to_numpy().astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return ((x ^ (x >> np.uint64(31))) % np.uint64(buckets)).astype(np.int64)
+    strings = pc.cast(keys, pa.string()).to_pylist()
+    return np.fromiter((zlib.crc32(s.encode()) % buckets for s in strings), dtype=np.int64, count=len(strings))
+
+
+# --- pass 2: clean each bucket ------------------------------------------------------------------
+
+
+def _read_bucket(file: Path, columns: ColumnMap, source: Path) -> InteractionLog | None:
+    if not file.exists():
+        return None
+    table = pq.read_table(file)
+    used = columns.used()
+
+    def column(role, kind):
+        if role not in used:
+            return None
+        values = table.column(used[role])
+        if kind == "id":
+            return ids_from_strings(values.to_numpy(zero_copy_only=False))
+        if kind == "float":
+            return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        return values.to_numpy(zero_copy_only=False).astype(str)
+
+    rows = table.column("_row").to_numpy()
+    return InteractionLog(users=column("user", "id") if "user" in used else np.zeros(len(rows), np.int64),
+                          items=column("item", "id"), rows=rows, times=column("time", "float"),
+                          ratings=None, behaviors=column("behavior", "str"), sessions=column("session", "id"),
+                          source=str(source), name=source.stem)
+
+
+def _write_log(log: InteractionLog, file: Path) -> None:
+    codes, keys = first_appearance_codes(log.keys)
+    data = {"key": pa.array(keys[codes]), "item": pa.array(log.items), "row": pa.array(log.rows)}
+    if log.times is not None:
+        data["time"] = pa.array(log.times)
+    if log.behaviors is not None:
+        data["behavior"] = pa.array(log.behaviors)
+    pq.write_table(pa.table(data), file)
+
+
+# --- pass 3: k-core over buckets ------------------------------------------------------------------
+
+
+def _k_core(work: Path, buckets: int, steps: PreprocessConfig) -> tuple[np.ndarray | None, int]:
+    """Surviving item ids (None: no k-core asked), and the rounds it took."""
+    if not (steps.min_user_interactions or steps.min_item_interactions):
+        return None, 0
+    alive = None
+    rounds = 0
+    while True:
+        rounds += 1
+        uniques, totals = [], []
+        for b in range(buckets):
+            file = work / f"clean-{b:05d}.parquet"
+            if not file.exists():
+                continue
+            table = pq.read_table(file, columns=["key", "item"])
+            keys, items = table.column("key").to_numpy(zero_copy_only=False), table.column("item").to_numpy(zero_copy_only=False)
+            keep = _surviving(keys, items, alive, steps.min_user_interactions)
+            u, c = np.unique(items[keep], return_counts=True)
+            uniques.append(u)
+            totals.append(c)
+        all_items = np.concatenate(uniques) if uniques else np.array([], np.int64)
+        all_counts = np.concatenate(totals) if totals else np.array([], np.int64)
+        item, inverse = np.unique(all_items, return_inverse=True)
+        count = np.bincount(inverse.reshape(-1), weights=all_counts, minlength=len(item))
+        new_alive = item[count >= steps.min_item_interactions]
+        if alive is not None and len(new_alive) == len(alive):
+            return alive, rounds
+        alive = new_alive
+
+
+def _surviving(keys: np.ndarray, items: np.ndarray, alive: np.ndarray | None, min_sequence: int) -> np.ndarray:
+    """Interactions kept by one k-core round: item alive, then the sequence long enough."""
+    keep = np.ones(len(items), dtype=bool) if alive is None else np.isin(items, alive)
+    codes, _ = first_appearance_codes(keys)
+    lengths = np.bincount(codes[keep], minlength=codes.max(initial=-1) + 1)
+    return keep & (lengths[codes] >= min_sequence)
+
+
+# --- pass 4: shards ---------------------------------------------------------------------------------
+
+
+def _write_shards(work: Path, out: Path, buckets: int, item_ids: np.ndarray, alive: np.ndarray | None,
+                  min_sequence: int) -> dict[str, int]:
+    interactions = sequences = 0
+    for b in range(buckets):
+        file = work / f"clean-{b:05d}.parquet"
+        table = pq.read_table(file) if file.exists() else None
+        keys = items = times = None
+        if table is not None:
+            keys = table.column("key").to_numpy(zero_copy_only=False)
+            items = table.column("item").to_numpy(zero_copy_only=False)
+            keep = _surviving(keys, items, alive, min_sequence) if alive is not None else np.ones(len(items), bool)
+            keys, items = keys[keep], items[keep]
+            times = table.column("time").to_numpy()[keep] if "time" in table.column_names else None
+        if table is None or len(items) == 0:
+            pq.write_table(pa.table({"sequence": pa.array([], pa.string()),
+                                     "items": pa.array([], pa.list_(pa.int32()))}), out / f"shard-{b:05d}.parquet")
+            continue
+        codes, names = first_appearance_codes(keys)  # rows are already grouped by key in order
+        starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)].astype(np.int32)
+        dense = (np.searchsorted(item_ids, items) + 1).astype(np.int32)
+        data = {"sequence": pa.array(names.astype(str)),
+                "items": pa.ListArray.from_arrays(pa.array(starts), pa.array(dense))}
+        if times is not None:
+            data["times"] = pa.ListArray.from_arrays(pa.array(starts), pa.array(times))
+        pq.write_table(pa.table(data), out / f"shard-{b:05d}.parquet", row_group_size=65536)
+        interactions += len(dense)
+        sequences += len(names)
+    return {"interactions": interactions, "sequences": sequences, "items": len(item_ids)}
