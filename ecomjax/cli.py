@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare_p.add_argument("--out", required=True, help="directory for the shards (must not hold shards)")
     prepare_p.add_argument("--bucket-mb", type=float, default=64,
                            help="input megabytes per bucket: bounds peak memory (default 64)")
+    prepare_p.add_argument("--engine", choices=["local", "beam"], default="local",
+                           help="local: this process; beam: Apache Beam pipelines (the beam extra)")
+    prepare_p.add_argument("--beam-args", default="", help="Beam pipeline options, e.g. '--runner "
+                           "DataflowRunner --project P --region R --temp_location gs://B/tmp' (default: DirectRunner)")
     tune_p = sub.add_parser("tune", help="search hyperparameters of a config with Optuna (any task)")
     tune_p.add_argument("config", help="YAML config of the runs to tune")
     tune_p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
@@ -120,9 +124,12 @@ def _data(args) -> None:
 
         print(json.dumps({"task": config.task, **task_class(config.task)(config).describe_data()}, indent=2))
         return
+    import shlex
+
     from ecomjax.data.source import prepare_out_of_core
 
-    report = prepare_out_of_core(config.data, args.out, bucket_bytes=int(args.bucket_mb * 2**20))
+    report = prepare_out_of_core(config.data, args.out, bucket_bytes=int(args.bucket_mb * 2**20), engine=args.engine,
+                                 beam_args=shlex.split(args.beam_args))
     for step in report["steps"]:
         print(f"{step['step']:45s} {step.get('interactions', ''):>12}")
     final = report["final"]

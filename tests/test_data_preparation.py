@@ -332,3 +332,14 @@ def test_cli_prepares_a_log_and_trains_on_its_shards(tmp_path, capsys):
                  "model.hidden_size=16", "model.ffn_size=32"]) == 0
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["buckets"] == 1 and report["final"]["interactions"] == 3000
+
+
+def test_recbole_item_file_gives_the_titles_of_a_text_fused_model(tmp_path):
+    from ecomjax.data.item_text import read_item_titles
+
+    path = tmp_path / "shop.item"
+    path.write_text("item_id:token\ttitle:token_seq\tbrand:token\n10\tRose water toner\tacme\n3\tClay mask\tzen\n")
+    assert read_item_titles(path) == {10: "Rose water toner", 3: "Clay mask"}
+    path.write_text("item_id:token\tbrand:token\n10\tacme\n")
+    with pytest.raises(DataFormatError, match=r"shop.item:1: no title column \(title, movie_title or name\)"):
+        read_item_titles(path)

@@ -64,7 +64,9 @@ def title_word_ids(titles: list[str], min_items: int, max_words: int = MAX_TITLE
 
 def read_item_titles(path: str | Path) -> dict[int, str]:
     """``{item id: title}`` from a tab-separated file with a header: first column the item id,
-    last column the title (``s3rec_item_id  asin  title`` in the Beauty release)."""
+    last column the title (``s3rec_item_id  asin  title`` in the Beauty release); or a RecBole
+    atomic ``.item`` file (header ``name:type``), whose ``item_id`` and ``title`` (or
+    ``movie_title``, ``name``) columns are used wherever they stand."""
     path = Path(path)
     titles: dict[int, str] = {}
     first_line: dict[int, int] = {}
@@ -77,19 +79,20 @@ def read_item_titles(path: str | Path) -> dict[int, str]:
             raise DataFormatError(f"{path}:{reader.line_num}: not valid tab-separated text ({exc})") from None
         if header is None or len(header) < 2:
             raise DataFormatError(f"{path}:1: expected a header with an id and a title column, got {header}")
+        id_column, title_column = _title_columns(path, header)
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             if len(row) != len(header):
                 raise DataFormatError(f"{path}:{line}: expected {len(header)} tab-separated fields "
                                       f"({', '.join(header)}), got {len(row)}")
-            if not (row[0].isascii() and row[0].isdigit()):
-                raise DataFormatError(f"{path}:{line}: item id {row[0]!r} is not an integer (ASCII digits)")
-            item = parse_id(row[0], f"{path}:{line}", "item id")
+            if not (row[id_column].isascii() and row[id_column].isdigit()):
+                raise DataFormatError(f"{path}:{line}: item id {row[id_column]!r} is not an integer (ASCII digits)")
+            item = parse_id(row[id_column], f"{path}:{line}", "item id")
             if item in titles:
                 raise DataFormatError(f"{path}:{line}: item id {item} appears twice (first on line "
                                       f"{first_line[item]}); one title per item")
-            title = row[-1].strip()
+            title = row[title_column].strip()
             if not title:
                 raise DataFormatError(f"{path}:{line}: item {item} has an empty title")
             titles[item] = title
@@ -97,6 +100,19 @@ def read_item_titles(path: str | Path) -> dict[int, str]:
     if not titles:
         raise DataFormatError(f"{path}: no titles")
     return titles
+
+
+def _title_columns(path: Path, header: list[str]) -> tuple[int, int]:
+    """(id column, title column): first and last, or by name in a RecBole ``name:type`` header."""
+    if not all(":" in h for h in header):
+        return 0, len(header) - 1
+    names = [h.split(":", 1)[0] for h in header]
+    if "item_id" not in names:
+        raise DataFormatError(f"{path}:1: a RecBole .item header needs an item_id column, got {header}")
+    title = next((names.index(n) for n in ("title", "movie_title", "name") if n in names), None)
+    if title is None:
+        raise DataFormatError(f"{path}:1: no title column (title, movie_title or name) in {header}")
+    return names.index("item_id"), title
 
 
 def read_item_attributes(path: str | Path) -> dict[int, list[int]]:

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import grain
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -69,8 +68,9 @@ def load_shards(directory: str | Path) -> SequenceDataset:
                            item_ids=item_ids, name=directory.name, source=str(directory), times=times, report=report)
 
 
-class _PackShard(grain.experimental.FlatMapTransform):
-    """Shard name -> its packed training batches for one epoch (leave-one-out training part)."""
+class _PackShard:
+    """Shard name -> its packed training batches for one epoch (leave-one-out training part); a
+    grain flat-map transform (``flat_map`` and ``max_fan_out`` are its whole interface)."""
 
     def __init__(self, directory: Path, item_ids: np.ndarray, max_len: int, batch_size: int, seed: int,
                  epoch: int, max_fan_out: int):
@@ -92,8 +92,10 @@ class _PackShard(grain.experimental.FlatMapTransform):
 
 
 def streamed_train_batches(directory: str | Path, *, max_len: int, batch_size: int, seed: int, epoch: int,
-                           process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """This process's training batches of one epoch: its shards in a seeded order, each packed."""
+                           process_index: int = 0, process_count: int = 1):
+    """This process's training batches of one epoch (a ``grain.IterDataset``): its shards in a
+    seeded order, each packed."""
+    import grain  # here, so that reading shards needs no grain (the Beam workers read them too)
     directory = Path(directory)
     manifest = read_manifest(directory)
     mine = manifest["shards"][process_index::process_count]

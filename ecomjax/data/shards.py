@@ -66,49 +66,37 @@ def prepare_shards(path: str | Path, out: str | Path, columns: ColumnMap, steps:
     work.mkdir(parents=True, exist_ok=True)
     key_role = "session" if columns.session is not None else "user"
     read, kept = _scan(path, fmt, columns, delimiter, header, steps, key_role, buckets, work)
-    report_steps: list[dict[str, Any]] = [{"step": "read", "interactions": read}]
-    if steps.min_rating is not None:
-        report_steps.append({"step": f"min_rating {steps.min_rating:g}", "interactions": kept})
     per_bucket = replace(steps, min_rating=None, min_user_interactions=0, min_item_interactions=0)
     items = np.array([], dtype=np.int64)
     bucket_reports = []
-    time_range = [math.inf, -math.inf]
     for b in range(buckets):
         log = _read_bucket(work / f"raw-{b:05d}.parquet", columns, path)
         if log is None:
             continue
         log, report = preprocess(log, per_bucket)
         bucket_reports.append(report)
-        if log.times is not None and len(log):
-            time_range = [min(time_range[0], float(log.times.min())), max(time_range[1], float(log.times.max()))]
         _write_log(log, work / f"clean-{b:05d}.parquet")
         items = np.union1d(items, log.items) if len(items) else np.unique(log.items)
-    for name in [s["step"] for s in bucket_reports[0]["steps"][1:]] if bucket_reports else []:
-        total = sum(next(s for s in r["steps"] if s["step"] == name)["interactions"] for r in bucket_reports)
-        entry = {"step": name, "interactions": total}
-        if name == "chronological order":
-            entry["equal_timestamp_ties"] = sum(next(s for s in r["steps"] if s["step"] == name)
-                                                ["equal_timestamp_ties"] for r in bucket_reports)
-        report_steps.append(entry)
-    alive, rounds = _k_core(work, buckets, steps)
+    alive, rounds = None, 0
     if steps.min_user_interactions or steps.min_item_interactions:
-        report_steps.append({"step": f"k-core (sequences >= {steps.min_user_interactions}, items >= "
-                                     f"{steps.min_item_interactions})", "rounds": rounds})
-    item_ids = np.sort(alive) if alive is not None else items
+        while True:
+            rounds += 1
+            counts = [kv for b in range(buckets) for kv in _k_core_round(work, b, alive, steps.min_user_interactions)]
+            new_alive = _alive_items(counts, steps.min_item_interactions, items.dtype)
+            if alive is not None and len(new_alive) == len(alive):
+                break
+            alive = new_alive
+    item_ids = alive if alive is not None else items
     if len(item_ids) == 0:
         raise DataFormatError(f"{path}: no interactions left after preparation")
-    counts = _write_shards(work, out, buckets, item_ids, alive, steps.min_user_interactions)
-    if report_steps[-1]["step"].startswith("k-core"):
-        report_steps[-1].update(counts)
+    written = [_write_shard(work, out, b, item_ids, alive, steps.min_user_interactions) for b in range(buckets)]
+    final = {"interactions": sum(w[0] for w in written), "sequences": sum(w[1] for w in written),
+             "items": len(item_ids)}
+    report = bucket_report(path, fmt, read, kept, steps, bucket_reports, rounds, final, buckets, key_role)
     np.save(out / "item_ids.npy", np.concatenate([np.array([-1 if item_ids.dtype.kind in "iu" else ""],
                                                            dtype=item_ids.dtype), item_ids]))
-    report = {"source": str(path), "format": fmt, "steps": report_steps,
-              "time_range": None if math.isinf(time_range[0]) else time_range,
-              "tie_rule": "equal timestamps within a sequence keep their order in the file (stable sort)",
-              "sequences_are": "sessions" if key_role == "session" or steps.session_gap else "users",
-              "final": counts, "buckets": buckets}
     (out / "data_report.json").write_text(json.dumps(report, indent=1))
-    manifest = {"shards": [f"shard-{b:05d}.parquet" for b in range(buckets)], **counts,
+    manifest = {"shards": [f"shard-{b:05d}.parquet" for b in range(buckets)], **final,
                 "has_times": columns.time is not None, "preprocess": asdict(steps)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(work)
@@ -231,33 +219,24 @@ def _write_log(log: InteractionLog, file: Path) -> None:
 # --- pass 3: k-core over buckets ------------------------------------------------------------------
 
 
-def _k_core(work: Path, buckets: int, steps: PreprocessConfig) -> tuple[np.ndarray | None, int]:
-    """Surviving item ids (None: no k-core asked), and the rounds it took."""
-    if not (steps.min_user_interactions or steps.min_item_interactions):
-        return None, 0
-    alive = None
-    rounds = 0
-    while True:
-        rounds += 1
-        uniques, totals = [], []
-        for b in range(buckets):
-            file = work / f"clean-{b:05d}.parquet"
-            if not file.exists():
-                continue
-            table = pq.read_table(file, columns=["key", "item"])
-            keys, items = table.column("key").to_numpy(zero_copy_only=False), table.column("item").to_numpy(zero_copy_only=False)
-            keep = _surviving(keys, items, alive, steps.min_user_interactions)
-            u, c = np.unique(items[keep], return_counts=True)
-            uniques.append(u)
-            totals.append(c)
-        all_items = np.concatenate(uniques) if uniques else np.array([], np.int64)
-        all_counts = np.concatenate(totals) if totals else np.array([], np.int64)
-        item, inverse = np.unique(all_items, return_inverse=True)
-        count = np.bincount(inverse.reshape(-1), weights=all_counts, minlength=len(item))
-        new_alive = item[count >= steps.min_item_interactions]
-        if alive is not None and len(new_alive) == len(alive):
-            return alive, rounds
-        alive = new_alive
+def _k_core_round(work: Path, bucket: int, alive: np.ndarray | None, min_sequence: int):
+    """One bucket's ``(item, interactions)`` after one k-core round: items still alive, then
+    sequences long enough (the only state that crosses buckets is the item counts)."""
+    file = work / f"clean-{bucket:05d}.parquet"
+    if not file.exists():
+        return []
+    table = pq.read_table(file, columns=["key", "item"])
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    items = table.column("item").to_numpy(zero_copy_only=False)
+    unique, counts = np.unique(items[_surviving(keys, items, alive, min_sequence)], return_counts=True)
+    return list(zip(unique.tolist(), counts.tolist(), strict=True))
+
+
+def _alive_items(counts: list[tuple[Any, int]], min_item: int, dtype) -> np.ndarray:
+    total: dict[Any, int] = {}
+    for item, count in counts:
+        total[item] = total.get(item, 0) + count
+    return np.sort(np.array([item for item, count in total.items() if count >= min_item], dtype=dtype))
 
 
 def _surviving(keys: np.ndarray, items: np.ndarray, alive: np.ndarray | None, min_sequence: int) -> np.ndarray:
@@ -271,31 +250,51 @@ def _surviving(keys: np.ndarray, items: np.ndarray, alive: np.ndarray | None, mi
 # --- pass 4: shards ---------------------------------------------------------------------------------
 
 
-def _write_shards(work: Path, out: Path, buckets: int, item_ids: np.ndarray, alive: np.ndarray | None,
-                  min_sequence: int) -> dict[str, int]:
-    interactions = sequences = 0
-    for b in range(buckets):
-        file = work / f"clean-{b:05d}.parquet"
-        table = pq.read_table(file) if file.exists() else None
-        keys = items = times = None
-        if table is not None:
-            keys = table.column("key").to_numpy(zero_copy_only=False)
-            items = table.column("item").to_numpy(zero_copy_only=False)
-            keep = _surviving(keys, items, alive, min_sequence) if alive is not None else np.ones(len(items), bool)
-            keys, items = keys[keep], items[keep]
-            times = table.column("time").to_numpy()[keep] if "time" in table.column_names else None
-        if table is None or len(items) == 0:
-            pq.write_table(pa.table({"sequence": pa.array([], pa.string()),
-                                     "items": pa.array([], pa.list_(pa.int32()))}), out / f"shard-{b:05d}.parquet")
-            continue
-        codes, names = first_appearance_codes(keys)  # rows are already grouped by key in order
-        starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)].astype(np.int32)
-        dense = (np.searchsorted(item_ids, items) + 1).astype(np.int32)
-        data = {"sequence": pa.array(names.astype(str)),
-                "items": pa.ListArray.from_arrays(pa.array(starts), pa.array(dense))}
-        if times is not None:
-            data["times"] = pa.ListArray.from_arrays(pa.array(starts), pa.array(times))
-        pq.write_table(pa.table(data), out / f"shard-{b:05d}.parquet", row_group_size=65536)
-        interactions += len(dense)
-        sequences += len(names)
-    return {"interactions": interactions, "sequences": sequences, "items": len(item_ids)}
+def _write_shard(work: Path, out: Path, bucket: int, item_ids: np.ndarray, alive: np.ndarray | None,
+                 min_sequence: int) -> tuple[int, int]:
+    """Bucket ``bucket`` as its shard (whole sequences, global dense item ids): ``(interactions,
+    sequences)`` written."""
+    file, shard = work / f"clean-{bucket:05d}.parquet", out / f"shard-{bucket:05d}.parquet"
+    table = pq.read_table(file) if file.exists() else None
+    if table is not None:
+        keys = table.column("key").to_numpy(zero_copy_only=False)
+        items = table.column("item").to_numpy(zero_copy_only=False)
+        keep = _surviving(keys, items, alive, min_sequence) if alive is not None else np.ones(len(items), bool)
+        keys, items = keys[keep], items[keep]
+        times = table.column("time").to_numpy()[keep] if "time" in table.column_names else None
+    if table is None or len(items) == 0:
+        pq.write_table(pa.table({"sequence": pa.array([], pa.string()), "items": pa.array([], pa.list_(pa.int32()))}),
+                       shard)
+        return 0, 0
+    codes, names = first_appearance_codes(keys)  # rows are already grouped by key, in order
+    starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)].astype(np.int32)
+    dense = (np.searchsorted(item_ids, items) + 1).astype(np.int32)
+    data = {"sequence": pa.array(names.astype(str)), "items": pa.ListArray.from_arrays(pa.array(starts), pa.array(dense))}
+    if times is not None:
+        data["times"] = pa.ListArray.from_arrays(pa.array(starts), pa.array(times))
+    pq.write_table(pa.table(data), shard, row_group_size=65536)
+    return len(dense), len(names)
+
+
+def bucket_report(path: Path, fmt: str, read: int, kept: int, steps: PreprocessConfig, bucket_reports: list[dict],
+                  rounds: int, final: dict[str, int], buckets: int, key_role: str) -> dict[str, Any]:
+    """``data_report.json`` of a bucketed preparation: the per-bucket step counts summed."""
+    bucket_reports = [r for r in bucket_reports if r]
+    entries: list[dict[str, Any]] = [{"step": "read", "interactions": read}]
+    if steps.min_rating is not None:
+        entries.append({"step": f"min_rating {steps.min_rating:g}", "interactions": kept})
+    for name in [s["step"] for s in bucket_reports[0]["steps"][1:]] if bucket_reports else []:
+        rows = [next(s for s in r["steps"] if s["step"] == name) for r in bucket_reports]
+        entry = {"step": name, "interactions": sum(s["interactions"] for s in rows)}
+        if name == "chronological order":
+            entry["equal_timestamp_ties"] = sum(s["equal_timestamp_ties"] for s in rows)
+        entries.append(entry)
+    if steps.min_user_interactions or steps.min_item_interactions:
+        entries.append({"step": f"k-core (sequences >= {steps.min_user_interactions}, items >= "
+                                f"{steps.min_item_interactions})", "rounds": rounds, **final})
+    ranges = [r["time_range"] for r in bucket_reports if r.get("time_range")]
+    return {"source": str(path), "format": fmt, "steps": entries,
+            "time_range": [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
+            "tie_rule": "equal timestamps within a sequence keep their order in the file (stable sort)",
+            "sequences_are": "sessions" if key_role == "session" or steps.session_gap else "users",
+            "final": final, "buckets": buckets}

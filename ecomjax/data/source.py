@@ -95,8 +95,10 @@ def read_interaction_sequences(config) -> SequenceDataset:
     return replace(dataset, report={**report, "format": config.format, "final": _counts(dataset)})
 
 
-def prepare_out_of_core(config: DataConfig, out: str, *, bucket_bytes: int) -> dict:
-    """``ecomjax data prepare``: the log of ``config`` cleaned into shards under ``out`` (``shards``)."""
+def prepare_out_of_core(config: DataConfig, out: str, *, bucket_bytes: int, engine: str = "local",
+                        beam_args: list[str] | None = None) -> dict:
+    """``ecomjax data prepare``: the log of ``config`` cleaned into shards under ``out`` (``shards``),
+    here or as Apache Beam pipelines (``beam_pipeline``): the same shards either way."""
     from ecomjax.data.shards import prepare_shards
 
     if config.source != "file" or config.format not in ("delimited", "parquet"):
@@ -105,6 +107,18 @@ def prepare_out_of_core(config: DataConfig, out: str, *, bucket_bytes: int) -> d
     if config.path is None:
         raise InputError("ecomjax data prepare needs data.path")
     path = resolve_data_path(config.path, directory=config.format == "parquet" and _is_directory(config.path))
+    if engine == "beam":
+        if config.format != "delimited":
+            raise InputError("the Beam engine reads delimited logs (data.format=delimited)")
+        try:
+            import apache_beam  # noqa: F401
+        except ImportError as error:
+            raise InputError(f"--engine beam needs Apache Beam ({error}); pip install 'ecomjax[beam]' in an "
+                             "environment of its own") from None
+        from ecomjax.data.beam_pipeline import prepare_shards_beam
+
+        return prepare_shards_beam(path, out, _column_map(config), config.preprocess, delimiter=config.delimiter,
+                                   header=config.header, bucket_bytes=bucket_bytes, beam_args=beam_args)
     return prepare_shards(path, out, _column_map(config), config.preprocess, fmt=config.format,
                           delimiter=config.delimiter, header=config.header, bucket_bytes=bucket_bytes)
 
