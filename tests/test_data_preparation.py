@@ -343,3 +343,25 @@ def test_recbole_item_file_gives_the_titles_of_a_text_fused_model(tmp_path):
     path.write_text("item_id:token\tbrand:token\n10\tacme\n")
     with pytest.raises(DataFormatError, match=r"shop.item:1: no title column \(title, movie_title or name\)"):
         read_item_titles(path)
+
+
+def test_out_of_core_scan_checks_rows_like_the_in_memory_readers(tmp_path):
+    from ecomjax.data.shard_pipeline import load_shards
+    from ecomjax.data.shards import prepare_shards
+    from ecomjax.data.source import _column_map
+
+    def config(path, *extra):
+        return load_config(None, ["data.source=file", f"data.path={path}", "data.format=delimited",
+                                  "data.columns.time=when", *extra]).data
+
+    log = tmp_path / "dates.csv"
+    log.write_text("user,item,when,stars\nu1,a,2024-01-02,5\nu1,b,2024-01-01T10:00:00,3\nu2,a,2024-01-03,4\n")
+    prepared = config(log, "data.columns.rating=stars", "data.preprocess.min_rating=4")
+    prepare_shards(log, tmp_path / "ok", _column_map(prepared), prepared.preprocess)
+    assert sequences(load_shards(tmp_path / "ok")) == sequences(load_sequences(prepared)) == {"u1": ["a"], "u2": ["a"]}
+    log.write_text("user,item,when\nu1,a,2024-01-02\nu1,,2024-01-01\n")
+    with pytest.raises(DataFormatError, match=r"dates.csv: data row 2: empty item \(column 'item'\)$"):
+        prepare_shards(log, tmp_path / "empty", _column_map(config(log)), config(log).preprocess)
+    log.write_text("user,item,when\nu1,a,2024-01-02\nu1,b,soon\n")
+    with pytest.raises(DataFormatError, match=r"dates.csv: data row 2: timestamp \(column 'when'\) is neither"):
+        prepare_shards(log, tmp_path / "bad", _column_map(config(log)), config(log).preprocess)

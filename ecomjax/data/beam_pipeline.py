@@ -46,6 +46,7 @@ from ecomjax.data.shards import (
     _write_log,
     _write_shard,
     bucket_report,
+    validated_batch,
 )
 from ecomjax.errors import InputError
 
@@ -174,6 +175,7 @@ def _scan_range(task: tuple[int, int, int], path: str, names: list[str], delimit
     table = pa_csv.read_csv(pa.py_buffer(data), read_options=pa_csv.ReadOptions(column_names=names),
                             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
                             convert_options=pa_csv.ConvertOptions(include_columns=list(dict.fromkeys(used.values()))))
+    table = validated_batch(table, columns, lambda row: f"{path}: scan range {index} (byte {begin}), row {row + 1}")
     rows = (np.int64(index) << np.int64(32)) + np.arange(len(table), dtype=np.int64)
     table = table.append_column("_row", pa.array(rows))
     read = len(table)

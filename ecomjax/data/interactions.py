@@ -106,7 +106,7 @@ def equal_time_ties(codes: np.ndarray, times: np.ndarray | None) -> int:
     return int(((codes[1:] == codes[:-1]) & (times[1:] == times[:-1])).sum())
 
 
-def to_sequences(log: InteractionLog, behavior_names: tuple[str, ...] = ()) -> SequenceDataset:
+def to_sequences(log: InteractionLog) -> SequenceDataset:
     """The log as one time-ordered sequence per key (ties in file order), items remapped densely.
 
     A log with no interactions is an error naming its file: every step before this one says
@@ -120,12 +120,13 @@ def to_sequences(log: InteractionLog, behavior_names: tuple[str, ...] = ()) -> S
     codes = codes[order]
     item_ids, remapped = np.unique(log.items[order], return_inverse=True)
     counts = np.bincount(codes, minlength=len(keys))
-    behaviors = None
-    if log.behaviors is not None:
-        names = behavior_names or tuple(np.unique(log.behaviors).tolist())
-        lookup = {name: i for i, name in enumerate(names)}
-        behaviors = np.array([lookup[b] for b in log.behaviors[order]], dtype=np.int8)
-        behavior_names = names
+    behaviors, behavior_names = None, ()
+    if log.behaviors is not None:  # codes in sorted order of the behaviour names
+        names, codes_of = np.unique(log.behaviors[order], return_inverse=True)
+        if len(names) > 127:
+            raise DataFormatError(f"{where}: {len(names)} distinct behaviours; a behaviour column names a few "
+                                  "(click, cart, buy), is it the right column?")
+        behaviors, behavior_names = codes_of.reshape(-1).astype(np.int8), tuple(names.tolist())
     padding = np.array([-1 if item_ids.dtype.kind in "iu" else ""], dtype=item_ids.dtype)
     return SequenceDataset(
         items=(remapped.reshape(-1) + 1).astype(np.int32),
@@ -137,7 +138,7 @@ def to_sequences(log: InteractionLog, behavior_names: tuple[str, ...] = ()) -> S
         source=log.source,
         times=None if log.times is None else log.times[order],
         behaviors=behaviors,
-        behavior_names=tuple(behavior_names) if behaviors is not None else (),
+        behavior_names=behavior_names,
     )
 
 

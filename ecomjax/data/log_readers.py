@@ -105,9 +105,7 @@ def read_delimited(path: Path, columns: ColumnMap, *, delimiter: str = ",", head
     if names is not None and strip_types:
         names = [n.split(":", 1)[0] for n in names]
     if names is None:
-        with open_text(path, newline="") as handle:
-            first = next(csv.reader(handle, delimiter=delimiter), [])
-        names = [str(i) for i in range(len(first))]
+        names = [str(i) for i in range(len(_header(path, delimiter) or []))]
     _check_columns(path, columns, names)
     wanted = list(dict.fromkeys(columns.used().values()))
     bad_rows: list[tuple] = []
@@ -174,7 +172,8 @@ def read_parquet(path: Path, columns: ColumnMap) -> InteractionLog:
 
 
 def _header(path: Path, delimiter: str) -> list[str] | None:
-    with open_text(path, newline="") as handle:
+    """The first line's fields (the file was checked to be UTF-8 by ``read_text`` already)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         return next(csv.reader(handle, delimiter=delimiter), None)
 
 

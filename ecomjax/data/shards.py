@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecomjax.data.interactions import InteractionLog, first_appearance_codes, ids_from_strings
-from ecomjax.data.log_readers import ColumnMap
+from ecomjax.data.log_readers import ColumnMap, _ratings, _times
 from ecomjax.data.preprocess import PreprocessConfig, preprocess
 from ecomjax.errors import DataFormatError, InputError
 
@@ -140,11 +140,8 @@ def _scan(path: Path, fmt: str, columns: ColumnMap, delimiter: str, header: bool
     read = kept = 0
     try:
         for batch in _batches(path, fmt, names, delimiter, header):
-            table = pa.Table.from_batches([batch])
-            for role in ("user", "item", "session"):
-                if role in used and table.column(used[role]).null_count:
-                    row = read + int(pc.index(pc.is_null(table.column(used[role])), True).as_py())
-                    raise DataFormatError(f"{path}: data row {row + 1}: empty {role} (column {used[role]!r})")
+            table = validated_batch(pa.Table.from_batches([batch]), columns,
+                                    lambda row, offset=read: f"{path}: data row {offset + row + 1}")
             table = table.append_column("_row", pa.array(np.arange(read, read + len(table), dtype=np.int64)))
             read += len(table)
             if steps.min_rating is not None:
@@ -167,6 +164,27 @@ def _scan(path: Path, fmt: str, columns: ColumnMap, delimiter: str, header: bool
     if read == 0:
         raise DataFormatError(f"{path}: no interactions found")
     return read, kept
+
+
+def validated_batch(table: pa.Table, columns: ColumnMap, where) -> pa.Table:
+    """A scanned block checked as the in-memory readers check a file (no empty id or behaviour,
+    timestamps and ratings finite numbers or dates), with timestamps and ratings as float64;
+    ``where(row)`` names a row of the block in messages."""
+    used = columns.used()
+    for role in ("user", "item", "session", "behavior"):
+        if role in used:
+            column = table.column(used[role])
+            empty = pc.is_null(column)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                empty = pc.or_kleene(empty, pc.equal(pc.utf8_trim_whitespace(column), ""))
+            if pc.any(empty).as_py():
+                raise DataFormatError(f"{where(int(pc.index(empty, True).as_py()))}: empty {role} "
+                                      f"(column {used[role]!r})")
+    for role, convert in (("time", _times), ("rating", _ratings)):
+        if role in used:
+            index = table.schema.get_field_index(used[role])
+            table = table.set_column(index, used[role], pa.array(convert(table.column(used[role]), used[role], where)))
+    return table
 
 
 def _bucket_of(keys: pa.ChunkedArray, buckets: int) -> np.ndarray:

@@ -136,7 +136,7 @@ def temporal_split(dataset: SequenceDataset, config: SplitConfig) -> SequenceSpl
         dataset=dataset, train_end=train_end, valid=valid, test=test,
         num_train_only=_not_evaluated(dataset, valid, test),
         protocol={"split": f"temporal: train before {valid_cut:g}, validation [{valid_cut:g}, {test_cut:g}), "
-                           f"test from {test_cut:g} ({config.targets} target(s) per sequence and period)",
+                           f"test from {test_cut:g} ({_TARGETS[config.targets]} per sequence and period)",
                   "valid_cutoff": float(valid_cut), "test_cutoff": float(test_cut), "targets": config.targets,
                   "train_interactions": int((period == 0).sum()), "valid_cases": len(valid.targets),
                   "test_cases": len(test.targets)})
@@ -158,8 +158,11 @@ def ratio_split(dataset: SequenceDataset, config: SplitConfig) -> SequenceSplit:
         num_train_only=_not_evaluated(dataset, valid, test),
         protocol={"split": f"per-sequence ratio {1 - config.valid_fraction - config.test_fraction:g} / "
                            f"{config.valid_fraction:g} / {config.test_fraction:g} (parts rounded down, at least one "
-                           f"training item; {config.targets} target(s) per part)",
+                           f"training item; {_TARGETS[config.targets]} per part)",
                   "targets": config.targets, "valid_cases": len(valid.targets), "test_cases": len(test.targets)})
+
+
+_TARGETS = {"first": "the first held-out interaction", "all": "every held-out interaction"}
 
 
 def _time_quantile(times: np.ndarray, q: float) -> float:
