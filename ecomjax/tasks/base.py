@@ -131,7 +131,7 @@ class Task(ABC):
 
     @abstractmethod
     def describe_data(self) -> dict[str, Any]:
-        """What the data of the config holds (``ecomjax data CONFIG``): counts, splits."""
+        """What the data of the config holds (``ecomjax data describe CONFIG``): counts, splits."""
 
     @abstractmethod
     def prepare(self) -> dict[str, Any]:
