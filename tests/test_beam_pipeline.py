@@ -1,8 +1,9 @@
 """The Apache Beam engine of ``ecomjax data prepare`` (DirectRunner) against the local engine.
 
 Beam pins older numpy / pyarrow / protobuf than this project, so it is not in the test extra:
-this file runs where the ``beam`` extra is installed (``benchmarks/data_scale.py --beam`` builds
-such an environment and runs it there), and is skipped elsewhere.
+this file runs where the ``beam`` extra is installed and is skipped elsewhere.
+``benchmarks/data_scale.py --beam`` builds such an environment under ``.peers/beam``; run it there
+with ``PYTHONPATH=. .peers/beam/bin/python -m pytest tests/test_beam_pipeline.py -o addopts=""``.
 """
 
 from __future__ import annotations

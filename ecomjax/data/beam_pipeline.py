@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ecomjax.data.log_readers import ColumnMap
+from ecomjax.data.log_readers import ColumnMap, _header
 from ecomjax.data.preprocess import PreprocessConfig, preprocess
 from ecomjax.data.shards import (
     BUCKET_BYTES,
@@ -72,7 +72,8 @@ def prepare_shards_beam(path: str | Path, out: str | Path, columns: ColumnMap, s
     work = out / "_buckets"
     work.mkdir(parents=True, exist_ok=True)
     key_role = "session" if columns.session is not None else "user"
-    names = _column_names(path, delimiter, header)
+    first = _header(path, delimiter) or []
+    names = first if header else [str(i) for i in range(len(first))]
     ranges = [(i, start, min(size, start + range_bytes)) for i, start in enumerate(range(0, size, range_bytes))]
     per_bucket = replace(steps, min_rating=None, min_user_interactions=0, min_item_interactions=0)
     options = PipelineOptions(beam_args or [])
@@ -113,13 +114,12 @@ def prepare_shards_beam(path: str | Path, out: str | Path, columns: ColumnMap, s
 
     # pass 3: shards
     with beam.Pipeline(options=options) as pipeline:
-        counts = (pipeline
-                  | "buckets" >> beam.Create(list(range(buckets)))
-                  | "write" >> beam.Map(_shard, str(work), str(out), item_ids.tolist(), None if alive is None else
-                                        alive.tolist(), steps.min_user_interactions)
-                  | "collect" >> beam.combiners.ToList()
-                  | "save" >> beam.Map(_save_json, str(work / "counts.json")))
-        del counts
+        _ = (pipeline
+             | "buckets" >> beam.Create(list(range(buckets)))
+             | "write" >> beam.Map(_shard, str(work), str(out), item_ids.tolist(), None if alive is None else
+                                   alive.tolist(), steps.min_user_interactions)
+             | "collect" >> beam.combiners.ToList()
+             | "save" >> beam.Map(_save_json, str(work / "counts.json")))
     per_shard = json.loads((work / "counts.json").read_text())
     final = {"interactions": sum(c[0] for c in per_shard), "sequences": sum(c[1] for c in per_shard),
              "items": len(item_ids)}
@@ -137,14 +137,6 @@ def prepare_shards_beam(path: str | Path, out: str | Path, columns: ColumnMap, s
 
 def _save_json(value, file: str) -> None:
     Path(file).write_text(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _column_names(path: Path, delimiter: str, header: bool) -> list[str]:
-    import csv
-
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        first = next(csv.reader(handle, delimiter=delimiter))
-    return first if header else [str(i) for i in range(len(first))]
 
 
 def _scan_range(task: tuple[int, int, int], path: str, names: list[str], delimiter: str, header: bool,

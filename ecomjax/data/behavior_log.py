@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ecomjax.data.sequences import SequenceDataset
-from ecomjax.data.taobao import TARGET_BEHAVIOR, Interactions, MultiBehaviorData
+from ecomjax.data.taobao import TARGET_BEHAVIOR, Interactions, MultiBehaviorData, _dedupe
 from ecomjax.errors import DataFormatError, InputError
 
 
@@ -52,7 +52,7 @@ def multi_behavior_from_sequences(dataset: SequenceDataset, behavior_values: dic
     train = {}
     for behavior in behavior_values:
         rows = in_train & (modelled == behavior)
-        train[behavior] = _pairs(users[rows], items[rows], dataset.num_items)
+        train[behavior] = _dedupe(users[rows], items[rows], dataset.num_items)[0]
     if len(train[TARGET_BEHAVIOR]) == 0:
         raise DataFormatError(f"{where}: no training purchases ({TARGET_BEHAVIOR!r} rows before a test purchase)")
     test_users = np.flatnonzero(has_test)
@@ -77,7 +77,3 @@ def _seen_before(users: np.ndarray, items: np.ndarray, mask: np.ndarray) -> np.n
     out[rows[order[repeat]]] = True
     return out
 
-
-def _pairs(users: np.ndarray, items: np.ndarray, num_items: int) -> Interactions:
-    keys = np.unique(users * num_items + items)
-    return Interactions((keys // num_items).astype(np.int32), (keys % num_items).astype(np.int32))

@@ -44,8 +44,6 @@ from ecomjax.errors import DataFormatError, InputError
 
 BUCKET_BYTES = 64 << 20  # input bytes per bucket: a bucket loads in a few hundred MB
 BLOCK_BYTES = 16 << 20  # CSV block read at a time
-ROLE_NAMES = {"user": "users", "item": "items", "time": "times", "rating": "ratings", "behavior": "behaviors",
-              "session": "sessions"}
 
 
 def prepare_shards(path: str | Path, out: str | Path, columns: ColumnMap, steps: PreprocessConfig, *,
