@@ -110,7 +110,7 @@ def read_relevance(path: str | Path, *, low: float = 1.0, high: float = 3.0) -> 
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install 'ecomjax[parquet]'") from None
+            raise ImportError(f"{path}: reading Parquet needs pyarrow (a dependency of ecomjax): pip install pyarrow") from None
 
         try:
             table = pq.read_table(path)
