@@ -1,5 +1,6 @@
 """Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data
-describe|prepare CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``.
+describe|prepare CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``,
+``ecomjax serve WORKDIR [WORKDIR ...]``.
 
 Parsing imports nothing heavy (no JAX), so ``ecomjax --help`` answers at once; each command
 imports what it needs.
@@ -85,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     search_p.add_argument("--history", help="comma-separated product ids the user interacted with, oldest first")
     search_p.add_argument("--personalization-weight", type=float, default=0.5,
                           help="weight of the z-scored recommender score (default 0.5)")
+    serve_p = sub.add_parser("serve", help="HTTP service for trained runs: /search, /recommend, /rank, "
+                             "/items, /events, /healthz, /metrics")
+    serve_p.add_argument("workdirs", nargs="+", help="trained runs (relevance, next_item, ranker; one of each)")
+    serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--max-batch", type=int, default=32, help="requests per model call at most (default 32)")
+    serve_p.add_argument("--window-ms", type=float, default=2.0,
+                         help="how long a request waits for others to join its batch (default 2 ms)")
+    serve_p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request is answered 503")
+    serve_p.add_argument("--token-file", help="file holding the bearer token /items and /events require")
+    serve_p.add_argument("--state-dir", help="serving state (live items, sessions; default FIRST_WORKDIR/serving)")
+    serve_p.add_argument("--access-log", default="-", help="JSON access-log lines: '-' stderr (default), a "
+                         "file, or '' for none")
     return parser
 
 
@@ -175,6 +189,18 @@ def _search(args) -> None:
     print(f"ms: {stages} (first query: includes warm-up)")
 
 
+def _serve(args) -> None:
+    from pathlib import Path
+
+    from ecomjax.serve.app import ServeOptions
+    from ecomjax.serve.server import read_token, serve
+
+    options = ServeOptions(max_batch=args.max_batch, window_ms=args.window_ms, timeout_s=args.timeout,
+                           token=read_token(args.token_file) if args.token_file else None,
+                           state_dir=Path(args.state_dir) if args.state_dir else None)
+    serve(args.workdirs, host=args.host, port=args.port, options=options, access_log=args.access_log or None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake (an ``EcomjaxError``) is one line naming the key, file,
     line or step, exit code 2; an interruption exits 130; anything else is a defect in ecomjax,
@@ -192,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
     try:
-        {"train": _train, "eval": _eval, "data": _data, "tune": _tune, "search": _search}[args.command](args)
+        {"train": _train, "eval": _eval, "data": _data, "tune": _tune, "search": _search,
+         "serve": _serve}[args.command](args)
     except KeyboardInterrupt:
         if args.debug:
             raise

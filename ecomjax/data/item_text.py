@@ -32,6 +32,7 @@ class ItemText:
     unused: int  # titles of ids the dataset never mentions (other catalogue items)
     words: np.ndarray | None = None  # [num_items + 1, max_tokens] int32 title-word (+ attribute) ids, 0 = none
     vocabulary: tuple[str, ...] = ()  # word of id i + 1
+    normalizer: TextNormalizer | None = None  # how ``features`` were normalised (for items added later)
 
 
 MAX_TITLE_WORDS = 32  # first known words of a title (brand first); 98% of Beauty titles have no more
@@ -179,6 +180,64 @@ def append_tokens(words: np.ndarray | None, vocabulary: tuple[str, ...],
     return np.concatenate([words, shifted], axis=1), vocabulary + extra_vocabulary
 
 
+@dataclass(frozen=True)
+class TextNormalizer:
+    """The ``center`` / ``whiten`` transform fitted on a catalogue, kept so that a product added
+    after training (``ecomjax serve``'s ``POST /items``) gets exactly the treatment the trained
+    items got. ``mean`` is the catalogue mean; ``matrix`` the whitening map (float64)."""
+
+    how: TextNormalization
+    mean: np.ndarray | None = None
+    matrix: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, features: np.ndarray, rows: np.ndarray, how: TextNormalization) -> TextNormalizer:
+        if how not in ("center", "whiten", "none"):
+            raise InputError(f"unknown text normalization {how!r}; choose 'center', 'whiten' or 'none'")
+        if how == "none":
+            return cls(how)
+        mean = features[rows].mean(axis=0, keepdims=True)
+        if how == "center":
+            return cls(how, mean[0])
+        centered = features[rows] - mean
+        covariance = np.cov(centered.astype(np.float64), rowvar=False)
+        values, vectors = np.linalg.eigh(covariance)
+        keep = values > values.max() * 1e-6  # drop null directions instead of dividing by ~0
+        return cls(how, mean[0], vectors[:, keep] / np.sqrt(values[keep]))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Normalised ``[N, D']`` float32 rows of raw ``[N, D]`` embeddings."""
+        if self.how == "none":
+            return np.asarray(raw, dtype=np.float32)
+        centered = raw - self.mean[None, :]
+        if self.matrix is not None:
+            centered = (centered @ self.matrix).astype(np.float32)
+        norms = np.linalg.norm(centered, axis=1, keepdims=True)
+        return (centered / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def rows(self, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``features`` with ``rows`` normalised and every other row zero (``none``: unchanged)."""
+        if self.how == "none":
+            return features
+        normalized = self(features[rows])
+        out = np.zeros((features.shape[0], normalized.shape[1]), dtype=np.float32)
+        out[rows] = normalized
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What ``vocab.npz`` stores of it (``from_arrays`` reads it back)."""
+        out = {"text_normalization": np.asarray(self.how)}
+        if self.mean is not None:
+            out["text_mean"] = self.mean
+        if self.matrix is not None:
+            out["text_matrix"] = self.matrix
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> TextNormalizer:
+        return cls(str(arrays["text_normalization"]), arrays.get("text_mean"), arrays.get("text_matrix"))
+
+
 def normalize_features(features: np.ndarray, rows: np.ndarray,
                        how: TextNormalization = "center") -> np.ndarray:
     """Remove the direction every sentence embedding shares, then rescale rows to unit norm.
@@ -189,20 +248,7 @@ def normalize_features(features: np.ndarray, rows: np.ndarray,
     items apart; ``whiten`` also rotates onto the principal axes and equalises their variance
     (PCA whitening, as WhitenRec does), so the few dominant directions stop drowning the rest.
     """
-    if how == "none":
-        return features
-    if how not in ("center", "whiten"):
-        raise InputError(f"unknown text normalization {how!r}; choose 'center', 'whiten' or 'none'")
-    centered = features[rows] - features[rows].mean(axis=0, keepdims=True)
-    if how == "whiten":
-        covariance = np.cov(centered.astype(np.float64), rowvar=False)
-        values, vectors = np.linalg.eigh(covariance)
-        keep = values > values.max() * 1e-6  # drop null directions instead of dividing by ~0
-        centered = (centered @ (vectors[:, keep] / np.sqrt(values[keep]))).astype(np.float32)
-    norms = np.linalg.norm(centered, axis=1, keepdims=True)
-    out = np.zeros((features.shape[0], centered.shape[1]), dtype=np.float32)
-    out[rows] = centered / np.maximum(norms, 1e-12)
-    return out
+    return TextNormalizer.fit(features, rows, how).rows(features, rows)
 
 
 def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
@@ -230,7 +276,8 @@ def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
     embeddings = cached_text_embeddings(texts, encoder, batch_size=batch_size, enabled=cache)
     features = np.zeros((len(item_ids), embeddings.shape[1]), dtype=np.float32)
     features[rows] = embeddings
-    features = normalize_features(features, rows, normalization)
+    normalizer = TextNormalizer.fit(features, rows, normalization)
+    features = normalizer.rows(features, rows)
     used = {int(i) for i in item_ids[1:]}
     words, vocabulary = None, ()
     if word_min_items:
@@ -242,7 +289,8 @@ def item_text_features(path: str | Path, item_ids: np.ndarray, *, encoder: str,
         extra = np.zeros((len(item_ids), tokens.shape[1]), dtype=np.int32)
         extra[1:] = tokens
         words, vocabulary = append_tokens(words, vocabulary, extra, names)
-    return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used), words, vocabulary)
+    return ItemText(features, dense[~has_title], sum(1 for i in titles if i not in used), words, vocabulary,
+                    normalizer)
 
 
 def model_item_features(config, dataset) -> ItemText | None:

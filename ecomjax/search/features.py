@@ -40,33 +40,32 @@ def lexical_features(queries: Sequence[str], titles: Sequence[str], cache: dict 
     """
     if len(queries) != len(titles):
         raise InputError(f"{len(queries)} queries but {len(titles)} titles")
-    out = np.zeros((len(queries), len(LEXICAL_FEATURES)), dtype=np.float32)
     cache = {} if cache is None else cache
 
-    def parsed(text: str) -> tuple[list[str], set[str]]:
-        if text not in cache:
+    def parsed(text: str) -> tuple[list[str], set[str], set[str], set[tuple[str, str]]]:
+        entry = cache.get(text)
+        if entry is None:  # words, char 3-grams, word set, bigram set: what every pair re-reads
             words = tokenize(text)
-            cache[text] = (words, _char_ngrams(" ".join(words)))
-        return cache[text]
+            entry = cache[text] = (words, _char_ngrams(" ".join(words)), set(words), set(itertools.pairwise(words)))
+        return entry
 
-    for i, (query, title) in enumerate(zip(queries, titles, strict=True)):
-        q_words, q_grams = parsed(query)
-        t_words, t_grams = parsed(title)
-        t_set = set(t_words)
+    rows = []
+    for query, title in zip(queries, titles, strict=True):
+        q_words, q_grams, _, _ = parsed(query)
+        t_words, t_grams, t_set, t_bigrams = parsed(title)
         matched = [w in t_set for w in q_words]
-        n_q = max(len(q_words), 1)
-        t_bigrams = set(itertools.pairwise(t_words))
-        q_bigrams = list(itertools.pairwise(q_words))
+        n_matched = sum(matched)
         numbers = [w for w in q_words if _NUMBER.search(w)]
-        union = len(q_grams | t_grams)
-        out[i] = (
-            len(q_words), len(t_words), sum(matched), sum(matched) / n_q, float(all(matched) and bool(matched)),
-            float(bool(matched) and matched[-1]), float(bool(matched) and matched[0]),
-            sum(b in t_bigrams for b in q_bigrams), len(numbers), sum(w in t_set for w in numbers),
-            len(q_grams & t_grams) / max(union, 1), len(q_grams & t_grams) / max(len(q_grams), 1),
+        shared = len(q_grams & t_grams)
+        union = len(q_grams) + len(t_grams) - shared
+        rows.append((
+            len(q_words), len(t_words), n_matched, n_matched / max(len(q_words), 1),
+            float(all(matched) and bool(matched)), float(bool(matched) and matched[-1]),
+            float(bool(matched) and matched[0]), sum(b in t_bigrams for b in itertools.pairwise(q_words)),
+            len(numbers), sum(w in t_set for w in numbers), shared / max(union, 1), shared / max(len(q_grams), 1),
             len(query),
-        )
-    return out
+        ))
+    return np.array(rows, dtype=np.float32).reshape(len(rows), len(LEXICAL_FEATURES))
 
 
 class ProductPrior:

@@ -89,6 +89,10 @@ class HNSWIndex:
     def ef_search(self, value: int) -> None:
         self.index.hnsw.efSearch = value
 
+    def add(self, vectors: np.ndarray) -> None:
+        """Append rows (ids continue from ``size``); not safe beside a concurrent ``search``."""
+        self.index.add(np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32))
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.ef_search < k:
             raise InputError(f"ef_search ({self.ef_search}) must be >= k ({k}) or HNSW cannot return k results")

@@ -36,6 +36,13 @@ class HistoryPersonalizer:
             model = load_quantized(run)
         self.recommender = Recommender(model, run.vocab["item_ids"], run.spec["max_len"])
 
+    @classmethod
+    def from_recommender(cls, recommender) -> HistoryPersonalizer:
+        """Over an already loaded ``Recommender`` (the HTTP service's, so both share it)."""
+        personalizer = cls.__new__(cls)
+        personalizer.recommender = recommender
+        return personalizer
+
     def user_scores(self, history: Sequence[str]) -> np.ndarray:
         """Next-item logits over the recommender's items (dense ids) after ``history`` (oldest
         first, product ids as strings); unknown ids are an error naming them."""

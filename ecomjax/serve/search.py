@@ -4,6 +4,12 @@ Normalise the query -> sentence encoder -> query tower -> HNSW top-N over the pr
 vectors -> features of the N candidates (``SearchModels.fast_features``, the function the
 re-rankers were trained on) -> re-ranker -> optional blend with a user-history model's scores ->
 top k. Each stage is timed, so the latency benchmark can say where the time goes.
+
+``search_batch(..., rows=R)`` pads the encoder and the query tower to ``R`` rows (a power of two),
+so a server that batches requests compiles a handful of shapes once (``warm``). ``add_products``
+puts new or re-titled products into the catalogue and the HNSW graph without a rebuild; an
+updated product's old graph node is skipped at search time (HNSW cannot delete). Neither is
+safe beside a concurrent search: the server runs both on one worker thread.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class SearchPipeline:
         self.index = index or HNSWIndex(self.product_vectors, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction,
                                         ef_search=max(s.hnsw_ef_search, s.candidates))
         self.personalizer = personalizer
+        self.row_of = {str(p): row for row, p in enumerate(self.ids)}
+        self.alive = np.ones(len(self.ids), bool)  # False: a graph node superseded by an update
         # the tower as a plain jitted function of pre-split parameters: nnx.jit would flatten the
         # module graph on every call (~2 ms, more than the tower itself at batch 1)
         graphdef, state = nnx.split(models.bi_encoder)
@@ -93,14 +101,81 @@ class SearchPipeline:
     def save_index(self, workdir: str | Path) -> None:
         self.index.save(Path(workdir) / "hnsw.faiss")
 
-    def encode_queries(self, queries: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def encode_queries(self, queries: Sequence[str], rows: int | None = None
+                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Normalised queries, their sentence vectors and query-tower vectors; ``rows`` pads the
+        encoder's and the tower's batches to a power of two up to ``rows``."""
         normalized = [normalize_text(q) for q in queries]
         for original, text in zip(queries, normalized, strict=True):
             if not text:
                 raise InputError(f"query {original!r} is empty after normalisation")
-        frozen = self.encoder.encode(normalized, batch_size=max(len(normalized), 1))
-        tower = np.asarray(self._query_tower(frozen))
+        frozen = self.encoder.encode(normalized, batch_size=max(rows or len(normalized), 1))
+        padded = frozen
+        if rows:
+            bucket = 1 << max(len(frozen) - 1, 0).bit_length()
+            padded = np.zeros((bucket, frozen.shape[1]), np.float32)
+            padded[:len(frozen)] = frozen
+        tower = np.asarray(self._query_tower(padded))[:len(frozen)]
         return normalized, frozen, tower
+
+    def warm(self, max_rows: int, max_words: int = 32) -> None:
+        """Compile the encoder and the tower for every padded batch up to ``max_rows`` and every
+        query length bucket up to ``max_words`` word pieces."""
+        rows = 1
+        while rows <= max_rows:
+            for length in (b for b in self.encoder.length_buckets if b <= max_words):
+                query = " ".join(["drill"] * max(length - 2, 1))  # CLS + pieces + SEP fill the bucket
+                self.search_batch([query] * rows, None, 1, rows=max_rows)
+            rows *= 2
+
+    def query_pieces(self, query: str) -> int:
+        """Word pieces of a normalised query with its special tokens (what picks the bucket)."""
+        return len(self.encoder.tokenize([normalize_text(query)])[0])
+
+    def add_products(self, product_ids: Sequence[str], titles: Sequence[str]) -> list[int]:
+        """Make products searchable: new ids get new rows, known ids a new row that replaces
+        their old one. All vectors are computed before anything changes. Returns the rows."""
+        normalized = [normalize_text(t) for t in titles]
+        for pid, text in zip(product_ids, normalized, strict=True):
+            if not text:
+                raise InputError(f"product {pid!r}: title is empty after normalisation")
+        vectors, index_of = self.models.frozen_vectors(normalized)
+        frozen = vectors[index_of]
+        product = tower_vectors(self.models.bi_encoder, vectors, "product")[index_of]
+        lexical_features(normalized, normalized, cache=self.models._parse_cache)
+        start = len(self.ids)
+        rows = list(range(start, start + len(normalized)))
+        alive = np.ones(len(normalized), bool)
+        last = {str(p): i for i, p in enumerate(product_ids)}  # a product named twice: its last title
+        alive[[i for i, p in enumerate(product_ids) if last[str(p)] != i]] = False
+        self.index.add(product)
+        self.ids = np.concatenate([self.ids, np.asarray(product_ids, dtype=str)])
+        self.titles = np.concatenate([self.titles, np.asarray(normalized, dtype=object)])
+        self.raw_titles = np.concatenate([self.raw_titles, np.asarray(titles, dtype=str)])
+        self.frozen = np.concatenate([self.frozen, frozen])
+        self.product_vectors = np.concatenate([self.product_vectors, product])
+        self.alive = np.concatenate([self.alive, alive])
+        for pid, row in zip(product_ids, rows, strict=True):
+            if alive[row - start]:
+                old = self.row_of.get(str(pid))
+                if old is not None:
+                    self.alive[old] = False
+                self.row_of[str(pid)] = row
+        return [self.row_of[str(p)] for p in product_ids]
+
+    def _candidates(self, tower: np.ndarray, n: int) -> np.ndarray:
+        """``[queries, n]`` catalogue rows from the graph, superseded rows skipped (-1 pads)."""
+        dead = int(len(self.alive) - self.alive.sum())
+        if not dead:
+            return self.index.search(tower, n)[1]
+        fetch = n + min(dead, 4 * n)
+        self.index.ef_search = max(self.index.ef_search, fetch)
+        _, found = self.index.search(tower, fetch)
+        out = np.full((len(found), n), -1, found.dtype)
+        for i, rows in enumerate(found):
+            kept = rows[(rows >= 0) & self.alive[np.maximum(rows, 0)]][:n]
+            out[i, :len(kept)] = kept
+        return out
 
     def search(self, query: str, user: Any = None, k: int = 10, *, candidates: int | None = None,
                reranker: str | None = None) -> SearchResult:
@@ -108,7 +183,8 @@ class SearchPipeline:
                                  reranker=reranker)[0]
 
     def search_batch(self, queries: Sequence[str], users: Sequence[Any] | None = None, k: int = 10, *,
-                     candidates: int | None = None, reranker: str | None = None) -> list[SearchResult]:
+                     candidates: int | None = None, reranker: str | None = None,
+                     rows: int | None = None) -> list[SearchResult]:
         """Top-``k`` products for each query; timings per stage (ms, for the whole batch)."""
         if isinstance(queries, str):
             raise TypeError("queries must be a list of strings; use search() for one query")
@@ -117,16 +193,16 @@ class SearchPipeline:
         if not 1 <= k <= n_candidates:
             raise InputError(f"k must be in [1, {n_candidates}] (the candidates re-ranked), got {k}")
         t = {"start": time.perf_counter()}
-        normalized, frozen, tower = self.encode_queries(queries)
+        normalized, frozen, tower = self.encode_queries(queries, rows)
         t["encode"] = time.perf_counter()
-        _, found = self.index.search(tower, n_candidates)
+        found = self._candidates(tower, n_candidates)
         t["ann"] = time.perf_counter()
-        rows = found.reshape(-1)
-        rows = np.where(rows < 0, 0, rows)  # HNSW pads with -1 when it finds fewer (not at N=100)
+        flat = found.reshape(-1)
+        flat = np.where(flat < 0, 0, flat)  # HNSW pads with -1 when it finds fewer (not at N=100)
         repeat = np.repeat(np.arange(len(queries)), n_candidates)
         features = self.models.fast_features(
-            [normalized[i] for i in repeat], list(self.titles[rows]), list(self.ids[rows]),
-            frozen[repeat], self.frozen[rows], tower[repeat], self.product_vectors[rows])
+            [normalized[i] for i in repeat], list(self.titles[flat]), list(self.ids[flat]),
+            frozen[repeat], self.frozen[flat], tower[repeat], self.product_vectors[flat])
         t["features"] = time.perf_counter()
         if reranker == "gbdt_fast":
             # one thread: for 100-3,200 rows, OpenMP start-up costs more than it saves
@@ -136,7 +212,7 @@ class SearchPipeline:
         elif reranker in ("gbdt", "cross_encoder"):
             if self.models.cross_encoder is None:
                 raise InputError(f"reranker {reranker!r} needs the cross-encoder, which this run did not train")
-            cross = self.models.cross_scores([normalized[i] for i in repeat], list(self.titles[rows]))
+            cross = self.models.cross_scores([normalized[i] for i in repeat], list(self.titles[flat]))
             scores = cross if reranker == "cross_encoder" else self.models.gbdt.predict(np.column_stack([features, cross]))
         else:
             raise InputError(f"unknown reranker {reranker!r}; choose gbdt_fast, gbdt, cross_encoder or bi_encoder")
@@ -150,6 +226,7 @@ class SearchPipeline:
                 personal = np.asarray(self.personalizer(user, list(self.ids[found[i]])), np.float64)
                 scores[i] += weight * (personal - personal.mean()) / (personal.std() + 1e-9)
         t["personalize"] = time.perf_counter()
+        scores[found < 0] = -np.inf  # the graph found fewer live products than candidates
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         stages = ("encode", "ann", "features", "rerank", "personalize")
         marks = [t["start"], *(t[s] for s in stages)]
@@ -157,7 +234,8 @@ class SearchPipeline:
         timings["total"] = 1e3 * (time.perf_counter() - t["start"])
         results = []
         for i in range(len(queries)):
-            picked = found[i][order[i]]
+            keep = order[i][found[i][order[i]] >= 0]
+            picked = found[i][keep]
             results.append(SearchResult([str(p) for p in self.ids[picked]], [str(t) for t in self.raw_titles[picked]],
-                                        scores[i][order[i]], timings))
+                                        scores[i][keep], timings))
         return results

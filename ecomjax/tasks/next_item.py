@@ -136,7 +136,14 @@ class NextItemTask(Task):
         return spec
 
     def vocabulary(self) -> dict[str, np.ndarray]:
-        return {"item_ids": np.asarray(self.dataset.item_ids), "user_ids": np.asarray(self.dataset.user_ids)}
+        """Id maps, and for text-fused models what embedding a product added after training
+        needs (``ecomjax serve``'s ``POST /items``): the title-word vocabulary and the fitted
+        text normalisation."""
+        out = {"item_ids": np.asarray(self.dataset.item_ids), "user_ids": np.asarray(self.dataset.user_ids)}
+        if self.item_text is not None:
+            out["title_vocabulary"] = np.asarray(self.item_text.vocabulary, dtype=str)
+            out.update(self.item_text.normalizer.arrays())
+        return out
 
     def data_report(self) -> dict[str, Any]:
         return self.dataset.report
@@ -253,9 +260,15 @@ class NextItemTask(Task):
         return "\n".join(lines)
 
     def inference(self, run) -> Any:
-        from ecomjax.serve.recommend import Recommender
+        from ecomjax.data.item_text import TextNormalizer
+        from ecomjax.serve.recommend import NewItemContent, Recommender
 
-        return Recommender(run.model, run.vocab["item_ids"], run.spec["max_len"])
+        vocab, content = run.vocab, None
+        if run.config.model.item_fusion != "id" and "text_normalization" in vocab:
+            words = run.spec.get("item_words")
+            content = NewItemContent(run.config.model.text_encoder, TextNormalizer.from_arrays(vocab),
+                                     vocab["title_vocabulary"].tolist(), words[1] if words else None)
+        return Recommender(run.model, vocab["item_ids"], run.spec["max_len"], content)
 
     def artifacts(self) -> list[str]:
         return ["vocab.npz", "quantized"]
