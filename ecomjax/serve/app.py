@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from ecomjax.errors import InputError, UnknownKeyError
+from ecomjax.errors import InputError, UnknownKeyError, one_line
 from ecomjax.serve import schemas
 from ecomjax.serve.batching import Batcher
 from ecomjax.serve.journal import Journal
@@ -48,11 +48,6 @@ class ClientError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def _first_line(error: Exception) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return str(text).splitlines()[0] if str(text) else type(error).__name__
 
 
 class Service:
@@ -104,7 +99,8 @@ class Service:
         """Replay the serving state, then compile every batch shape (before ``/healthz`` is ok)."""
         items = [schemas.NewItem(**i) for r in self.journal.records if r["kind"] == "items" for i in r["body"]]
         if items:
-            self._apply_items(items)
+            for service in self.item_targets():
+                service.add(items)
         for record in self.journal.records:
             if record["kind"] == "events" and self.recommend is not None:
                 for event in record["body"]:
@@ -114,13 +110,12 @@ class Service:
             self.metrics.catalogue.labels(service.endpoint).set(service.size)
         self.ready = True
 
-    def _apply_items(self, items: list[schemas.NewItem]) -> dict[str, int]:
-        done = {"searchable": 0, "recommendable": 0}
-        if self.search is not None:
-            done["searchable"] = self.search.add(items)
+    def item_targets(self) -> list:
+        """The served runs that take new products (search; a text-fused recommender)."""
+        targets = [self.search] if self.search is not None else []
         if self.recommend is not None and self.recommend.can_add() is None:
-            done["recommendable"] = self.recommend.add(items)
-        return done
+            targets.append(self.recommend)
+        return targets
 
     # --- the application ---------------------------------------------------------------------------
 
@@ -167,7 +162,7 @@ class Service:
         except TimeoutError:
             raise ClientError(503, f"/{endpoint}: not answered within {self.options.timeout_s} s") from None
         except (InputError, UnknownKeyError) as error:
-            raise ClientError(422, _first_line(error)) from None
+            raise ClientError(422, one_line(error)) from None
 
     def _need(self, service, endpoint: str, task: str):
         if service is None:
@@ -178,7 +173,7 @@ class Service:
         try:
             return call(*args)
         except (InputError, UnknownKeyError) as error:
-            raise ClientError(422, _first_line(error)) from None
+            raise ClientError(422, one_line(error)) from None
 
     def _authorized(self, request: Request) -> None:
         token = self.options.token
@@ -242,24 +237,20 @@ class Service:
         async def items(body: schemas.ItemsRequest):
             if service.search is None and service.recommend is None:
                 raise ClientError(404, "/items: no relevance or next_item run is served")
-            notes = []
-            if service.recommend is not None and service.recommend.can_add():
-                notes.append(service.recommend.can_add())
+            refused = service.recommend.can_add() if service.recommend is not None else None
             if service.search is not None:
                 for n, item in enumerate(body.items):
-                    service._check(_title_check, service.search.pipeline, n, item)
+                    service._check(_title_check, n, item)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, service.journal.append, "items", [i.model_dump() for i in body.items])
-            done = {"searchable": 0, "recommendable": 0}
-            # each run changes on its own worker thread, between two of its batches
-            if service.search is not None:
-                done["searchable"] = await loop.run_in_executor(service.executors["search"], service.search.add, body.items)
-            if service.recommend is not None and not service.recommend.can_add():
-                done["recommendable"] = await loop.run_in_executor(service.executors["recommend"],
-                                                                   service.recommend.add, body.items)
+            done = {}
+            for target in service.item_targets():  # each run changes on its own worker thread, between batches
+                done[target.endpoint] = await loop.run_in_executor(service.executors[target.endpoint], target.add,
+                                                                   body.items)
             for s in service.services:
                 service.metrics.catalogue.labels(s.endpoint).set(s.size)
-            return schemas.ItemsResponse(**done, notes=notes)
+            return schemas.ItemsResponse(searchable=done.get("search", 0), recommendable=done.get("recommend", 0),
+                                         notes=[refused] if refused else [])
 
         @app.post("/events", response_model=schemas.EventsResponse, dependencies=[Depends(service._authorized)])
         async def events(body: schemas.EventsRequest):
@@ -306,7 +297,7 @@ class _AccessLog:
                                             "client": client[0] if client else None}))
 
 
-def _title_check(pipeline, n: int, item: schemas.NewItem) -> None:
+def _title_check(n: int, item: schemas.NewItem) -> None:
     from ecomjax.data.relevance import normalize_text
 
     if not normalize_text(item.title):

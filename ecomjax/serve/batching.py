@@ -22,6 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
+def padded_rows(n: int) -> int:
+    """The power of two a batch of ``n`` is padded to: a few shapes, each compiled once."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class Batcher:
     def __init__(self, name: str, handle: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch: int,
                  window_ms: float, executor: ThreadPoolExecutor, observe: Callable[[str, int, float, list[float]], None] | None = None):

@@ -33,6 +33,7 @@ from flax import nnx
 
 from ecomjax.errors import InputError, NonFiniteError, UnknownKeyError
 from ecomjax.models.axes import VOCAB_MULTIPLE, padded_vocab
+from ecomjax.serve.batching import padded_rows
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,8 @@ class _Catalogue:
     state: nnx.State
     rows: int  # rows of the item table (catalogue items, spare rows, padding)
     table: jax.Array | None  # precomputed item table of a text-fused model (None: the ID table)
-    item_ids: tuple  # dense id -> original id; entry 0 is padding
+    item_ids: np.ndarray  # dense id -> original id, entry 0 padding (object dtype once "sku-1" joins numbers)
     index: dict[str, int]  # str(original id) -> dense id
-    id_array: np.ndarray  # item_ids as an array (object dtype once string ids join integer ones)
 
     @property
     def num_items(self) -> int:
@@ -140,7 +140,7 @@ class Recommender:
             # a product added later gets its popularity-bucket vector like any cold item
             embedding.num_items = self._rows(model) - 1
         graphdef, state = nnx.split(model)
-        self._catalogue = self._with_table(graphdef, state, self._rows(model), tuple(item_ids.tolist()))
+        self._catalogue = self._with_table(graphdef, state, self._rows(model), np.asarray(item_ids).tolist())
         self._update = threading.Lock()  # one catalogue change at a time; reads never wait
 
     @staticmethod
@@ -150,7 +150,7 @@ class Recommender:
             return int(embedding.features.shape[0])
         return padded_vocab(embedding.num_items + 1)  # an ID table (float or int8) of the trained items
 
-    def _with_table(self, graphdef: nnx.GraphDef, state: nnx.State, rows: int, ids: tuple,
+    def _with_table(self, graphdef: nnx.GraphDef, state: nnx.State, rows: int, ids: list,
                     compiled: _Compiled | None = None) -> _Catalogue:
         compiled = compiled or _Compiled.of(graphdef)
         table = None if self.fusion == "id" else compiled.table(state)
@@ -158,11 +158,11 @@ class Recommender:
         array = np.asarray(ids)
         if array.dtype.kind == "U" and not all(isinstance(i, str) for i in ids):
             array = np.array(ids, dtype=object)  # numbers stay numbers beside an added "sku-1"
-        return _Catalogue(graphdef, compiled, state, rows, table, ids, index, array)
+        return _Catalogue(graphdef, compiled, state, rows, table, array, index)
 
     @property
     def item_ids(self) -> np.ndarray:
-        return self._catalogue.id_array
+        return self._catalogue.item_ids
 
     @property
     def num_items(self) -> int:
@@ -210,11 +210,11 @@ class Recommender:
                 results[i] = error
         if dense:
             inputs = self._inputs([d for _, d in dense], [excludes[i] for i, _ in dense], catalogue,
-                                  rows or 1 << max(len(dense) - 1, 0).bit_length())
+                                  rows or padded_rows(len(dense)))
             scores, top = catalogue.compiled.top_k(catalogue.state, catalogue.table, *inputs,
                                                    k=_width(k, catalogue.num_items))
             scores, top = np.asarray(scores)[:, :k], np.asarray(top)[:, :k]
-            ids = catalogue.id_array
+            ids = catalogue.item_ids
             for row, (i, _) in enumerate(dense):
                 if np.isnan(scores[row]).any() or np.isposinf(scores[row]).any():  # top_k ranks NaN first
                     results[i] = NonFiniteError(
@@ -275,7 +275,7 @@ class Recommender:
         features, words = self.content(titles)
         with self._update:
             old = self._catalogue
-            ids, index = list(old.item_ids), dict(old.index)
+            ids, index = old.item_ids.tolist(), dict(old.index)
             dense = []
             for item in item_ids:
                 if str(item) not in index:
@@ -291,7 +291,7 @@ class Recommender:
             if words is not None:
                 embedding.words[...] = embedding.words[...].at[rows].set(jnp.asarray(words))
             graphdef, state = nnx.split(model)
-            catalogue = self._with_table(graphdef, state, self._rows(model), tuple(ids),
+            catalogue = self._with_table(graphdef, state, self._rows(model), ids,
                                          None if grown else old.compiled)
             if grown and warm_rows:
                 self._catalogue_warm(catalogue, warm_rows, warm_k)

@@ -28,6 +28,7 @@ from ecomjax.data.relevance import normalize_text
 from ecomjax.errors import InputError
 from ecomjax.search.features import lexical_features
 from ecomjax.search.models import SearchModels, tower_vectors
+from ecomjax.serve.batching import padded_rows
 
 
 @dataclass
@@ -112,8 +113,7 @@ class SearchPipeline:
         frozen = self.encoder.encode(normalized, batch_size=max(rows or len(normalized), 1))
         padded = frozen
         if rows:
-            bucket = 1 << max(len(frozen) - 1, 0).bit_length()
-            padded = np.zeros((bucket, frozen.shape[1]), np.float32)
+            padded = np.zeros((padded_rows(len(frozen)), frozen.shape[1]), np.float32)
             padded[:len(frozen)] = frozen
         tower = np.asarray(self._query_tower(padded))[:len(frozen)]
         return normalized, frozen, tower

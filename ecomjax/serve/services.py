@@ -19,10 +19,7 @@ import numpy as np
 
 from ecomjax.errors import InputError, UnknownKeyError
 from ecomjax.serve import schemas
-
-
-def bucket_rows(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+from ecomjax.serve.batching import padded_rows
 
 
 class SearchService:
@@ -50,25 +47,22 @@ class SearchService:
             raise InputError(f"query: {pieces} word pieces; the service encodes at most {self.max_query_pieces}")
 
     def handle(self, requests: Sequence[schemas.SearchRequest]) -> list[Any]:
-        out: list[Any] = []
+        """One pipeline call per re-ranker named in the batch (almost always one)."""
+        results: list[Any] = [None] * len(requests)
         by_reranker: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
             by_reranker.setdefault(r.reranker, []).append(i)
-        results: dict[int, Any] = {}
         for reranker, rows in by_reranker.items():
             batch = [requests[i] for i in rows]
             users = [r.history for r in batch] if any(r.history for r in batch) else None
             try:
                 found = self.pipeline.search_batch([r.query for r in batch], users, max(r.k for r in batch),
                                                    reranker=reranker, rows=self.max_batch)
-                for i, r, hit in zip(rows, batch, found, strict=True):
-                    results[i] = (hit, r.k)
             except (InputError, UnknownKeyError) as error:
-                for i in rows:
-                    results[i] = error
-        for i in range(len(requests)):
-            out.append(results[i])
-        return out
+                found = [error] * len(batch)
+            for i, r, hit in zip(rows, batch, found, strict=True):
+                results[i] = hit if isinstance(hit, Exception) else (hit, r.k)
+        return results
 
     def add(self, items: Sequence[schemas.NewItem]) -> int:
         self.pipeline.add_products([str(i.item_id) for i in items], [i.title for i in items])
@@ -127,8 +121,7 @@ class RecommendService:
             raise UnknownKeyError(f"{field}: item ids unknown to the recommender: {unknown[:5]}")
 
     def handle(self, requests: Sequence[tuple[list, int, bool]]) -> list[Any]:
-        results = self.recommender.recommend_batch([h for h, _, _ in requests], self.k, [e for _, _, e in requests],
-                                                   rows=bucket_rows(len(requests)))
+        results = self.recommender.recommend_batch([h for h, _, _ in requests], self.k, [e for _, _, e in requests])
         return [r if isinstance(r, Exception) else (r, k) for r, (_, k, _) in zip(results, requests, strict=True)]
 
     def can_add(self) -> str | None:
@@ -154,6 +147,7 @@ def _native(item, recommender):
 class RankService:
     endpoint = "rank"
     max_rows = 1024
+    size = 0  # no catalogue of its own: candidates come with their features
 
     def __init__(self, run, max_batch: int):
         self.run, self.scorer = run, run.inference
@@ -163,8 +157,6 @@ class RankService:
         self.numeric = {name: i for i, name in enumerate(s.numeric)}
         self.sequences = {f.name: (i, f.vocab_size, f.max_len) for i, f in enumerate(s.sequences)}
         self.max_len = max((f.max_len for f in s.sequences), default=1)
-
-    size = 0
 
     def warm(self) -> None:
         rows = 1
@@ -215,7 +207,7 @@ class RankService:
 
     def _score(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(features["categorical"])
-        rows = bucket_rows(n)
+        rows = padded_rows(n)
         padded = {k: np.concatenate([v, np.repeat(v[:1], rows - n, axis=0)]) for k, v in features.items()}
         return {k: v[:n] for k, v in self.scorer.score(padded).items()}
 
