@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.05, help="share of broken requests (default 5%%)")
     parser.add_argument("--in-process", type=int, default=500, help="one-at-a-time calls per endpoint")
     parser.add_argument("--limit-s", type=float, default=300, help="time limit per level")
+    parser.add_argument("--window-ms", type=float, default=2.0, help="the service's batch window (default 2)")
     parser.add_argument("--only", nargs="+", choices=list(DEFAULTS), help="load-test these endpoints only")
     parser.add_argument("--results", default="serving")
     args = parser.parse_args()
@@ -231,8 +232,11 @@ def main() -> None:
     state = tempfile.mkdtemp(prefix="ecomjax-serving-")
     log = Path(state) / "access.jsonl"
     command = [sys.executable, "-m", "ecomjax", "serve", *runs.values(), "--port", str(port),
-               "--state-dir", state, "--access-log", str(log)]
+               "--state-dir", state, "--access-log", str(log), "--window-ms", str(args.window_ms)]
     process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    import psutil
+
+    server = psutil.Process(process.pid)
     rows, levels = [], {}
     try:
         startup = wait_healthy(base, process)
@@ -244,7 +248,11 @@ def main() -> None:
                     for j, i in enumerate(range(every - 1, len(jobs), every)):
                         jobs[i] = malformed(endpoint, bodies[endpoint][i], j)
                 asyncio.run(drive(f"{base}/{endpoint}", jobs[:20], concurrency, 30))  # connections up
+                server_cpu, client_cpu = sum(server.cpu_times()[:2]), time.process_time()
                 result = asyncio.run(drive(f"{base}/{endpoint}", jobs, concurrency, args.limit_s))
+                # where the 2 cores go: the service's CPU and this client's, per request
+                result["server_cpu_ms"] = round(1e3 * (sum(server.cpu_times()[:2]) - server_cpu) / result["requests"], 2)
+                result["client_cpu_ms"] = round(1e3 * (time.process_time() - client_cpu) / result["requests"], 2)
                 levels[f"{endpoint}@{concurrency}"] = result
                 rows.append({"endpoint": f"/{endpoint}", "clients": concurrency, **result})
                 print(f"/{endpoint} x{concurrency}: {result['throughput_rps']} req/s, p99 {result['p99_ms']} ms, "
@@ -261,7 +269,8 @@ def main() -> None:
     for row in rows:
         row["vs_in_process"] = round(row["throughput_rps"] / baseline[row["endpoint"][1:]]["throughput_rps"], 2)
     print_table(rows, ["endpoint", "clients", "requests", "malformed", "throughput_rps", "p50_ms", "p95_ms", "p99_ms",
-                       "server_errors", "wrong_answers", "vs_in_process"], title="ecomjax serve under load")
+                       "server_errors", "wrong_answers", "vs_in_process", "server_cpu_ms", "client_cpu_ms"],
+                title="ecomjax serve under load")
     print_table([{"endpoint": f"/{e}", **v} for e, v in baseline.items()],
                 ["endpoint", "requests", "throughput_rps", "p50_ms", "p99_ms"], title="in-process, one at a time")
     total = sum(r["requests"] for r in rows)

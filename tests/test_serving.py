@@ -42,7 +42,7 @@ def test_batcher_gathers_concurrent_requests_answers_each_and_waits_at_most_the_
         return [ValueError(f"bad {p}") if p < 0 else 2 * p for p in payloads]
 
     async def scenario():
-        batcher = Batcher("t", handle, max_batch=4, window_ms=50, executor=ThreadPoolExecutor(1))
+        batcher = Batcher("t", [(handle, ThreadPoolExecutor(1))], max_batch=4, window_ms=50)
         batcher.start()
         started = time.perf_counter()
         lone = await batcher.submit(1)
@@ -56,6 +56,36 @@ def test_batcher_gathers_concurrent_requests_answers_each_and_waits_at_most_the_
     assert results[:2] == [4, 6] and isinstance(results[2], ValueError) and str(results[2]) == "bad -4"
     assert results[3:] == [10, 12]  # a bad request fails alone, its batch neighbours are answered
     assert calls[0] == [1] and calls[1] == [2, 3, -4, 5] and calls[2] == [6]  # max_batch 4
+
+
+def test_two_stage_batcher_overlaps_batches_and_answers_in_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    running = {"first": 0, "second": 0, "both": False}
+    lock = threading.Lock()
+
+    def stage(name, function):
+        def run(value):
+            with lock:
+                running[name] += 1
+                running["both"] |= running["first"] > 0 and running["second"] > 0
+            time.sleep(0.05)
+            with lock:
+                running[name] -= 1
+            return function(value)
+        return run
+
+    async def scenario():
+        batcher = Batcher("t", [(stage("first", lambda ps: [p + 1 for p in ps]), ThreadPoolExecutor(1)),
+                                (stage("second", lambda xs: [10 * x for x in xs]), ThreadPoolExecutor(1))],
+                          max_batch=2, window_ms=1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(p) for p in range(8)))
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [10 * (p + 1) for p in range(8)]
+    assert running["both"]  # one batch's second stage ran beside the next batch's first
 
 
 def test_journal_replays_records_cuts_a_torn_tail_and_refuses_a_damaged_line(tmp_path, capsys):

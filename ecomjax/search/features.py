@@ -42,26 +42,27 @@ def lexical_features(queries: Sequence[str], titles: Sequence[str], cache: dict 
         raise InputError(f"{len(queries)} queries but {len(titles)} titles")
     cache = {} if cache is None else cache
 
-    def parsed(text: str) -> tuple[list[str], set[str], set[str], set[tuple[str, str]]]:
+    def parsed(text: str) -> tuple:
         entry = cache.get(text)
-        if entry is None:  # words, char 3-grams, word set, bigram set: what every pair re-reads
-            words = tokenize(text)
-            entry = cache[text] = (words, _char_ngrams(" ".join(words)), set(words), set(itertools.pairwise(words)))
+        if entry is None:  # what every pair re-reads: words, char 3-grams, word set, bigram set,
+            words = tokenize(text)  # bigrams in order, the words with a digit
+            bigrams = list(itertools.pairwise(words))
+            entry = cache[text] = (words, _char_ngrams(" ".join(words)), set(words), set(bigrams), bigrams,
+                                   [w for w in words if _NUMBER.search(w)])
         return entry
 
     rows = []
     for query, title in zip(queries, titles, strict=True):
-        q_words, q_grams, _, _ = parsed(query)
-        t_words, t_grams, t_set, t_bigrams = parsed(title)
+        q_words, q_grams, _, _, q_bigrams, numbers = parsed(query)
+        t_words, t_grams, t_set, t_bigrams, _, _ = parsed(title)
         matched = [w in t_set for w in q_words]
         n_matched = sum(matched)
-        numbers = [w for w in q_words if _NUMBER.search(w)]
         shared = len(q_grams & t_grams)
         union = len(q_grams) + len(t_grams) - shared
         rows.append((
             len(q_words), len(t_words), n_matched, n_matched / max(len(q_words), 1),
             float(all(matched) and bool(matched)), float(bool(matched) and matched[-1]),
-            float(bool(matched) and matched[0]), sum(b in t_bigrams for b in itertools.pairwise(q_words)),
+            float(bool(matched) and matched[0]), sum(b in t_bigrams for b in q_bigrams),
             len(numbers), sum(w in t_set for w in numbers), shared / max(union, 1), shared / max(len(q_grams), 1),
             len(query),
         ))

@@ -123,15 +123,17 @@ class SearchModels:
         return np.stack([self._vectors[t] for t in distinct]), index
 
     # --- features -----------------------------------------------------------------------------
-    def fast_features(self, queries: Sequence[str], titles: Sequence[str], product_ids: Sequence[str],
-                      q_frozen: np.ndarray, t_frozen: np.ndarray, q_tower: np.ndarray, t_tower: np.ndarray
-                      ) -> np.ndarray:
-        """``[n, len(FAST_FEATURES)]`` for normalised (query, title) pairs and their vectors."""
+    def fast_features(self, queries: Sequence[str], titles: Sequence[str], product_ids: Sequence[str] | None,
+                      q_frozen: np.ndarray, t_frozen: np.ndarray, q_tower: np.ndarray, t_tower: np.ndarray,
+                      prior: np.ndarray | None = None) -> np.ndarray:
+        """``[n, len(FAST_FEATURES)]`` for normalised (query, title) pairs and their vectors;
+        ``prior`` is ``self.prior.features(product_ids)`` when the caller keeps it per product."""
         lexical = lexical_features(queries, titles, cache=self._parse_cache)
         bm25 = self.bm25.text_scores(queries, titles)
         cosine = np.sum(q_frozen * t_frozen, axis=1)
         bi_cosine = np.sum(q_tower * t_tower, axis=1)
-        return np.column_stack([lexical, bm25, cosine, bi_cosine, self.prior.features(product_ids)]).astype(np.float32)
+        prior = self.prior.features(product_ids) if prior is None else prior
+        return np.column_stack([lexical, bm25, cosine, bi_cosine, prior]).astype(np.float32)
 
     def remember_vectors(self, texts: np.ndarray, vectors: np.ndarray) -> None:
         """Frozen vectors already computed for these (distinct, normalised) texts."""

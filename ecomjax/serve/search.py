@@ -39,6 +39,23 @@ class SearchResult:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Retrieved:
+    """``SearchPipeline.retrieve``'s output: what ``rank`` needs of each query."""
+
+    normalized: list[str]
+    frozen: np.ndarray  # [queries, D] sentence vectors
+    tower: np.ndarray  # [queries, D'] query-tower vectors
+    found: np.ndarray  # [queries, candidates] catalogue rows, -1 = none
+    started: float  # perf_counter at the start (the total includes any wait between the halves)
+    timings: dict[str, float]
+
+    def subset(self, rows: Sequence[int]) -> Retrieved:
+        rows = list(rows)
+        return Retrieved([self.normalized[i] for i in rows], self.frozen[rows], self.tower[rows], self.found[rows],
+                         self.started, self.timings)
+
+
 class SearchPipeline:
     """Online search over a trained workdir's catalogue.
 
@@ -67,6 +84,7 @@ class SearchPipeline:
         self.index = index or HNSWIndex(self.product_vectors, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction,
                                         ef_search=max(s.hnsw_ef_search, s.candidates))
         self.personalizer = personalizer
+        self.prior = models.prior.features(list(self.ids))  # [rows, 2]: per product, not per candidate
         self.row_of = {str(p): row for row, p in enumerate(self.ids)}
         self.alive = np.ones(len(self.ids), bool)  # False: a graph node superseded by an update
         # the tower as a plain jitted function of pre-split parameters: nnx.jit would flatten the
@@ -154,6 +172,7 @@ class SearchPipeline:
         self.raw_titles = np.concatenate([self.raw_titles, np.asarray(titles, dtype=str)])
         self.frozen = np.concatenate([self.frozen, frozen])
         self.product_vectors = np.concatenate([self.product_vectors, product])
+        self.prior = np.concatenate([self.prior, self.models.prior.features(list(product_ids))])
         self.alive = np.concatenate([self.alive, alive])
         for pid, row in zip(product_ids, rows, strict=True):
             if alive[row - start]:
@@ -186,23 +205,38 @@ class SearchPipeline:
                      candidates: int | None = None, reranker: str | None = None,
                      rows: int | None = None) -> list[SearchResult]:
         """Top-``k`` products for each query; timings per stage (ms, for the whole batch)."""
+        return self.rank(self.retrieve(queries, candidates=candidates, rows=rows), users, k, reranker=reranker)
+
+    def retrieve(self, queries: Sequence[str], *, candidates: int | None = None,
+                 rows: int | None = None) -> Retrieved:
+        """The first half of a search: query vectors and the graph's candidates. Mostly
+        compiled and native code (the encoder, FAISS), so a server can run it for one batch
+        while ``rank`` runs the Python feature code of the previous one."""
         if isinstance(queries, str):
             raise TypeError("queries must be a list of strings; use search() for one query")
         n_candidates = candidates or self.config.serve.candidates
+        started = time.perf_counter()
+        normalized, frozen, tower = self.encode_queries(queries, rows)
+        encoded = time.perf_counter()
+        found = self._candidates(tower, n_candidates)
+        timings = {"encode": 1e3 * (encoded - started), "ann": 1e3 * (time.perf_counter() - encoded)}
+        return Retrieved(normalized, frozen, tower, found, started, timings)
+
+    def rank(self, retrieved: Retrieved, users: Sequence[Any] | None = None, k: int = 10, *,
+             reranker: str | None = None) -> list[SearchResult]:
+        """The second half: features of the candidates, re-ranker, personalisation, top ``k``."""
+        normalized, frozen, tower, found = retrieved.normalized, retrieved.frozen, retrieved.tower, retrieved.found
+        n_queries, n_candidates = found.shape
         reranker = reranker or self.config.serve.reranker
         if not 1 <= k <= n_candidates:
             raise InputError(f"k must be in [1, {n_candidates}] (the candidates re-ranked), got {k}")
         t = {"start": time.perf_counter()}
-        normalized, frozen, tower = self.encode_queries(queries, rows)
-        t["encode"] = time.perf_counter()
-        found = self._candidates(tower, n_candidates)
-        t["ann"] = time.perf_counter()
         flat = found.reshape(-1)
         flat = np.where(flat < 0, 0, flat)  # HNSW pads with -1 when it finds fewer (not at N=100)
-        repeat = np.repeat(np.arange(len(queries)), n_candidates)
+        repeat = np.repeat(np.arange(n_queries), n_candidates)
         features = self.models.fast_features(
-            [normalized[i] for i in repeat], list(self.titles[flat]), list(self.ids[flat]),
-            frozen[repeat], self.frozen[flat], tower[repeat], self.product_vectors[flat])
+            [normalized[i] for i in repeat], list(self.titles[flat]), None,
+            frozen[repeat], self.frozen[flat], tower[repeat], self.product_vectors[flat], self.prior[flat])
         t["features"] = time.perf_counter()
         if reranker == "gbdt_fast":
             # one thread: for 100-3,200 rows, OpenMP start-up costs more than it saves
@@ -216,7 +250,7 @@ class SearchPipeline:
             scores = cross if reranker == "cross_encoder" else self.models.gbdt.predict(np.column_stack([features, cross]))
         else:
             raise InputError(f"unknown reranker {reranker!r}; choose gbdt_fast, gbdt, cross_encoder or bi_encoder")
-        scores = np.asarray(scores, np.float64).reshape(len(queries), n_candidates)
+        scores = np.asarray(scores, np.float64).reshape(n_queries, n_candidates)
         t["rerank"] = time.perf_counter()
         weight = self.config.serve.personalization_weight
         if users is not None and self.personalizer is not None and weight:
@@ -228,12 +262,12 @@ class SearchPipeline:
         t["personalize"] = time.perf_counter()
         scores[found < 0] = -np.inf  # the graph found fewer live products than candidates
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        stages = ("encode", "ann", "features", "rerank", "personalize")
+        stages = ("features", "rerank", "personalize")
         marks = [t["start"], *(t[s] for s in stages)]
-        timings = {s: 1e3 * (marks[i + 1] - marks[i]) for i, s in enumerate(stages)}
-        timings["total"] = 1e3 * (time.perf_counter() - t["start"])
+        timings = {**retrieved.timings, **{s: 1e3 * (marks[i + 1] - marks[i]) for i, s in enumerate(stages)}}
+        timings["total"] = 1e3 * (time.perf_counter() - retrieved.started)
         results = []
-        for i in range(len(queries)):
+        for i in range(n_queries):
             keep = order[i][found[i][order[i]] >= 0]
             picked = found[i][keep]
             results.append(SearchResult([str(p) for p in self.ids[picked]], [str(t) for t in self.raw_titles[picked]],

@@ -2,7 +2,9 @@
 ``SearchPipeline``), ``/recommend`` (a next-item run's ``Recommender`` and the session store),
 ``/rank`` (a satisfaction ranker's ``RankerScorer``).
 
-A handler takes the validated requests of one batch and returns one result or exception each.
+``steps`` are a service's batch stages (``ecomjax.serve.batching``): the first takes the
+validated requests of one batch, the last returns one result or exception each; search has
+two (encoder and graph, then features and re-ranker), the others one.
 Checks that concern one request (an unknown id, an empty query, a field outside its
 vocabulary) happen before batching, in ``check``, so one bad request never fails its batch's
 neighbours. ``warm`` compiles every padded shape before the service reports healthy.
@@ -46,8 +48,13 @@ class SearchService:
         if pieces > self.max_query_pieces:
             raise InputError(f"query: {pieces} word pieces; the service encodes at most {self.max_query_pieces}")
 
-    def handle(self, requests: Sequence[schemas.SearchRequest]) -> list[Any]:
-        """One pipeline call per re-ranker named in the batch (almost always one)."""
+    def retrieve(self, requests: Sequence[schemas.SearchRequest]) -> tuple:
+        """First stage: encoder and graph for the whole batch."""
+        return requests, self.pipeline.retrieve([r.query for r in requests], rows=self.max_batch)
+
+    def rank(self, retrieved: tuple) -> list[Any]:
+        """Second stage: one re-ranking per re-ranker named in the batch (almost always one)."""
+        requests, found = retrieved
         results: list[Any] = [None] * len(requests)
         by_reranker: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
@@ -55,14 +62,18 @@ class SearchService:
         for reranker, rows in by_reranker.items():
             batch = [requests[i] for i in rows]
             users = [r.history for r in batch] if any(r.history for r in batch) else None
+            part = found if len(rows) == len(requests) else found.subset(rows)
             try:
-                found = self.pipeline.search_batch([r.query for r in batch], users, max(r.k for r in batch),
-                                                   reranker=reranker, rows=self.max_batch)
+                hits = self.pipeline.rank(part, users, max(r.k for r in batch), reranker=reranker)
             except (InputError, UnknownKeyError) as error:
-                found = [error] * len(batch)
-            for i, r, hit in zip(rows, batch, found, strict=True):
+                hits = [error] * len(batch)
+            for i, r, hit in zip(rows, batch, hits, strict=True):
                 results[i] = hit if isinstance(hit, Exception) else (hit, r.k)
         return results
+
+    @property
+    def steps(self) -> list:
+        return [self.retrieve, self.rank]
 
     def add(self, items: Sequence[schemas.NewItem]) -> int:
         self.pipeline.add_products([str(i.item_id) for i in items], [i.title for i in items])
@@ -114,6 +125,10 @@ class RecommendService:
             history += session
         self.check_known("history", request.history)
         return history[-schemas.MAX_HISTORY:]
+
+    @property
+    def steps(self) -> list:
+        return [self.handle]
 
     def check_known(self, field: str, ids: Sequence) -> None:
         unknown = [i for i in ids if not self.recommender.knows(i)]
@@ -210,6 +225,10 @@ class RankService:
         rows = padded_rows(n)
         padded = {k: np.concatenate([v, np.repeat(v[:1], rows - n, axis=0)]) for k, v in features.items()}
         return {k: v[:n] for k, v in self.scorer.score(padded).items()}
+
+    @property
+    def steps(self) -> list:
+        return [self.handle]
 
     def handle(self, requests: Sequence[dict[str, np.ndarray]]) -> list[Any]:
         """All requests' candidates scored together, in chunks of at most ``max_rows``."""
