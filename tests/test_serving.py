@@ -190,6 +190,12 @@ def test_batched_recommendations_are_the_one_at_a_time_ones(runs):
             full[rec.dense_ids(history)] = -np.inf
         np.testing.assert_allclose(np.sort(full)[::-1][:10], one.scores, rtol=1e-5)
     assert isinstance(rec.recommend_batch([[], histories[0]], 5)[0], ValueError)
+    # an id named twice in one update takes its last title, as if it had been sent alone
+    rows = rec.add_items(["twice", "twice"], ["red nail polish", "argan oil shampoo"])
+    rows += rec.add_items(["alone"], ["argan oil shampoo"])
+    table = np.asarray(rec._catalogue.table)
+    np.testing.assert_allclose(table[rec.index["twice"]], table[rec.index["alone"]], rtol=1e-5, atol=1e-6)
+    assert len(rows) == len(set(rows)) == 2 and rec.num_items == len(ids) - 1 + 2  # one row per distinct id
 
 
 def test_live_items_sessions_and_their_restart(runs, tmp_path):

@@ -263,7 +263,8 @@ class Recommender:
 
     def add_items(self, item_ids: Sequence, titles: Sequence[str], *, warm_rows: int = 0, warm_k: int = 10) -> list[int]:
         """Give ``item_ids`` the content vectors of ``titles`` (new ids take spare table rows,
-        known ids keep their ID vector and get the new title); returns their dense ids. The
+        known ids keep their ID vector and get the new title, the last one if named twice); returns
+        the dense ids of the distinct ids. The
         catalogue is swapped in whole once every vector is computed. ``warm_rows`` compiles
         the batch shapes again when the table had to grow (before the swap)."""
         if self.content is None:
@@ -272,7 +273,9 @@ class Recommender:
                              "recommended until it is retrained with them")
         if len(item_ids) != len(titles):
             raise InputError(f"{len(item_ids)} item ids but {len(titles)} titles")
-        features, words = self.content(titles)
+        last = list({str(item): n for n, item in enumerate(item_ids)}.values())  # an id named twice: its last title
+        features, words = self.content([titles[n] for n in last])
+        item_ids = [item_ids[n] for n in last]
         with self._update:
             old = self._catalogue
             ids, index = old.item_ids.tolist(), dict(old.index)
