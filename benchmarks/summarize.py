@@ -245,8 +245,31 @@ def ranker_tables() -> str:
     return "\n".join(lines)
 
 
+def serving_table() -> str:
+    """docs/serving.md's load-test table (``benchmarks/serving.py``)."""
+    data = _load("serving")
+    if data is None:
+        return ""
+    res = data["results"]
+    lines = ["| endpoint | clients | requests (malformed) | req/s | p50 ms | p95 ms | p99 ms | 5xx | x in-process "
+             "| service CPU ms/req |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, v in res["levels"].items():
+        endpoint, clients = name.split("@")
+        ratio = v["throughput_rps"] / res["in_process"][endpoint]["throughput_rps"]
+        lines.append(f"| /{endpoint} | {clients} | {v['requests']} ({v['malformed']}) | {v['throughput_rps']:.0f} "
+                     f"| {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['p99_ms']:.1f} | {v['server_errors']} | {ratio:.2f} "
+                     f"| {_cell(v.get('server_cpu_ms'), '.1f')} |")
+    lines += ["", "In-process, one request at a time: " + ", ".join(
+        f"/{e} {v['throughput_rps']:.0f} req/s (p50 {v['p50_ms']:.2f} ms)" for e, v in res["in_process"].items()) + "."]
+    hw = data["hardware"]
+    lines += ["", f"`benchmarks/results/serving.json`, {hw['cpu_count']}-core {hw['cpu_model']}, {data['timestamp_utc']}; "
+              f"{res['total_requests']} requests, {res['total_malformed']} malformed, start-up {res['startup_s']} s; "
+              f"checks: {', '.join(f'{k} {v}' for k, v in res['checks'].items())}."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables(), search_tables(),
-                  ranker_tables()):
+                  ranker_tables(), serving_table()):
         print(table)
         print()
