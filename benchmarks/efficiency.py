@@ -674,29 +674,51 @@ SEARCH_COLUMNS = ["variant", "ndcg@10", "rmse", "ndcg_change", "gain_recovered_n
 
 
 def plot(sections: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Quality against latency, one panel per section. Points carry numbers and the legend beside
+    each panel names them: 20 variant names written at their points overlap where variants
+    land close together (most of them do)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sections), figsize=(6.5 * len(sections), 4.8), squeeze=False)
-    for ax, (title, rows) in zip(axes[0], sections.items(), strict=True):
-        for row in rows:
-            ax.scatter(row["p50_ms_b32"], row["quality"], s=40 + 260 * row["bytes_ratio"], alpha=0.7)
-            ax.annotate(row["variant"], (row["p50_ms_b32"], row["quality"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+    tallest = max(len(rows) for rows in sections.values())
+    fig, axes = plt.subplots(len(sections), 1, figsize=(11, 4.2 + 0.17 * tallest) if len(sections) == 1
+                             else (11, sum(3.2 + 0.17 * len(r) for r in sections.values())), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    for ax, (title, rows) in zip(axes[:, 0], sections.items(), strict=True):
+        for n, row in enumerate(rows, 1):
+            colour = colours((n - 1) % 20)
+            ax.scatter(row["p50_ms_b32"], row["quality"], s=40 + 260 * row["bytes_ratio"], alpha=0.6, color=colour,
+                       label=f"{n}  {row['variant']}")
+            ax.annotate(str(n), (row["p50_ms_b32"], row["quality"]), fontsize=7, ha="center", va="center")
         ax.set_xlabel("p50 latency at batch 32 (ms)")
         ax.set_ylabel(rows[0]["quality_name"])
         ax.set_title(f"{title} (marker area ~ model bytes)")
         ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=0.4, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_results(results: Path) -> None:
+    """Draw ``efficiency.png`` again from ``efficiency.json`` (no training, no timing)."""
+    payload = json.loads((results / "efficiency.json").read_text())["results"]
+    sections = {}
+    if "sasrec_beauty" in payload:
+        sections["SASRec Beauty"] = [{**r, "quality": r["ndcg@10"], "quality_name": "test NDCG@10"}
+                                     for r in payload["sasrec_beauty"]["variants"]]
+    if "homedepot_cross_encoder" in payload:
+        sections["Home Depot cross-encoder"] = [{**r, "quality": r["ndcg@10"], "quality_name": "test NDCG@10"}
+                                                for r in payload["homedepot_cross_encoder"]["variants"]]
+    plot(sections, results / "efficiency.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs/bench_efficiency", help="where the trained workdirs go")
     parser.add_argument("--skip-sasrec", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw efficiency.png from efficiency.json")
     parser.add_argument("--sasrec-config", default="configs/sasrec_beauty.yaml")
     parser.add_argument("--sasrec-set", nargs="*", default=[], help="extra key=value overrides (quick checks)")
     parser.add_argument("--skip-search", action="store_true")
@@ -715,6 +737,10 @@ def main() -> None:
                         help="regex of pretrained parameter paths trained beside the adapters ('' = adapters only)")
     args = parser.parse_args()
     results = ROOT / "benchmarks/results"
+    if args.plot_only:
+        plot_results(results)
+        print(f"wrote {results / 'efficiency.png'}")
+        return
     previous = results / "efficiency.json"
     payload: dict[str, Any] = {}
     if previous.is_file():  # a skipped section keeps its last measurement (with that run's time)

@@ -1,11 +1,21 @@
-"""Print the README's results tables from ``benchmarks/results/*.json`` (so the README quotes files).
+"""The results tables of the docs, generated from ``benchmarks/results/*.json`` (so the docs quote files).
 
-    python -m benchmarks.summarize
+    python -m benchmarks.summarize            # print every table
+    python -m benchmarks.summarize --write    # rewrite the generated blocks of README.md and docs/results/
+    python -m benchmarks.summarize --check    # exit 1 naming the blocks that differ from the JSON
+
+A page holds hand-written text (what a number means, how it was reached) and generated blocks
+between ``<!-- summarize:NAME -->`` and ``<!-- /summarize:NAME -->``; ``--write`` replaces each
+block's body with ``TABLES[NAME]()``. The tests run ``--check``, so a committed JSON and the
+tables quoting it cannot drift apart.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,8 +278,223 @@ def serving_table() -> str:
     return "\n".join(lines)
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+
+def efficiency_tables() -> str:
+    data = _load("efficiency")
+    if data is None:
+        return ""
+    res, lines = data["results"], []
+    sasrec = res.get("sasrec_beauty")
+    if sasrec:
+        lines += ["| SASRec variant | NDCG@10 | change | bytes | p50 ms, batch 32 | speed-up, 32 | encoder speed-up, 32 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for v in sasrec["variants"]:
+            lines.append(f"| {v['variant']} | {v['ndcg@10']:.4f} | {_pct(v['ndcg_change'])} | {v['bytes_ratio']:.2f} "
+                         f"| {v['p50_ms_b32']:.2f} | {v['speedup_b32']:.2f} | {v['encode_speedup_b32']:.2f} |")
+        lines += ["", "| run (test NDCG@10) | seed 0 | seed 1 | seed 2 | mean | change |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in sasrec["seeds"]:
+            cells = " | ".join(f"{x:.4f}" for x in r["test_ndcg@10"])
+            lines.append(f"| `{r['run']}` | {cells} | {r['mean']:.4f} | {_pct(r['mean_change'])} |")
+        lines += ["", f"SASRec section measured {sasrec['measured_utc']} (`{sasrec['protocol']['config']}`, "
+                      f"{sasrec['protocol']['ranking']}; latency: {sasrec['protocol']['latency']})."]
+    cross = res.get("homedepot_cross_encoder")
+    if cross:
+        lines += ["", "| cross-encoder variant | NDCG@10 | RMSE | gain kept (NDCG / RMSE) | trainable | bytes "
+                      "| p50 ms, batch 32 | speed-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for v in cross["variants"]:
+            kept = (f"{v['gain_recovered_ndcg']:.2f} / {v['gain_recovered_rmse']:.2f}"
+                    if "gain_recovered_ndcg" in v else "-")
+            trainable = f"{100 * v['trainable_fraction']:.2f}%" if v.get("trainable_fraction") is not None else "-"
+            lines.append(f"| {v['variant']} | {v['ndcg@10']:.4f} | {v['rmse']:.4f} | {kept} | {trainable} "
+                         f"| {v['bytes_ratio']:.2f} | {v['p50_ms_b32']:.1f} | {v['speedup_b32']:.2f} |")
+        seeds = cross["setup"].get("gain_over_seeds")
+        if seeds:
+            lines += ["", "| metric | frozen encoder + head | full fine-tuning, seeds " + " / ".join(map(str, seeds["seeds"]))
+                      + " | LoRA, seeds " + " / ".join(map(str, seeds["seeds"])) + " | gain kept | 95% interval |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for metric in ("ndcg@10", "rmse"):
+                g = seeds[metric]
+                lines.append(f"| {metric} | {g['frozen_encoder_head']:.4f} | "
+                             + " / ".join(f"{x:.4f}" for x in g["full_per_seed"]) + " | "
+                             + " / ".join(f"{x:.4f}" for x in g["lora_per_seed"])
+                             + f" | **{g['gain_kept']:.3f}** | {g['ci95'][0]:.3f} - {g['ci95'][1]:.3f} |")
+    hw = data["hardware"]
+    lines += ["", f"`benchmarks/results/efficiency.json`, {hw['cpu_count']}-core {hw['cpu_model']}, "
+                  f"{data['timestamp_utc']}; command: `python {' '.join(data['command'])}` (the SASRec section: "
+                  "`python -m benchmarks.efficiency --skip-search`)."]
+    return "\n".join(lines)
+
+
+def tuning_table() -> str:
+    data = _load("tuning")
+    if data is None:
+        return ""
+    res = data["results"]
+    lines = ["| study | budget | trials (complete / pruned / cut) | best valid | its test | shipped config: valid / test |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+
+    def row(name, budget, study, test_key, fmt=".4f"):
+        c, best, base = study["counts"], study["best"], study["baseline"]
+        lines.append(f"| {name} | {budget:g} min | {sum(c.values())} ({c['COMPLETE']} / {c['PRUNED']} / "
+                     f"{c['INTERRUPTED']}) | {best['valid']:{fmt}} (trial {best['trial']}) "
+                     f"| {best['test'][test_key]:{fmt}} | {base['valid']:{fmt}} / {base['test'][test_key]:{fmt}} |")
+
+    if "sasrec" in res:
+        for key, label in (("median_pruner", "median pruner"), ("no_pruning", "no pruning")):
+            row(f"SASRec Beauty, {label} (NDCG@10)", res["sasrec"]["budget_minutes"], res["sasrec"]["studies"][key],
+                "ndcg@10")
+    if "ranker" in res:
+        row("ranker, synthetic (valid loss; test CTR AUC gap to Bayes)", res["ranker"]["budget_minutes"],
+            res["ranker"]["study"], "ctr_auc_gap_to_bayes")
+    if "search_gbdt" in res:
+        row("search GBDT re-ranker (RMSE)", res["search_gbdt"]["budget_minutes"], res["search_gbdt"]["study"],
+            "gbdt_fast_rmse")
+    lines += ["", f"`benchmarks/results/tuning.json`, {data['timestamp_utc']}; command: "
+                  "`python -m benchmarks.tuning sasrec|ranker|search_gbdt`."]
+    return "\n".join(lines)
+
+
+def data_scale_table() -> str:
+    data = _load("data_scale")
+    if data is None:
+        return ""
+    lines = ["| log | prepare rows/s | prepare peak RSS | stream rows/s | stream peak RSS | in-memory peak RSS |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["results"]["rows"]:
+        memory = f"{r['in_memory_peak_mb']:,.0f} MB" if r.get("in_memory_peak_mb") else "-"
+        lines.append(f"| {r['interactions'] // 1_000_000}M | {r['prepare_rows_per_s']:,} | {r['prepare_peak_mb']:,.0f} MB "
+                     f"| {r['stream_rows_per_s']:,} | {r['stream_peak_mb']:,.0f} MB | {memory} |")
+    lines += ["", f"`benchmarks/results/data_scale.json`, {data['hardware']['cpu_count']}-core "
+                  f"{data['hardware']['cpu_model']}, {data['timestamp_utc']}; command: `python {' '.join(data['command'])}`."]
+    return "\n".join(lines)
+
+
+def _best(rows, key):
+    return max(rows, key=lambda r: r[key])
+
+
+def readme_table() -> str:
+    """One row per capability, its headline numbers and the page that explains them."""
+    rows = ["| capability | headline (test split) | details |", "| --- | --- | --- |"]
+    seq = _load("sequential")
+    peer = _load("peer_recbole")
+    if seq and peer:
+        runs = seq["results"]["runs"]
+        beauty, ml1m = runs.get("sasrec_beauty"), runs.get("sasrec_ml1m")
+        rows.append(f"| sequential recommendation | SASRec Beauty NDCG@10 {beauty['test']['ndcg@10']:.4f} "
+                    f"(published {beauty['published']['ndcg@10']}), ML-1M {ml1m['test']['ndcg@10']:.4f} "
+                    f"(published {ml1m['published']['ndcg@10']}); "
+                    f"{peer['results']['speedup_to_valid_ndcg10_0.03']}x faster than RecBole to valid NDCG@10 0.03 "
+                    "| [recommendation](docs/results/recommendation.md) |")
+    mm = _load("multimodal")
+    if mm:
+        res = mm["results"]
+        d128 = res["beauty"]["d128_seed_means"]
+        attrs = res["fashion"]["attributes"]
+        rows.append(f"| multimodal fusion | titles in SASRec Beauty {d128['text_test_ndcg@10']:.4f} vs ID "
+                    f"{d128['id_test_ndcg@10']:.4f} ({_pct(d128['relative_ndcg@10_gain'])}); fashion attributes "
+                    f"title + photo {attrs['product']['test_mean']:.4f} vs title {attrs['text']['test_mean']:.4f} "
+                    "| [multimodal](docs/results/multimodal.md) |")
+    search = _load("search")
+    if search:
+        quality = {r["model"]: r for r in search["results"]["quality"]}
+        fast = next(r for r in search["results"]["latency"] if r["batch"] == 1 and r["reranker"] == "gbdt_fast")
+        best = min((r for r in quality.values() if r.get("rmse") is not None), key=lambda r: r["rmse"])
+        rows.append(f"| product search (Home Depot) | RMSE {best['rmse']:.4f} ({best['model']}); fast pipeline p99 "
+                    f"{fast['total_p99']:.1f} ms a query | [search](docs/results/search.md) |")
+    ranker = _load("ranker")
+    if ranker:
+        syn = {r["model"]: r for r in ranker["results"]["synthetic"]}
+        shipped, bayes = syn["dcnv2_mmoe_esmm"], syn["bayes_optimal (true p)"]
+        taobao = _best(ranker["results"]["taobao"], "hr@10")
+        rows.append(f"| satisfaction ranker | CTR AUC {shipped['ctr_auc']:.4f} (Bayes ceiling {bayes['ctr_auc']:.4f}), "
+                    f"ESMM CVR AUC {shipped['cvr_auc_all']:.4f} vs clicked-only {syn['cvr_clicked_only']['cvr_auc_all']:.4f}; "
+                    f"Taobao cart + buy HR@10 {taobao['hr@10']:.4f} | [ranker](docs/results/ranker.md) |")
+    eff = _load("efficiency")
+    if eff:
+        variants = {v["variant"]: v for v in eff["results"]["sasrec_beauty"]["variants"]}
+        lora = eff["results"]["homedepot_cross_encoder"]["setup"]["gain_over_seeds"]["ndcg@10"]["gain_kept"]
+        int8 = variants["int8 (w8a8)"]
+        rows.append(f"| efficiency | int8 SASRec {_pct(int8['ndcg_change'])} NDCG@10 at {int8['bytes_ratio']:.2f}x "
+                    f"the bytes; LoRA keeps {100 * lora:.0f}% of full fine-tuning's gain | "
+                    "[efficiency](docs/results/efficiency.md) |")
+    shard = _load("sharding")
+    if shard:
+        large = {r["mesh"] + r["loss"]: r for r in shard["results"]["large_table"]["rows"]}
+        gib = 1 << 30
+        rows.append(f"| scaling | a {shard['results']['large_table']['num_items']:,}-item table: "
+                    f"{large['8x1full_softmax']['table_bytes_per_device'] / gib:.2f} -> "
+                    f"{large['1x8full_softmax']['table_bytes_per_device'] / gib:.2f} GiB per device (8x1 -> 1x8 mesh) "
+                    "| [scaling](docs/results/scaling.md) |")
+    tuning = _load("tuning")
+    if tuning:
+        s = tuning["results"]["sasrec"]["studies"]["median_pruner"]
+        rows.append(f"| tuning | SASRec Beauty 60 min: {sum(s['counts'].values())} trials pruned vs "
+                    f"{sum(tuning['results']['sasrec']['studies']['no_pruning']['counts'].values())} unpruned; best "
+                    f"test NDCG@10 {s['best']['test']['ndcg@10']:.4f} (the shipped config) | [tuning](docs/results/tuning.md) |")
+    serving = _load("serving")
+    if serving:
+        levels = serving["results"]["levels"]
+        rows.append(f"| serving | /recommend x32 p99 {levels['recommend@32']['p99_ms']:.1f} ms; /search x8 p99 "
+                    f"{levels['search@8']['p99_ms']:.1f} ms; {serving['results']['total_requests']:,} requests, 0 5xx "
+                    "| [serving](docs/results/serving.md) |")
+    data_scale = _load("data_scale")
+    if data_scale:
+        big = data_scale["results"]["rows"][-1]
+        rows.append(f"| data preparation | {big['interactions'] // 1_000_000}M-row log prepared out of core at "
+                    f"{big['prepare_peak_mb']:,.0f} MB peak | [data](docs/results/data.md) |")
+    return "\n".join(rows)
+
+
+TABLES = {
+    "readme": readme_table, "peer": peer_table, "sequential": sequential_table, "sharding": sharding_table,
+    "multimodal": multimodal_tables, "search": search_tables, "ranker": ranker_tables, "efficiency": efficiency_tables,
+    "tuning": tuning_table, "serving": serving_table, "data_scale": data_scale_table,
+}
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "results").glob("*.md"))]
+_BLOCK = re.compile(r"(<!-- summarize:(\w+) -->\n)(.*?)(<!-- /summarize:\2 -->)", re.S)
+
+
+def render(text: str, where: Path) -> str:
+    """``text`` with every generated block's body replaced by its table; an unknown name is an error."""
+    def body(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in TABLES:
+            raise SystemExit(f"{where}: <!-- summarize:{name} --> names no table; tables: {sorted(TABLES)}")
+        return f"{match.group(1)}{TABLES[name]()}\n{match.group(4)}"
+
+    return _BLOCK.sub(body, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the generated blocks in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a generated block differs from the JSON")
+    args = parser.parse_args(argv)
+    if not (args.write or args.check):
+        for name, table in TABLES.items():
+            print(f"## {name}\n\n{table()}\n")
+        return 0
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text, page)
+        if new != text:
+            stale.append(str(page.relative_to(ROOT)))
+            if args.write:
+                page.write_text(new)
+    if args.check and stale:
+        print(f"generated tables out of date in {', '.join(stale)}: run python -m benchmarks.summarize --write",
+              file=sys.stderr)
+        return 1
+    print(("rewrote " + ", ".join(stale)) if stale else "every generated table is up to date")
+    return 0
+
+
 if __name__ == "__main__":
-    for table in (peer_table(), sequential_table(), sharding_table(), multimodal_tables(), search_tables(),
-                  ranker_tables(), serving_table()):
-        print(table)
-        print()
+    sys.exit(main())

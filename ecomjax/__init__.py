@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     from ecomjax.run import Run
     from ecomjax.train.callbacks import Callback
 
-__version__ = "0.1.0"
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ecomjax")  # pyproject.toml's, the one place the version is written
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 
 def train(config_or_path: str | Path | dict[str, Any] | RunConfig | None = None, *,

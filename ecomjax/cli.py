@@ -1,6 +1,6 @@
 """Command line: ``ecomjax train CONFIG [key=value ...]``, ``ecomjax eval WORKDIR``, ``ecomjax data
-describe|prepare CONFIG``, ``ecomjax tune CONFIG --space SPACE``, ``ecomjax search WORKDIR "query"``,
-``ecomjax serve WORKDIR [WORKDIR ...]``.
+describe|prepare CONFIG``, ``ecomjax data download NAME``, ``ecomjax tune CONFIG --space SPACE``,
+``ecomjax search WORKDIR "query"``, ``ecomjax serve WORKDIR [WORKDIR ...]``, ``ecomjax models``.
 
 Parsing imports nothing heavy (no JAX), so ``ecomjax --help`` answers at once; each command
 imports what it needs.
@@ -20,6 +20,7 @@ from ecomjax.errors import InputError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecomjax", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"ecomjax {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train a model from a YAML config (any task)")
     train_p.add_argument("config", nargs="?", help="YAML config (default: built-in synthetic quickstart)")
@@ -33,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     eval_p = sub.add_parser("eval", help="re-score a trained workdir into WORKDIR/eval/metrics.json")
     eval_p.add_argument("workdir")
     eval_p.add_argument("overrides", nargs="*", help="data.* / eval.* key=value overrides")
-    data_p = sub.add_parser("data", help="describe a config's data, or prepare a large log into shards")
+    data_p = sub.add_parser("data", help="describe a config's data, prepare a large log into shards, or "
+                            "download a public dataset")
     data_sub = data_p.add_subparsers(dest="data_command", required=True)
     describe_p = data_sub.add_parser("describe", help="what the data of a config resolves to (counts, steps)")
     describe_p.add_argument("config", nargs="?")
@@ -49,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                            help="local: this process; beam: Apache Beam pipelines (the beam extra)")
     prepare_p.add_argument("--beam-args", default="", help="Beam pipeline options, e.g. '--runner "
                            "DataflowRunner --project P --region R --temp_location gs://B/tmp' (default: DirectRunner)")
+    download_p = data_sub.add_parser("download", help="fetch a public dataset into the data directory, checked "
+                                     "by sha256 (no NAME or --list: the datasets)")
+    download_p.add_argument("name", nargs="?", help="dataset (beauty, ml-1m, taobao, ...; see --list)")
+    download_p.add_argument("--list", action="store_true", help="print the datasets: files, size, licence")
+    download_p.add_argument("--dir", help="data directory to fill (default: $ECOMJAX_DATA_DIR, else "
+                            "$ECOMJAX_CACHE_DIR/data, i.e. ~/.cache/ecomjax/data)")
+    download_p.add_argument("--mirror", help="base URL replacing each file's https://HOST: files are read from "
+                            "MIRROR/HOST/PATH (default: $ECOMJAX_DOWNLOAD_MIRROR)")
+    download_p.add_argument("--force", action="store_true", help="replace files in place whose hash differs")
     tune_p = sub.add_parser("tune", help="search hyperparameters of a config with Optuna (any task)")
     tune_p.add_argument("config", help="YAML config of the runs to tune")
     tune_p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
@@ -86,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     search_p.add_argument("--history", help="comma-separated product ids the user interacted with, oldest first")
     search_p.add_argument("--personalization-weight", type=float, default=0.5,
                           help="weight of the z-scored recommender score (default 0.5)")
+    sub.add_parser("models", help="the registered tasks and the models each trains, one line each")
     serve_p = sub.add_parser("serve", help="HTTP service for trained runs: /search, /recommend, /rank, "
                              "/items, /events, /healthz, /metrics")
     serve_p.add_argument("workdirs", nargs="+", help="trained runs (relevance, next_item, ranker; one of each)")
@@ -100,6 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--access-log", default="-", help="JSON access-log lines: '-' stderr (default), a "
                          "file, or '' for none")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (``pyproject.toml``), without importing ecomjax's code."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ecomjax")
+    except PackageNotFoundError:
+        return "unknown (not installed; run `pip install -e .`)"
+
+
+def _models(args) -> None:
+    from ecomjax.tasks import MODELS, SUMMARIES, TASKS
+
+    width = max(len(choice) for choices in MODELS.values() for choice in choices) + 2
+    for task in TASKS:
+        print(f"task: {task}  {SUMMARIES[task]}")
+        for choice, line in MODELS[task].items():
+            print(f"  {choice:{width}s}{line}")
 
 
 def _train(args) -> None:
@@ -130,6 +162,26 @@ def _eval(args) -> None:
 
 
 def _data(args) -> None:
+    if args.data_command == "download":
+        from ecomjax.data import download as dl
+
+        if args.list or not args.name:
+            print(dl.table())
+            return
+
+        def report(outcome) -> None:
+            expected = outcome.file.expected
+            checked = f"  sha256 {expected[0]}" if expected else ""
+            print(f"{outcome.status:17s} {outcome.target}{checked}", flush=True)
+            if outcome.status == "missing" and not outcome.file.required:
+                print("\n".join(f"  {step}" for step in outcome.steps))
+
+        try:
+            dl.download(args.name, args.dir, mirror=args.mirror, force=args.force, report=report)
+        except dl.ManualDownloadError as exc:
+            print("\n".join(exc.steps))
+            raise
+        return
     from ecomjax.config import load_config
 
     config = load_config(args.config, args.overrides)
@@ -219,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"train": _train, "eval": _eval, "data": _data, "tune": _tune, "search": _search,
-         "serve": _serve}[args.command](args)
+         "serve": _serve, "models": _models}[args.command](args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -94,6 +94,10 @@ class TrainConfig:
     init_from: str | None = None
     prng_impl: Literal["threefry2x32", "rbg", "unsafe_rbg"] = "threefry2x32"  # dropout RNG
     progress: bool = True  # progress bar on the terminal
+    # where the loop's records also go (ecomjax.train.tracking): tensorboard = event files under
+    # WORKDIR/tensorboard/<stage>, wandb = a Weights & Biases run per stage (WANDB_MODE honoured);
+    # jsonl (history.jsonl, the run's record) is always written, listed or not
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
 
     RANGES: ClassVar[dict[str, Check]] = {
         "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "learning_rate": POSITIVE,
@@ -103,6 +107,7 @@ class TrainConfig:
         "learning_rate_scales": (lambda v: all(x > 0 for x in v.values()), "multipliers > 0"),
         "max_steps": AT_LEAST_0, "eval_every_epochs": AT_LEAST_1, "early_stopping_patience": AT_LEAST_1,
         "checkpoint_every_steps": AT_LEAST_0,
+        "loggers": (lambda v: len(set(v)) == len(v), "a list naming each logger once"),
     }
 
 

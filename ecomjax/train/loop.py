@@ -45,6 +45,7 @@ from ecomjax.train.history import History
 from ecomjax.train.resume import check_same_run
 from ecomjax.train.sharding import make_mesh
 from ecomjax.train.state import UpdateProgram, check_given
+from ecomjax.train.tracking import Tracker, check_trackers, open_trackers
 from ecomjax.train.workdir import (
     discard_aside,
     has_checkpoint,
@@ -67,6 +68,7 @@ def train(config: RunConfig, callbacks: Sequence[Callback] = ()):
     from ecomjax.tasks import task_class
 
     task: Task = task_class(config.task)(config)
+    check_trackers(config)  # a tracker's missing package fails before any data is read
     mesh = make_mesh(config.mesh)
     primary = is_primary()
     workdir = open_workdir(config, primary)
@@ -141,15 +143,27 @@ class Trainer:
         self.resume = resume
         self.primary = is_primary()
         self.history = History(workdir / "history.jsonl", enabled=self.primary)
+        self.trackers: list[Tracker] = []  # the training stage's (train.loggers), process 0 only
         self.trained: dict[str, Trained] = {}
 
     def close(self) -> None:
         self.history.close()
+        self._close_trackers()
+
+    def _callbacks(self) -> list[Callback]:
+        """The trackers first: they record an evaluation before a callback can stop the run."""
+        return [*self.trackers, *self.callbacks]
+
+    def _close_trackers(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def fit(self, stage: Stage) -> Trained:
         """Train ``stage`` (or resume it, or restore it when it has finished) and return its
         model at the kept parameters."""
         cfg, name, mesh = stage.train, stage.name, self.mesh
+        self._close_trackers()  # a previous stage's, had it failed
 
         # --- Sizes ---------------------------------------------------------------------------
         data_devices = mesh.shape["data"]
@@ -224,7 +238,9 @@ class Trainer:
         # --- Loop ----------------------------------------------------------------------------------
         global_step = int(state["step"])
         self.history.start(name, keep_until_step=global_step)
-        for callback in self.callbacks:
+        if self.primary:
+            self.trackers = open_trackers(name, cfg, self.workdir, global_step, self.config)
+        for callback in self._callbacks():
             callback.on_stage_start(name, total_steps)
         cumulative = np.concatenate([[0], np.cumsum(steps_per_epoch)])  # epoch position from the step counter
         selectable_from = stage.selectable_from(total_steps)
@@ -285,7 +301,7 @@ class Trainer:
                 meta["finished"] = meta["stop_reason"] in ("early_stopping", "epochs")
                 save_checkpoint()
                 if valid is not None:  # after the save: a callback that stops the run loses no epoch
-                    for callback in self.callbacks:
+                    for callback in self._callbacks():
                         callback.on_eval(name, epoch + 1, global_step, valid)
         except KeyboardInterrupt:
             jax.block_until_ready(state)
@@ -341,7 +357,7 @@ class Trainer:
                   "grad_norm": float(values["grad_norm"]), "lr": float(schedule(step)),
                   **{k: float(v) for k, v in values.items() if k not in ("loss", "grad_norm")}}
         self.history.write(record)
-        for callback in self.callbacks:
+        for callback in self._callbacks():
             callback.on_step(name, record)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.update(1)
@@ -384,8 +400,9 @@ class Trainer:
         }
         trained = Trained(stage.name, model, summary)
         self.trained[stage.name] = trained
-        for callback in self.callbacks:
+        for callback in self._callbacks():
             callback.on_stage_end(stage.name, summary)
+        self.trackers = []  # each closed itself at its stage's end
         return trained
 
 

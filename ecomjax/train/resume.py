@@ -21,7 +21,7 @@ from ecomjax.errors import WorkdirError
 
 # dotted keys (or, for train sections, their last two parts) free to differ on resume
 _FREE = {"workdir", "mesh.data", "mesh.model", "mesh.rules"}  # the workdir is this directory, however spelt
-_FREE_TRAIN = {"train.max_steps", "train.progress", "train.resume"}
+_FREE_TRAIN = {"train.max_steps", "train.progress", "train.resume", "train.loggers"}
 # post-training: a finished recommender may be quantized afterwards (quantization-aware training may not)
 _FREE |= {f"efficiency.quantize.{key}" for key in ("weights", "activations", "tables", "min_table_rows", "module_path")}
 
