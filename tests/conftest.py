@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,45 @@ def real_data(relative: str) -> Path:
 @pytest.fixture
 def beauty_path() -> Path:
     return real_data("amazon-beauty/Beauty.txt")
+
+
+# --- a local mirror of the public download URLs (tests/test_download.py, tests/test_notebooks.py) --
+
+class Mirror:
+    """Files by URL path on 127.0.0.1; ``requests`` lists the paths asked for."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                mirror.requests.append(self.path)
+                body = mirror.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def serve(self, name: str) -> None:
+        """Serve the real files of dataset ``name`` at their registered URLs."""
+        from ecomjax.data import download
+
+        for file in download.dataset(name).files:
+            if file.remote is not None and file.convert is None:
+                self.files[url_path(file)] = real_data(file.path).read_bytes()
+
+
+def url_path(file) -> str:
+    return "/" + file.remote.url.split("://", 1)[1]

@@ -10,54 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import real_data
+from conftest import Mirror, real_data, url_path
 
 from ecomjax.cli import main
 from ecomjax.data import download as dl
 from ecomjax.errors import ChangedDataError, DataFormatError, UnknownKeyError
-
-
-class Mirror:
-    """Files by URL path on 127.0.0.1; ``requests`` lists the paths asked for."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                mirror.requests.append(self.path)
-                body = mirror.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def serve(self, name: str) -> None:
-        """Serve the real files of dataset ``name`` at their registered URLs."""
-        for file in dl.dataset(name).files:
-            if file.remote is not None and file.convert is None:
-                self.files[_url_path(file)] = real_data(file.path).read_bytes()
-
-
-def _url_path(file: dl.DataFile) -> str:
-    return "/" + file.remote.url.split("://", 1)[1]
 
 
 @pytest.fixture
@@ -95,10 +55,10 @@ def test_download_checks_the_real_files_and_lays_them_out(mirror, tmp_path):
 def test_a_corrupted_download_names_the_file_and_leaves_nothing(mirror, tmp_path, damage):
     mirror.serve("beauty")
     file = dl.dataset("beauty").files[0]
-    good = mirror.files[_url_path(file)]
+    good = mirror.files[url_path(file)]
     bad = {"byte": good[:1000] + bytes([good[1000] ^ 1]) + good[1001:], "truncated": good[:-10],
            "longer": good + b"1 2 3\n"}[damage]
-    mirror.files[_url_path(file)] = bad
+    mirror.files[url_path(file)] = bad
     message = (rf"Beauty\.txt: sha256 of the download from .* is {hashlib.sha256(bad).hexdigest()}, expected "
                rf"{file.remote.sha256}; nothing was written" if damage == "byte"
                else r"Beauty\.txt: .* bytes, expected")
