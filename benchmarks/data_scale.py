@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import require_scratch
+from ecomjax.bench.report import print_table, runs_directory, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "runs" / "bench" / "data_scale"
+WORK = runs_directory() / "bench" / "data_scale"
 NUM_ITEMS = 100_000
 CHUNK = 1_000_000
 STEPS = ["data.preprocess.drop_duplicates=true", "data.preprocess.drop_consecutive_repeats=true",
@@ -152,9 +153,13 @@ def main() -> None:
     parser.add_argument("--beam", action="store_true", help="also run the Beam engine on the smallest log and compare")
     parser.add_argument("--results", default="data_scale", help="name of the results file (benchmarks/results/NAME.json)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "LOG", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke: one log of 20,000 interactions")
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+    require_scratch(args.quick)
+    if args.quick:
+        args.sizes, args.in_memory_up_to = [2e4], 2e4
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in map(int, args.sizes):

@@ -68,8 +68,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.smoke import beauty_overrides, require_scratch
 from ecomjax.bench.kernels import dot_kernels
-from ecomjax.bench.report import markdown_table, print_table, write_results
+from ecomjax.bench.report import (
+    markdown_table,
+    print_table,
+    results_directory,
+    runs_directory,
+    write_results,
+)
 from ecomjax.bench.timing import time_callable
 from ecomjax.efficiency.lora import BERT_NORMS_BIASES_SEGMENTS
 
@@ -121,11 +128,19 @@ for _name, _seeds in SEED_GROUPS.items():
 LATENCY_BATCHES = (1, 32)
 
 
-def train_sasrec_runs(runs: Path, config: str, extra: dict[str, Any]) -> dict[str, Path]:
+# --quick: one run per technique (PTQ comes from the base; the base twice for the seed table), and
+# one row per technique measured (every row costs four compiles)
+QUICK_RUNS = ("sasrec_base", "sasrec_base_s1", "sasrec_magnitude50_d04", "sasrec_neurons50", "sasrec_small_distilled")
+QUICK_VARIANTS = ("f32", "int8 (w8a8)", "magnitude 50%, per tensor, dropout 0.4", "neurons 50% (shrunk)",
+                  "small, distilled (T=1, w=0.3)")
+
+
+def train_sasrec_runs(runs: Path, config: str, extra: dict[str, Any],
+                      names: tuple[str, ...] = tuple(SASREC_RUNS)) -> dict[str, Path]:
     import ecomjax
 
     workdirs = {}
-    for name, overrides in SASREC_RUNS.items():
+    for name, overrides in ((n, SASREC_RUNS[n]) for n in names):
         workdir = runs / name
         if not (workdir / "metrics.json").is_file():
             print(f"training {name} ...", flush=True)
@@ -166,51 +181,45 @@ def sasrec_variants(workdirs: dict[str, Path]) -> tuple[list[Variant], Any]:
         Variant("int8 (w8a8)", "PTQ int8 weights + activations", quantize_model(f32, int8, *example, method="encode")),
         Variant("int8 weight-only", "PTQ int8 weights", quantize_model(f32, weight_only, *example, method="encode")),
     ]
-    magnitude = load(workdirs["sasrec_magnitude50"]).model
-    magnitude_global = load(workdirs["sasrec_magnitude50_global"]).model
-    magnitude_d04 = load(workdirs["sasrec_magnitude50_d04"]).model
-    row_d04 = load(workdirs["sasrec_row50_d04"]).model
-    popularity_d04 = load(workdirs["sasrec_popularity50_d04"]).model
-    magnitude_e35 = load(workdirs["sasrec_magnitude50_d04_e35"]).model
-    variants += [
-        Variant("magnitude 50%, per tensor", "unstructured pruning (dense kernels)", magnitude),
-        Variant("magnitude 50%, per tensor, dropout 0.4", "unstructured pruning (dense kernels)", magnitude_d04),
-        Variant("magnitude 50%, dropout 0.4 + int8", "pruning + PTQ int8",
-                quantize_model(magnitude_d04, int8, *example, method="encode")),
-        Variant("magnitude 50%, per tensor, dropout 0.4, 35 epochs", "unstructured pruning (dense kernels)",
-                magnitude_e35),
-        Variant("magnitude 50%, dropout 0.4, 35 epochs + int8", "pruning + PTQ int8",
-                quantize_model(magnitude_e35, int8, *example, method="encode")),
-        Variant("magnitude 50%, global", "unstructured pruning (dense kernels)", magnitude_global),
-        Variant("magnitude 50%, per row, dropout 0.4", "unstructured pruning (dense kernels)", row_d04),
-        Variant("magnitude 50%, per row, dropout 0.4 + int8", "pruning + PTQ int8",
-                quantize_model(row_d04, int8, *example, method="encode")),
-        Variant("magnitude 50%, rows by popularity, dropout 0.4", "unstructured pruning (dense kernels)",
-                popularity_d04),
-        Variant("magnitude 50%, rows by popularity, dropout 0.4 + int8", "pruning + PTQ int8",
-                quantize_model(popularity_d04, int8, *example, method="encode")),
-    ]
-    neurons, widths = shrink_pruned(load(workdirs["sasrec_neurons50"]).model)
-    note = "feed-forward " + ", ".join(f"{w[0]}->{w[1]}" for w in widths.values())
-    structured, widths = shrink_pruned(load(workdirs["sasrec_structured50"]).model)
-    structured_note = "; ".join(f"{path} {w[0]}->{w[1]}" for path, w in widths.items())
-    variants += [
-        Variant("neurons 50% (shrunk)", "structured pruning", neurons, note),
-        Variant("neurons 50% (shrunk) + int8", "structured pruning + PTQ int8",
-                quantize_model(neurons, int8, *example, method="encode"), note),
-        Variant("neurons + heads 50% (shrunk)", "structured pruning", structured, structured_note),
-        Variant("neurons + heads 50% (shrunk) + int8", "structured pruning + PTQ int8",
-                quantize_model(structured, int8, *example, method="encode"), structured_note),
-        Variant("QAT int8 (w8a8)", "quantization-aware training, int8 export",
-                quantize_model(load(workdirs["sasrec_qat"]).model, int8, *example, method="encode")),
-    ]
-    variants += [
-        Variant("small (32-d, 1 block)", "smaller model", load(workdirs["sasrec_small"]).model),
-        Variant("small, distilled (T=1, w=0.3)", "distillation (teacher: the f32 model)",
-                load(workdirs["sasrec_small_distilled"]).model),
-        Variant("small, distilled (T=2, w=0.5)", "distillation (teacher: the f32 model)",
-                load(workdirs["sasrec_small_distilled_t2"]).model),
-    ]
+
+    def trained(name: str) -> nnx.Module | None:  # a quick run trains a subset (QUICK_RUNS)
+        return load(workdirs[name]).model if name in workdirs else None
+
+    unstructured = "unstructured pruning (dense kernels)"
+    for run, label, int8_label in (  # run -> its row, and the row of it quantized after pruning
+            ("sasrec_magnitude50", "magnitude 50%, per tensor", None),
+            ("sasrec_magnitude50_d04", "magnitude 50%, per tensor, dropout 0.4", "magnitude 50%, dropout 0.4 + int8"),
+            ("sasrec_magnitude50_d04_e35", "magnitude 50%, per tensor, dropout 0.4, 35 epochs",
+             "magnitude 50%, dropout 0.4, 35 epochs + int8"),
+            ("sasrec_magnitude50_global", "magnitude 50%, global", None),
+            ("sasrec_row50_d04", "magnitude 50%, per row, dropout 0.4", "magnitude 50%, per row, dropout 0.4 + int8"),
+            ("sasrec_popularity50_d04", "magnitude 50%, rows by popularity, dropout 0.4",
+             "magnitude 50%, rows by popularity, dropout 0.4 + int8")):
+        if (model := trained(run)) is None:
+            continue
+        variants.append(Variant(label, unstructured, model))
+        if int8_label:
+            variants.append(Variant(int8_label, "pruning + PTQ int8", quantize_model(model, int8, *example, method="encode")))
+    for label, run in (("neurons 50% (shrunk)", "sasrec_neurons50"), ("neurons + heads 50% (shrunk)", "sasrec_structured50")):
+        if run not in workdirs:
+            continue
+        model, widths = shrink_pruned(trained(run))
+        if run == "sasrec_neurons50":
+            note = "feed-forward " + ", ".join(f"{w[0]}->{w[1]}" for w in widths.values())
+        else:
+            note = "; ".join(f"{path} {w[0]}->{w[1]}" for path, w in widths.items())
+        variants += [Variant(label, "structured pruning", model, note),
+                     Variant(f"{label} + int8", "structured pruning + PTQ int8",
+                             quantize_model(model, int8, *example, method="encode"), note)]
+    if (qat := trained("sasrec_qat")) is not None:
+        variants.append(Variant("QAT int8 (w8a8)", "quantization-aware training, int8 export",
+                                quantize_model(qat, int8, *example, method="encode")))
+    for label, technique, run in (
+            ("small (32-d, 1 block)", "smaller model", "sasrec_small"),
+            ("small, distilled (T=1, w=0.3)", "distillation (teacher: the f32 model)", "sasrec_small_distilled"),
+            ("small, distilled (T=2, w=0.5)", "distillation (teacher: the f32 model)", "sasrec_small_distilled_t2")):
+        if (model := trained(run)) is not None:
+            variants.append(Variant(label, technique, model))
     return variants, base
 
 
@@ -230,13 +239,13 @@ ROUNDS = 3  # latency rounds, every variant once per round: drifts of this share
 
 
 def time_interleaved(rows: list[dict[str, Any]], calls: dict[str, dict[int | str, Any]],
-                     iters: dict[int | str, int]) -> None:
+                     iters: dict[int | str, int], rounds: int = 0) -> None:
     """Fill ``p50_ms_b{batch}`` / ``p99_ms_b{batch}`` of every row (``p50_ms_{name}`` for a call
     keyed by name instead of batch size): ``ROUNDS`` rounds, each timing
     every variant in turn (warm), the median of the rounds' percentiles reported. Timing one
     variant after another instead lets a noisy neighbour land on a single row."""
     samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for _ in range(ROUNDS):
+    for _ in range(rounds or ROUNDS):
         for row in rows:
             for batch, fn in calls[row["variant"]].items():
                 timing = time_callable(fn, warmup=3, iters=iters[batch])
@@ -275,7 +284,7 @@ def _encode_fn(model: nnx.Module):
     return encode, state
 
 
-def measure_sasrec(variants: list[Variant], base) -> list[dict[str, Any]]:
+def measure_sasrec(variants: list[Variant], base, quick: bool = False) -> list[dict[str, Any]]:
     from ecomjax.efficiency.quantize import model_bytes
     from ecomjax.eval.sequential import evaluate_split, make_evaluator
 
@@ -303,7 +312,10 @@ def measure_sasrec(variants: list[Variant], base) -> list[dict[str, Any]]:
         row["note"] = variant.note
         rows.append(row)
         print(f"{variant.name}: ndcg@10 {row['ndcg@10']:.4f}", flush=True)
-    time_interleaved(rows, calls, {1: 300, 32: 100, "encode_b32": 100})
+    if quick:
+        time_interleaved(rows, calls, {1: 5, 32: 5, "encode_b32": 5}, rounds=1)
+    else:
+        time_interleaved(rows, calls, {1: 300, 32: 100, "encode_b32": 100})
     reference = rows[0]
     for row in rows:
         row["ndcg_change"] = row["ndcg@10"] / reference["ndcg@10"] - 1
@@ -318,6 +330,9 @@ def seed_table(workdirs: dict[str, Path]) -> list[dict[str, Any]]:
     of the mean against the float model's mean."""
     rows = []
     for name, seeds in SEED_GROUPS.items():
+        seeds = tuple(seed for seed in seeds if f"{name}_s{seed}" in workdirs)  # a quick run has fewer
+        if name not in workdirs or not seeds:
+            continue
         runs = [workdirs[name]] + [workdirs[f"{name}_s{seed}"] for seed in seeds]
         values = [json.loads((w / "metrics.json").read_text())["test"]["ndcg@10"] for w in runs]
         rows.append({"run": name, "seeds": [0, *seeds], "test_ndcg@10": values, "mean": float(np.mean(values)),
@@ -348,7 +363,7 @@ def _prepared_relevance(config, train_pairs: int, valid_fraction: float, test_fr
     from ecomjax.tasks.relevance import RelevanceTask
 
     task = RelevanceTask(config)
-    task.workdir = ROOT / "runs" / "bench_efficiency" / "homedepot"
+    task.workdir = runs_directory() / "bench_efficiency" / "homedepot"
     spec = task.prepare()
     data, splits = task.data, task.splits
     rng = np.random.default_rng(config.seed)
@@ -437,7 +452,7 @@ def search_section(train_pairs: int, test_fraction: float, valid_fraction: float
         start = time.perf_counter()
         variant = _variant_config(config, learning_rate, epochs, seed, lora)
         stage = _cross_stage(task, spec, variant, head_only)
-        trained = _fit_stage(stage, variant, ROOT / "runs" / "bench_efficiency" / "homedepot" / f"{name}_s{seed}")
+        trained = _fit_stage(stage, variant, runs_directory() / "bench_efficiency" / "homedepot" / f"{name}_s{seed}")
         counts = parameter_counts(trained.model, stage.trainable())
         return trained.model, {"train_seconds": time.perf_counter() - start,
                                "valid_rmse": min(c["rmse"] for c in trained.summary["valid_curve"]),
@@ -627,7 +642,7 @@ def bi_encoder_students(config, task, spec, teacher_scores: np.ndarray,
                                          distill_weight=weight)
         variant.teacher_grades = teacher_scores
         stage = BiEncoderStage(variant, spec)
-        trained = _fit_stage(stage, variant.config, ROOT / "runs" / "bench_efficiency" / "homedepot" /
+        trained = _fit_stage(stage, variant.config, runs_directory() / "bench_efficiency" / "homedepot" /
                              f"bi_encoder_{weight}")
         bi = trained.model
         q = relevance_metrics(stage.predict(bi, test_rows), data.relevance[test_rows], query_index[test_rows],
@@ -716,7 +731,7 @@ def plot_results(results: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs/bench_efficiency", help="where the trained workdirs go")
+    parser.add_argument("--runs", default=str(runs_directory() / "bench_efficiency"), help="where the trained workdirs go")
     parser.add_argument("--skip-sasrec", action="store_true")
     parser.add_argument("--plot-only", action="store_true", help="redraw efficiency.png from efficiency.json")
     parser.add_argument("--sasrec-config", default="configs/sasrec_beauty.yaml")
@@ -735,8 +750,14 @@ def main() -> None:
                         help="LoRA learning rates tried; the lowest validation RMSE is reported (QLoRA uses it)")
     parser.add_argument("--lora-also-train", default=BERT_NORMS_BIASES_SEGMENTS,
                         help="regex of pretrained parameter paths trained beside the adapters ('' = adapters only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: one SASRec run and row per technique (QUICK_RUNS, QUICK_VARIANTS) at tiny size on 400 "
+                             "Beauty users, one latency round of 5 calls; the Home Depot LoRA section (MiniLM "
+                             "fine-tuning) skipped")
     args = parser.parse_args()
-    results = ROOT / "benchmarks/results"
+    require_scratch(args.quick)
+    args.skip_search = args.skip_search or args.quick
+    results = results_directory()
     if args.plot_only:
         plot_results(results)
         print(f"wrote {results / 'efficiency.png'}")
@@ -751,9 +772,13 @@ def main() -> None:
     if not args.skip_sasrec:
         from ecomjax.config import parse_override
 
-        workdirs = train_sasrec_runs(ROOT / args.runs, args.sasrec_config, dict(map(parse_override, args.sasrec_set)))
+        extra = {**(beauty_overrides() if args.quick else {}), **dict(map(parse_override, args.sasrec_set))}
+        workdirs = train_sasrec_runs(ROOT / args.runs, args.sasrec_config, extra,
+                                     QUICK_RUNS if args.quick else tuple(SASREC_RUNS))
         variants, base = sasrec_variants(workdirs)
-        sasrec = measure_sasrec(variants, base)
+        if args.quick:
+            variants = [v for v in variants if v.name in QUICK_VARIANTS]
+        sasrec = measure_sasrec(variants, base, args.quick)
         training = {}
         for name, workdir in workdirs.items():
             m = json.loads((workdir / "metrics.json").read_text())

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import require_scratch
+from ecomjax.bench.report import print_table, results_directory, runs_directory, write_results
 from ecomjax.models.fusion import FUSION_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,10 @@ BEAUTY_RUNS = {"id": ("configs/sasrec_beauty.yaml", [], "sasrec_beauty"),
 SEED_MEANS = {"128d_seed_means": ("id_128", "text_128"), "d128_seed_means": ("id_d128", "text_d128")}
 
 
+QUICK_FASHION = ["data.max_products=1000", "data.min_count=10", "train.epochs=1", "train.batch_size=64",
+                 "data.train_queries=300", "data.paraphrases=1", "data.eval_queries=60"]
+
+
 def fashion_experiments(modes: list[str], overrides: dict) -> dict:
     """Each mode through the shipped configs (``configs/fashion_attributes.yaml``,
     ``configs/fashion_retrieval.yaml``) and the one loop, the features computed once (cached)."""
@@ -81,7 +86,7 @@ def fashion_experiments(modes: list[str], overrides: dict) -> dict:
     for mode in modes:
         common = {"model.fusion": mode, "train.progress": False, **overrides}
         run = ecomjax.train(ROOT / "configs/fashion_attributes.yaml",
-                            overrides={**common, "workdir": str(ROOT / "runs" / "fashion" / f"attributes_{mode}")})
+                            overrides={**common, "workdir": str(runs_directory() / "fashion" / f"attributes_{mode}")})
         m = run.metrics
         attributes[mode] = {"test": {a: m["test"][a] for a in ATTRIBUTE_FIELDS}, "test_mean": m["test"]["mean_accuracy"],
                             "valid_mean": m["valid"]["mean_accuracy"], "best_epoch": m["best_epoch"],
@@ -89,7 +94,7 @@ def fashion_experiments(modes: list[str], overrides: dict) -> dict:
                             "params": m["num_params"]}
         print(f"attributes {mode}: test mean {m['test']['mean_accuracy']:.4f}", flush=True)
         run = ecomjax.train(ROOT / "configs/fashion_retrieval.yaml",
-                            overrides={**common, "workdir": str(ROOT / "runs" / "fashion" / f"retrieval_{mode}")})
+                            overrides={**common, "workdir": str(runs_directory() / "fashion" / f"retrieval_{mode}")})
         m = run.metrics
         retrieval[mode] = {split: {k: m[split][k] for k in ("ndcg@10", "recall@10")} for split in ("valid", "test")}
         retrieval[mode].update({"best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
@@ -107,7 +112,7 @@ def beauty(paths: dict[str, Path], train: bool, previous: dict) -> dict:
     ``measured_utc`` says when); one never recorded is an error naming the command to run."""
     out = {}
     for name, (config, overrides, default) in BEAUTY_RUNS.items():
-        workdir = paths.get(name, ROOT / "runs" / default)
+        workdir = paths.get(name, runs_directory() / default)
         command = [sys.executable, "-m", "ecomjax", "train", config, *overrides, f"workdir={workdir}",
                    "train.progress=false"]
         if train:
@@ -145,20 +150,20 @@ def beauty(paths: dict[str, Path], train: bool, previous: dict) -> dict:
     return out
 
 
-def throughput(batch_size: int = 64) -> dict:
+def throughput(batch_size: int = 64, titles: int = 1024, iters: int = 5) -> dict:
     """Sentences/s and images/s at ``batch_size``, end to end from host data to host features."""
     from benchmarks.text_encoder_throughput import beauty_titles
     from benchmarks.text_encoder_throughput import throughput as text_throughput
     from ecomjax.bench.timing import time_callable
     from ecomjax.encoders import ImageEncoder, TextEncoder
 
-    text = text_throughput(TextEncoder.from_pretrained(), beauty_titles(1024), batch_size, 3)
+    text = text_throughput(TextEncoder.from_pretrained(), beauty_titles(titles), batch_size, min(iters, 3))
     encoder = ImageEncoder()
     photos = np.random.default_rng(0).integers(0, 256, (batch_size, 128, 128, 3), dtype=np.uint8)
     images = {}
     for name, call in (("images_native_128px", lambda: encoder.feature_maps(photos, batch_size, 128)),
                        ("images_224px", lambda: encoder.encode(photos, batch_size))):
-        timing = time_callable(call, warmup=1, iters=5)
+        timing = time_callable(call, warmup=1, iters=iters)
         images[name] = {"images_per_second": timing.throughput(batch_size), "p50_batch_seconds": timing.p50,
                         "first_call_seconds": timing.first_call_seconds, "input": "128x128 uint8 photos",
                         "network_resolution": 128 if "128" in name else 224}
@@ -178,14 +183,22 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"workdir of any Beauty run ({', '.join(BEAUTY_RUNS)}); defaults under runs/ in BEAUTY_RUNS")
     parser.add_argument("--fashion-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for both fashion configs, e.g. data.train_queries=2000")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: concat fusion on 1,000 Fashion products for one epoch, throughput on 64 "
+                             "titles and one timed batch; Beauty skipped")
     args = parser.parse_args(argv)
+    require_scratch(args.quick)
+    if args.quick:
+        args.modes, args.skip_beauty = ["concat"], True
+        args.fashion_set = [*QUICK_FASHION, *args.fashion_set]
 
     # Sections not rerun keep their previous values (each carries its own measured_utc).
-    previous = ROOT / "benchmarks" / "results" / "multimodal.json"
+    previous = results_directory() / "multimodal.json"
     results: dict = json.loads(previous.read_text())["results"] if previous.is_file() else {}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if not args.skip_throughput:  # first, while nothing else of ours runs
-        results["throughput_batch64"] = {**throughput(), "measured_utc": stamp}
+        sizes = {"titles": 64, "iters": 1} if args.quick else {}
+        results["throughput_batch64"] = {**throughput(**sizes), "measured_utc": stamp}
     if not args.skip_fashion:
         from ecomjax.config import parse_override
 
@@ -205,15 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     if "fashion" in results:
         fashion = results["fashion"]
         attrs = fashion["attributes"]
-        best_single = {a: max(attrs[m]["test"][a] for m in ("text", "image") if m in attrs)
-                       for a in next(iter(attrs.values()))["test"]}
+        singles = [m for m in ("text", "image") if m in attrs]  # --modes may leave both out
+        best_single = {a: max(attrs[m]["test"][a] for m in singles)
+                       for a in next(iter(attrs.values()))["test"]} if singles else {}
         rows = []
         for mode, r in attrs.items():
             row = {"mode": mode, **{a: r["test"][a] for a in r["test"]}, "mean": r["test_mean"]}
             rows.append(row)
         if best_single:
             rows.append({"mode": "best single", **best_single,
-                         "mean": max(attrs[m]["test_mean"] for m in ("text", "image") if m in attrs)})
+                         "mean": max(attrs[m]["test_mean"] for m in singles)})
         print_table(rows, list(rows[0]), title="Fashion attribute accuracy, held-out products (test)")
         rows = [{"mode": m, "ndcg@10": r["test"]["ndcg@10"], "recall@10": r["test"]["recall@10"],
                  "valid ndcg@10": r["valid"]["ndcg@10"], "epochs": r["epochs_run"], "s": r["seconds"]}

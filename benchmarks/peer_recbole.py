@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from benchmarks.peers.recbole_env import ensure_recbole_env
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import as_cli, beauty_overrides, require_scratch
+from ecomjax.bench.report import print_table, results_directory, runs_directory, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,15 +116,22 @@ def main() -> None:
     parser.add_argument("--reuse-ecomjax", action="store_true",
                         help="keep the ecomjax side of the existing results file (rerun RecBole only)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the ecomjax side")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: the ecomjax side on 400 Beauty users with a tiny model (RecBole's own "
+                             "environment takes minutes to build, so it is skipped)")
     args = parser.parse_args()
+    require_scratch(args.quick)
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     data = Path(os.environ["ECOMJAX_DATA_DIR"]) / "amazon-beauty" / "Beauty.txt"
     if not data.is_file():
         raise SystemExit(f"Beauty.txt not found under ECOMJAX_DATA_DIR={os.environ['ECOMJAX_DATA_DIR']}")
+    if args.quick:
+        args.skip_recbole = True
+        args.overrides = [*args.overrides, *as_cli(beauty_overrides())]
 
     if args.reuse_recbole and args.reuse_ecomjax:
         raise SystemExit("--reuse-recbole and --reuse-ecomjax together would measure nothing")
-    previous = ROOT / "benchmarks" / "results" / "peer_recbole.json"
+    previous = results_directory() / "peer_recbole.json"
 
     def reused(prefix: str) -> dict:
         """One side of the previous results file, stamped with when it was measured."""
@@ -135,7 +143,7 @@ def main() -> None:
     if args.reuse_ecomjax:
         sides = [reused("ecomjax")]
     else:
-        sides = [run_ecomjax(args.config, ROOT / "runs" / "peer_recbole" / "ecomjax", args.overrides)]
+        sides = [run_ecomjax(args.config, runs_directory() / "peer_recbole" / "ecomjax", args.overrides)]
     if args.reuse_recbole:
         sides.append(reused("RecBole"))
     elif not args.skip_recbole:

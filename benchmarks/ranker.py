@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import TINY_RANKER, require_scratch
+from ecomjax.bench.report import print_table, results_directory, runs_directory, write_results
 from ecomjax.bench.timing import time_callable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,13 +61,14 @@ QUALITY_COLUMNS = ["model", "ctr_auc", "ctr_gauc", "ctr_logloss", "ctr_calibrati
                    "cvr_logloss_all", "cvr_calibration_all", "dwell_rmse_log", "ndcg@10_true", "train_seconds"]
 
 
-def synthetic(runs: Path, epochs: int | None, reuse: bool) -> tuple[list[dict], dict]:
+def synthetic(runs: Path, epochs: int | None, reuse: bool, common: dict | None = None,
+              variants: dict[str, dict] = VARIANTS) -> tuple[list[dict], dict]:
     import ecomjax
 
     rows, workdirs = [], {}
     bayes = None
-    for name, overrides in VARIANTS.items():
-        extra = {"workdir": str(runs / name), "train.progress": False, **overrides}
+    for name, overrides in variants.items():
+        extra = {"workdir": str(runs / name), "train.progress": False, **(common or {}), **overrides}
         if epochs:
             extra["train.epochs"] = epochs
         saved = runs / name / "metrics.json"
@@ -86,7 +88,8 @@ def synthetic(runs: Path, epochs: int | None, reuse: bool) -> tuple[list[dict], 
             rows.append(_row("bayes_optimal (true p, sparse clicks)", metrics["bayes"], None))
         else:
             bayes = metrics.get("bayes", bayes)
-    rows.insert(next(i for i, r in enumerate(rows) if r["model"] == SPARSE), _row("bayes_optimal (true p)", bayes, None))
+    rows.insert(next((i for i, r in enumerate(rows) if r["model"] == SPARSE), len(rows)),
+                _row("bayes_optimal (true p)", bayes, None))
     return rows, workdirs
 
 
@@ -96,7 +99,7 @@ def _timed(fn, calls: int) -> dict:
     return {"p50_ms": 1e3 * timing.p50, "p99_ms": 1e3 * timing.p99, "calls": calls}
 
 
-def latency(workdirs: dict[str, Path]) -> list[dict]:
+def latency(workdirs: dict[str, Path], calls: tuple[int, int] = (2000, 300)) -> list[dict]:
     """All heads for ``batch`` candidates: the features already on the device, one compiled call
     (``RankerScorer``: split graph, ``jax.jit`` over the state), warm; LightGBM on host arrays."""
     import jax
@@ -121,7 +124,7 @@ def latency(workdirs: dict[str, Path]) -> list[dict]:
             jax.block_until_ready(scorer(*args))
             first = time.perf_counter() - start
             timing = _timed(lambda args=args, scorer=scorer: jax.block_until_ready(scorer(*args)),
-                            2000 if batch == 1 else 300)
+                            calls[0] if batch == 1 else calls[1])
             rows.append({"model": name, "batch": batch, **timing, "first_call_s": first})
     gbdt_dir = workdirs["dcnv2_mmoe_esmm"] / "gbdt"
     if gbdt_dir.is_dir():
@@ -130,7 +133,7 @@ def latency(workdirs: dict[str, Path]) -> list[dict]:
         for batch in (1, 512):
             rows.append({"model": f"gbdt ({len(boosters)} boosters)", "batch": batch,
                          **_timed(lambda batch=batch: [b.predict(x[:batch]) for b in boosters],
-                                  500 if batch == 1 else 100), "first_call_s": None})
+                                  calls[0] // 4 if batch == 1 else calls[1] // 3), "first_call_s": None})
     return rows
 
 
@@ -154,17 +157,23 @@ def taobao(workdir: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs/bench_ranker", help="where the trained workdirs go")
+    parser.add_argument("--runs", default=str(runs_directory() / "bench_ranker"), help="where the trained workdirs go")
     parser.add_argument("--epochs", type=int, help="override train.epochs (quick checks)")
-    parser.add_argument("--taobao-workdir", default="runs/ranker_taobao")
+    parser.add_argument("--taobao-workdir", default=str(runs_directory() / "ranker_taobao"))
     parser.add_argument("--skip-taobao", action="store_true")
     parser.add_argument("--reuse", action="store_true",
                         help="read the metrics of workdirs already trained under --runs instead of training")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: DCN-v2 + MMoE + ESMM with its baselines on a 600-request world, tiny towers, "
+                             "40 timed calls; no Taobao")
     args = parser.parse_args()
+    require_scratch(args.quick)
     runs = ROOT / args.runs
-    quality, workdirs = synthetic(runs, args.epochs, args.reuse)
+    args.skip_taobao = args.skip_taobao or args.quick
+    quality, workdirs = synthetic(runs, args.epochs, args.reuse, TINY_RANKER if args.quick else None,
+                                  {name: VARIANTS[name] for name in list(VARIANTS)[:1]} if args.quick else VARIANTS)
     print_table(quality, QUALITY_COLUMNS, title="Synthetic impressions: test quality per model and head")
-    timing = latency(workdirs)
+    timing = latency(workdirs, (40, 12) if args.quick else (2000, 300))
     print_table(timing, ["model", "batch", "p50_ms", "p99_ms", "calls", "first_call_s"],
                 title="Inference latency, all heads (ms)")
     payload = {"synthetic": quality, "latency": timing,
@@ -175,7 +184,7 @@ def main() -> None:
         print_table(payload["taobao"], ["model", "hr@10", "ndcg@10", "train_seconds"],
                     title="Taobao: buy HR@10 / NDCG@10 on buy.test (full ranking)")
     else:  # keep the last Taobao measurement, saying when it was taken
-        previous = ROOT / "benchmarks/results/ranker.json"
+        previous = results_directory() / "ranker.json"
         if previous.is_file():
             old = json.loads(previous.read_text())
             if "taobao" in old["results"]:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import require_scratch
+from ecomjax.bench.report import print_table, runs_directory, write_results
 from ecomjax.bench.timing import percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,12 +104,16 @@ def latency(pipeline, queries: list[str], batch: int, total: int, reranker: str)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/search_homedepot")
+    parser.add_argument("--workdir", default=str(runs_directory() / "search_homedepot"))
     parser.add_argument("--queries", type=int, default=1000, help="warm queries per latency row (>= 1000)")
     parser.add_argument("--batch-calls", type=int, default=320, help="calls of 32 queries for the batch row")
     parser.add_argument("--cross-queries", type=int, default=20, help="queries timed with the cross-encoder")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smoke: 20 queries per latency row, 2 batch calls")
     args = parser.parse_args()
+    require_scratch(args.quick)
+    if args.quick:
+        args.queries, args.batch_calls, args.cross_queries = 20, 2, 0
 
     from ecomjax.serve import SearchPipeline
 

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.smoke import as_cli, beauty_overrides, require_scratch
 from ecomjax.bench import (
     default_hardware,
     dollars_per_run,
@@ -25,7 +26,13 @@ from ecomjax.bench import (
     measure_matmul_peak,
     mfu,
 )
-from ecomjax.bench.report import cpu_model, print_table, write_results
+from ecomjax.bench.report import (
+    cpu_model,
+    print_table,
+    results_directory,
+    runs_directory,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +49,7 @@ PUBLISHED = {
 
 
 def run(name: str, overrides: list[str], peak_flops: float, hourly_usd: float) -> dict:
-    workdir = ROOT / "runs" / "bench" / name
+    workdir = runs_directory() / "bench" / name
     cmd = [sys.executable, "-m", "ecomjax.cli", "train", f"configs/{name}.yaml", f"workdir={workdir}",
            "train.resume=false", "train.progress=false", *overrides]
     start = time.perf_counter()
@@ -83,13 +90,17 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="key=value for every run")
     parser.add_argument("--forget", action="append", default=[],
                         help="drop a stale entry (e.g. after its config changed) from the results file")
+    parser.add_argument("--quick", action="store_true", help="smoke: SASRec on 400 Beauty users, 4 steps, tiny model")
     args = parser.parse_args()
+    require_scratch(args.quick)
     unknown = set(args.names) - set(PUBLISHED)
     if unknown:
         parser.error(f"unknown config(s) {sorted(unknown)}; choose from {list(PUBLISHED)}")
-    args.names = args.names or ([] if args.forget else list(PUBLISHED))
+    args.names = args.names or (["sasrec_beauty"] if args.quick else [] if args.forget else list(PUBLISHED))
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    results_path = ROOT / "benchmarks" / "results" / "sequential.json"
+    if args.quick:
+        args.override = [*args.override, *as_cli(beauty_overrides())]
+    results_path = results_directory() / "sequential.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {"results": {"runs": {}}}
     # a row kept from an earlier run says when it was measured (not when the file was rewritten)
     runs = {name: {**r, "measured_utc": r.get("measured_utc", previous.get("timestamp_utc"))}

@@ -39,12 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import require_scratch
+from ecomjax.bench.report import print_table, runs_directory, write_results
 from ecomjax.data.files import resolve_data_path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS = {"search": "runs/search_homedepot", "recommend": "runs/serve/sasrec_beauty",
-            "rank": "runs/bench_ranker/dcnv2_mmoe_esmm"}
+DEFAULTS = {"search": "search_homedepot", "recommend": "serve/sasrec_beauty",  # under runs/ ($ECOMJAX_BENCH_RUNS)
+            "rank": "bench_ranker/dcnv2_mmoe_esmm"}
 
 
 def free_port() -> int:
@@ -61,8 +62,13 @@ def search_bodies(n: int, rng: random.Random) -> list[dict]:
     return [{"query": rng.choice(terms), "k": 10} for _ in range(n)]
 
 
-def recommend_bodies(n: int, rng: random.Random, max_len: int = 50) -> list[dict]:
-    lines = resolve_data_path("amazon-beauty/Beauty.txt").read_text().split("\n")
+def recommend_bodies(n: int, rng: random.Random, workdir: str) -> list[dict]:
+    """Histories of the users the recommender was trained on (its own data file, its ``max_len``)."""
+    from ecomjax.config import load_config
+
+    data = load_config(Path(workdir) / "config.yaml").data
+    max_len = data.max_len
+    lines = resolve_data_path(data.path).read_text().split("\n")
     users = [line.split()[1:] for line in lines if line.strip()]
     out = []
     for _ in range(n):
@@ -207,7 +213,7 @@ def ranker_schema(workdir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for endpoint, default in DEFAULTS.items():
-        parser.add_argument(f"--{endpoint}", default=default, help=f"run behind /{endpoint} (default {default})")
+        parser.add_argument(f"--{endpoint}", default=str(runs_directory() / default), help=f"run behind /{endpoint} (default {default})")
     parser.add_argument("--requests", type=int, default=1200, help="requests per endpoint and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--malformed", type=float, default=0.05, help="share of broken requests (default 5%%)")
@@ -216,14 +222,23 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=2.0, help="the service's batch window (default 2)")
     parser.add_argument("--only", nargs="+", choices=list(DEFAULTS), help="load-test these endpoints only")
     parser.add_argument("--results", default="serving")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: 60 requests per endpoint at 1 and 4 clients, 20 in-process calls")
     args = parser.parse_args()
+    require_scratch(args.quick)
+    if args.quick:
+        args.requests, args.concurrency, args.in_process, args.limit_s = 60, [1, 4], 20, 120
     runs = {e: str(ROOT / getattr(args, e)) for e in args.only or DEFAULTS}
     for endpoint, workdir in runs.items():
         if not (Path(workdir) / "model.json").is_file():
             sys.exit(f"--{endpoint} {workdir}: not a trained run (see the module docstring for the command)")
     rng = random.Random(0)
     n = args.requests
-    bodies = {"search": search_bodies(n, rng), "recommend": recommend_bodies(n, rng)}
+    bodies = {}
+    if "search" in runs:
+        bodies["search"] = search_bodies(n, rng)
+    if "recommend" in runs:
+        bodies["recommend"] = recommend_bodies(n, rng, runs["recommend"])
     if "rank" in runs:
         bodies["rank"] = rank_bodies(n, rng, ranker_schema(runs["rank"]))
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.smoke import as_cli, beauty_overrides, require_scratch
 from ecomjax.bench.memory import compiled_memory
 from ecomjax.bench.report import print_table, write_results
 from ecomjax.bench.timing import Timing
@@ -64,8 +65,8 @@ def state_bytes_per_device(state) -> dict[str, int]:
     return {"params": params, "opt_state": opt, "item_table": table}
 
 
-def measure_mesh(config_path: str, data: int, model: int, steps: int, batches) -> dict:
-    config = load_config(config_path, [f"mesh.data={data}", f"mesh.model={model}"])
+def measure_mesh(config_path: str, data: int, model: int, steps: int, batches, overrides: list[str]) -> dict:
+    config = load_config(config_path, [*overrides, f"mesh.data={data}", f"mesh.model={model}"])
     mesh = make_mesh(config.mesh)
     num_items = batches["num_items"]
     with jax.set_mesh(mesh):
@@ -97,14 +98,15 @@ def measure_mesh(config_path: str, data: int, model: int, steps: int, batches) -
     }
 
 
-def large_table_estimate(num_items: int, width: int, devices: int) -> list[dict]:
+def large_table_estimate(num_items: int, width: int, devices: int, overrides: list[str],
+                         losses: tuple[str, ...] = ("full_softmax", "sampled_softmax")) -> list[dict]:
     """Compiled per-device memory of a train step with a ``num_items x width`` table, no allocation."""
     rows = []
     for data, model in ((devices, 1), (1, devices)):
-        for loss in ("full_softmax", "sampled_softmax"):
+        for loss in losses:
             config = load_config(
                 "configs/sasrec_beauty.yaml",
-                [f"mesh.data={data}", f"mesh.model={model}", f"model.hidden_size={width}", f"loss.name={loss}",
+                [*overrides, f"mesh.data={data}", f"mesh.model={model}", f"model.hidden_size={width}", f"loss.name={loss}",
                  "loss.num_negatives=4096"],
             )
             mesh = make_mesh(config.mesh)
@@ -136,8 +138,8 @@ def large_table_estimate(num_items: int, width: int, devices: int) -> list[dict]
     return rows
 
 
-def training_batches(config_path: str, count: int) -> dict:
-    config = load_config(config_path)
+def training_batches(config_path: str, count: int, overrides: list[str]) -> dict:
+    config = load_config(config_path, overrides)
     try:
         dataset = load_sequences(config.data)
         source = dataset.name
@@ -157,12 +159,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mesh shape")
     parser.add_argument("--large-items", type=int, default=10_000_000)
     parser.add_argument("--large-width", type=int, default=128)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: a tiny model on 400 Beauty users, 2 timed steps, a 100,000 x 16 table")
     args = parser.parse_args()
+    require_scratch(args.quick)
     os.environ.setdefault("ECOMJAX_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    overrides = []
+    if args.quick:
+        args.steps, args.large_items, args.large_width = 2, 100_000, 16
+        overrides = as_cli(beauty_overrides())
 
     devices = jax.device_count()
-    batches = training_batches(args.config, 16)
-    meshes = [measure_mesh(args.config, d, m, args.steps, batches) for d, m in mesh_shapes(devices)]
+    batches = training_batches(args.config, 4 if args.quick else 16, overrides)
+    shapes = mesh_shapes(devices)
+    if args.quick:  # every compile takes seconds here: the two ends of the range
+        shapes = [shapes[0], shapes[-1]]
+    meshes = [measure_mesh(args.config, d, m, args.steps, batches, overrides) for d, m in shapes]
     rows = [{
         "mesh (data x model)": r["mesh"],
         "params MiB/dev": r["state_bytes_per_device"]["params"] / MiB,
@@ -176,7 +188,8 @@ def main() -> None:
                 f"({batches['source']}, {args.steps} steps each)",
                 formats={k: ".2f" for k in rows[0] if "MiB" in k or k == "compile s"} | {"step ms p50": ".1f"})
 
-    large = large_table_estimate(args.large_items, args.large_width, devices)
+    large = large_table_estimate(args.large_items, args.large_width, devices, overrides,
+                                 ("sampled_softmax",) if args.quick else ("full_softmax", "sampled_softmax"))
     GiB = 1 << 30
     large_rows = [{
         "mesh": r["mesh"], "loss": r["loss"],

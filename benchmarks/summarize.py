@@ -13,18 +13,18 @@ tables quoting it cannot drift apart.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
+from ecomjax.bench.report import read_results
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """``benchmarks/results/NAME.json`` (``$ECOMJAX_BENCH_RESULTS`` instead when set: a smoke's files)."""
+    return read_results(name)
 
 
 def sequential_table() -> str:
@@ -60,8 +60,9 @@ def peer_table() -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for side in res["sides"]:
+        reached = side["seconds_to_valid_ndcg10_0.03"]  # None: never reached within its epochs
         lines.append(
-            f"| {side['peer']} | {side['seconds_per_epoch']:.1f} | {side['seconds_to_valid_ndcg10_0.03']:.0f} "
+            f"| {side['peer']} | {side['seconds_per_epoch']:.1f} | {'not reached' if reached is None else f'{reached:.0f}'} "
             f"| {side['epochs_run']} | {side['best_valid']['ndcg@10']:.4f} | {side['test']['ndcg@10']:.4f} "
             f"| {side['test']['hr@10']:.4f} |"
         )
@@ -124,8 +125,8 @@ def multimodal_tables() -> str:
         attrs = fashion["attributes"]
         names = list(next(iter(attrs.values()))["test"])
         singles = [m for m in ("text", "image") if m in attrs]
-        best_single = {a: max(attrs[m]["test"][a] for m in singles) for a in names}
-        best_single_mean = max(attrs[m]["test_mean"] for m in singles)
+        best_single = {a: max(attrs[m]["test"][a] for m in singles) for a in names} if singles else {}
+        best_single_mean = max(attrs[m]["test_mean"] for m in singles) if singles else None
         lines += ["| product encoder | " + " | ".join(names) + " | mean |",
                   "| --- |" + " ---: |" * (len(names) + 1)]
         for mode, r in attrs.items():
@@ -299,7 +300,8 @@ def efficiency_tables() -> str:
         for r in sasrec["seeds"]:
             cells = " | ".join(f"{x:.4f}" for x in r["test_ndcg@10"])
             lines.append(f"| `{r['run']}` | {cells} | {r['mean']:.4f} | {_pct(r['mean_change'])} |")
-        lines += ["", f"SASRec section measured {sasrec['measured_utc']} (`{sasrec['protocol']['config']}`, "
+        lines += ["", f"SASRec section measured {sasrec.get('measured_utc', data['timestamp_utc'])} "
+                      f"(`{sasrec['protocol']['config']}`, "
                       f"{sasrec['protocol']['ranking']}; latency: {sasrec['protocol']['latency']})."]
     cross = res.get("homedepot_cross_encoder")
     if cross:
@@ -339,9 +341,10 @@ def tuning_table() -> str:
 
     def row(name, budget, study, test_key, fmt=".4f"):
         c, best, base = study["counts"], study["best"], study["baseline"]
+        shipped = f"{base['valid']:{fmt}} / {base['test'][test_key]:{fmt}}" if base else "not in the study"
         lines.append(f"| {name} | {budget:g} min | {sum(c.values())} ({c['COMPLETE']} / {c['PRUNED']} / "
                      f"{c['INTERRUPTED']}) | {best['valid']:{fmt}} (trial {best['trial']}) "
-                     f"| {best['test'][test_key]:{fmt}} | {base['valid']:{fmt}} / {base['test'][test_key]:{fmt}} |")
+                     f"| {best['test'][test_key]:{fmt}} | {shipped} |")
 
     if "sasrec" in res:
         for key, label in (("median_pruner", "median pruner"), ("no_pruning", "no pruning")):
@@ -377,76 +380,123 @@ def _best(rows, key):
     return max(rows, key=lambda r: r[key])
 
 
-def readme_table() -> str:
-    """One row per capability, its headline numbers and the page that explains them."""
-    rows = ["| capability | headline (test split) | details |", "| --- | --- | --- |"]
+def _headline_seq() -> str | None:
     seq = _load("sequential")
     peer = _load("peer_recbole")
     if seq and peer:
         runs = seq["results"]["runs"]
         beauty, ml1m = runs.get("sasrec_beauty"), runs.get("sasrec_ml1m")
-        rows.append(f"| sequential recommendation | SASRec Beauty NDCG@10 {beauty['test']['ndcg@10']:.4f} "
-                    f"(published {beauty['published']['ndcg@10']}), ML-1M {ml1m['test']['ndcg@10']:.4f} "
-                    f"(published {ml1m['published']['ndcg@10']}); "
-                    f"{peer['results']['speedup_to_valid_ndcg10_0.03']}x faster than RecBole to valid NDCG@10 0.03 "
-                    "| [recommendation](docs/results/recommendation.md) |")
+        return (f"| sequential recommendation | SASRec Beauty NDCG@10 {beauty['test']['ndcg@10']:.4f} "
+                f"(published {beauty['published']['ndcg@10']}), ML-1M {ml1m['test']['ndcg@10']:.4f} "
+                f"(published {ml1m['published']['ndcg@10']}); "
+                f"{peer['results']['speedup_to_valid_ndcg10_0.03']}x faster than RecBole to valid NDCG@10 0.03 "
+                "| [recommendation](docs/results/recommendation.md) |")
+    return None
+
+
+def _headline_mm() -> str | None:
     mm = _load("multimodal")
     if mm:
         res = mm["results"]
         d128 = res["beauty"]["d128_seed_means"]
         attrs = res["fashion"]["attributes"]
-        rows.append(f"| multimodal fusion | titles in SASRec Beauty {d128['text_test_ndcg@10']:.4f} vs ID "
-                    f"{d128['id_test_ndcg@10']:.4f} ({_pct(d128['relative_ndcg@10_gain'])}); fashion attributes "
-                    f"title + photo {attrs['product']['test_mean']:.4f} vs title {attrs['text']['test_mean']:.4f} "
-                    "| [multimodal](docs/results/multimodal.md) |")
+        return (f"| multimodal fusion | titles in SASRec Beauty {d128['text_test_ndcg@10']:.4f} vs ID "
+                f"{d128['id_test_ndcg@10']:.4f} ({_pct(d128['relative_ndcg@10_gain'])}); fashion attributes "
+                f"title + photo {attrs['product']['test_mean']:.4f} vs title {attrs['text']['test_mean']:.4f} "
+                "| [multimodal](docs/results/multimodal.md) |")
+    return None
+
+
+def _headline_search() -> str | None:
     search = _load("search")
     if search:
         quality = {r["model"]: r for r in search["results"]["quality"]}
         fast = next(r for r in search["results"]["latency"] if r["batch"] == 1 and r["reranker"] == "gbdt_fast")
         best = min((r for r in quality.values() if r.get("rmse") is not None), key=lambda r: r["rmse"])
-        rows.append(f"| product search (Home Depot) | RMSE {best['rmse']:.4f} ({best['model']}); fast pipeline p99 "
-                    f"{fast['total_p99']:.1f} ms a query | [search](docs/results/search.md) |")
+        return (f"| product search (Home Depot) | RMSE {best['rmse']:.4f} ({best['model']}); fast pipeline p99 "
+                f"{fast['total_p99']:.1f} ms a query | [search](docs/results/search.md) |")
+    return None
+
+
+def _headline_ranker() -> str | None:
     ranker = _load("ranker")
     if ranker:
         syn = {r["model"]: r for r in ranker["results"]["synthetic"]}
         shipped, bayes = syn["dcnv2_mmoe_esmm"], syn["bayes_optimal (true p)"]
         taobao = _best(ranker["results"]["taobao"], "hr@10")
-        rows.append(f"| satisfaction ranker | CTR AUC {shipped['ctr_auc']:.4f} (Bayes ceiling {bayes['ctr_auc']:.4f}), "
-                    f"ESMM CVR AUC {shipped['cvr_auc_all']:.4f} vs clicked-only {syn['cvr_clicked_only']['cvr_auc_all']:.4f}; "
-                    f"Taobao cart + buy HR@10 {taobao['hr@10']:.4f} | [ranker](docs/results/ranker.md) |")
+        return (f"| satisfaction ranker | CTR AUC {shipped['ctr_auc']:.4f} (Bayes ceiling {bayes['ctr_auc']:.4f}), "
+                f"ESMM CVR AUC {shipped['cvr_auc_all']:.4f} vs clicked-only {syn['cvr_clicked_only']['cvr_auc_all']:.4f}; "
+                f"Taobao cart + buy HR@10 {taobao['hr@10']:.4f} | [ranker](docs/results/ranker.md) |")
+    return None
+
+
+def _headline_eff() -> str | None:
     eff = _load("efficiency")
     if eff:
         variants = {v["variant"]: v for v in eff["results"]["sasrec_beauty"]["variants"]}
         lora = eff["results"]["homedepot_cross_encoder"]["setup"]["gain_over_seeds"]["ndcg@10"]["gain_kept"]
         int8 = variants["int8 (w8a8)"]
-        rows.append(f"| efficiency | int8 SASRec {_pct(int8['ndcg_change'])} NDCG@10 at {int8['bytes_ratio']:.2f}x "
-                    f"the bytes; LoRA keeps {100 * lora:.0f}% of full fine-tuning's gain | "
-                    "[efficiency](docs/results/efficiency.md) |")
+        return (f"| efficiency | int8 SASRec {_pct(int8['ndcg_change'])} NDCG@10 at {int8['bytes_ratio']:.2f}x "
+                f"the bytes; LoRA keeps {100 * lora:.0f}% of full fine-tuning's gain | "
+                "[efficiency](docs/results/efficiency.md) |")
+    return None
+
+
+def _headline_shard() -> str | None:
     shard = _load("sharding")
     if shard:
         large = {r["mesh"] + r["loss"]: r for r in shard["results"]["large_table"]["rows"]}
         gib = 1 << 30
-        rows.append(f"| scaling | a {shard['results']['large_table']['num_items']:,}-item table: "
-                    f"{large['8x1full_softmax']['table_bytes_per_device'] / gib:.2f} -> "
-                    f"{large['1x8full_softmax']['table_bytes_per_device'] / gib:.2f} GiB per device (8x1 -> 1x8 mesh) "
-                    "| [scaling](docs/results/scaling.md) |")
+        return (f"| scaling | a {shard['results']['large_table']['num_items']:,}-item table: "
+                f"{large['8x1full_softmax']['table_bytes_per_device'] / gib:.2f} -> "
+                f"{large['1x8full_softmax']['table_bytes_per_device'] / gib:.2f} GiB per device (8x1 -> 1x8 mesh) "
+                "| [scaling](docs/results/scaling.md) |")
+    return None
+
+
+def _headline_tuning() -> str | None:
     tuning = _load("tuning")
     if tuning:
         s = tuning["results"]["sasrec"]["studies"]["median_pruner"]
-        rows.append(f"| tuning | SASRec Beauty 60 min: {sum(s['counts'].values())} trials pruned vs "
-                    f"{sum(tuning['results']['sasrec']['studies']['no_pruning']['counts'].values())} unpruned; best "
-                    f"test NDCG@10 {s['best']['test']['ndcg@10']:.4f} (the shipped config) | [tuning](docs/results/tuning.md) |")
+        return (f"| tuning | SASRec Beauty 60 min: {sum(s['counts'].values())} trials pruned vs "
+                f"{sum(tuning['results']['sasrec']['studies']['no_pruning']['counts'].values())} unpruned; best "
+                f"test NDCG@10 {s['best']['test']['ndcg@10']:.4f} (the shipped config) | [tuning](docs/results/tuning.md) |")
+    return None
+
+
+def _headline_serving() -> str | None:
     serving = _load("serving")
     if serving:
         levels = serving["results"]["levels"]
-        rows.append(f"| serving | /recommend x32 p99 {levels['recommend@32']['p99_ms']:.1f} ms; /search x8 p99 "
-                    f"{levels['search@8']['p99_ms']:.1f} ms; {serving['results']['total_requests']:,} requests, 0 5xx "
-                    "| [serving](docs/results/serving.md) |")
+        return (f"| serving | /recommend x32 p99 {levels['recommend@32']['p99_ms']:.1f} ms; /search x8 p99 "
+                f"{levels['search@8']['p99_ms']:.1f} ms; {serving['results']['total_requests']:,} requests, 0 5xx "
+                "| [serving](docs/results/serving.md) |")
+    return None
+
+
+def _headline_data_scale() -> str | None:
     data_scale = _load("data_scale")
     if data_scale:
         big = data_scale["results"]["rows"][-1]
-        rows.append(f"| data preparation | {big['interactions'] // 1_000_000}M-row log prepared out of core at "
-                    f"{big['prepare_peak_mb']:,.0f} MB peak | [data](docs/results/data.md) |")
+        return (f"| data preparation | {big['interactions'] // 1_000_000}M-row log prepared out of core at "
+                f"{big['prepare_peak_mb']:,.0f} MB peak | [data](docs/results/data.md) |")
+    return None
+
+
+_HEADLINES = (_headline_seq, _headline_mm, _headline_search, _headline_ranker, _headline_eff, _headline_shard, _headline_tuning, _headline_serving, _headline_data_scale)
+
+
+def readme_table() -> str:
+    """One row per capability, its headline numbers and the page that explains them. A capability
+    whose headline is not in its JSON (a partial run: some suites, ``--quick``) gets no row."""
+    rows = ["| capability | headline (test split) | details |", "| --- | --- | --- |"]
+    for headline in _HEADLINES:
+        try:
+            row = headline()
+        except (KeyError, TypeError, StopIteration, ValueError):
+            continue
+        if row:
+            rows.append(row)
     return "\n".join(rows)
 
 

@@ -25,19 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import TINY_SASREC, require_scratch
+from ecomjax.bench.report import print_table, runs_directory, write_results
 from ecomjax.data.files import resolve_data_path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "runs" / "bench" / "temporal_split"
+WORK = runs_directory() / "bench" / "temporal_split"
 DAY = 86400.0
 
 
-def timestamped_beauty(path: Path, seed: int = 0) -> Path:
-    """``Beauty.txt`` as ``user,item,time`` rows with the synthetic times of the module doc."""
+def timestamped_beauty(path: Path, seed: int = 0, users: int | None = None) -> Path:
+    """``Beauty.txt`` (its first ``users`` users when given) as ``user,item,time`` rows with the
+    synthetic times of the module doc."""
     rng = np.random.default_rng(seed)
     lines = [line.split() for line in resolve_data_path("amazon-beauty/Beauty.txt").read_text().splitlines()
-             if line.strip()]
+             if line.strip()][:users]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         out.write("user,item,time\n")
@@ -51,11 +53,15 @@ def timestamped_beauty(path: Path, seed: int = 0) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the config's)")
+    parser.add_argument("--quick", action="store_true", help="smoke: the first 400 users, a tiny model, one epoch")
     args = parser.parse_args()
+    require_scratch(args.quick)
     import ecomjax
 
-    log = timestamped_beauty(WORK / "beauty_timestamped.csv")
+    log = timestamped_beauty(WORK / "beauty_timestamped.csv", users=400 if args.quick else None)
     common = {"data.path": str(log), "data.format": "delimited", "data.columns.time": "time"}
+    if args.quick:
+        common.update(TINY_SASREC)
     if args.epochs:
         common["train.epochs"] = args.epochs
     rows = []

@@ -32,18 +32,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ecomjax.bench.report import print_table, write_results
+from benchmarks.smoke import (
+    TINY_RANKER,
+    as_cli,
+    beauty_overrides,
+    require_scratch,
+    search_overrides,
+)
+from ecomjax.bench.report import print_table, results_directory, runs_directory, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
+RESULTS = results_directory() / "tuning.json"
 SHIPPED = {"sasrec": 0.0578}  # test NDCG@10 of configs/sasrec_beauty.yaml the issue measures against
+
+
+QUICK: dict[str, Any] = {}  # --quick: {"overrides": [...], "trials": N} for every study
 
 
 def _tune(config: str, space: str, tune_dir: Path, minutes: float, *, pruner: str, jobs: int,
           cores: set[int], extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "ecomjax", "tune", config, "--space", space, "--trials", "1000",
-               "--jobs", str(jobs), "--dir", str(tune_dir), "--pruner", pruner, "--timeout", str(minutes * 60),
-               "--top", "3", *extra]
+    trials, top = (str(QUICK["trials"]), "1") if QUICK else ("1000", "3")
+    command = [sys.executable, "-m", "ecomjax", "tune", config, *QUICK.get("overrides", []), "--space", space,
+               "--trials", trials, "--jobs", str(jobs), "--dir", str(tune_dir), "--pruner", pruner,
+               "--timeout", str(minutes * 60), "--top", top, *extra]
     log = open(tune_dir.with_suffix(".log"), "w", encoding="utf-8")  # noqa: SIM115 (lives with the process)
     print("$", " ".join(command[2:]), f"(cores {sorted(cores)})", flush=True)
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -59,7 +70,7 @@ def _summarise(tune_dir: Path, started: float, extract) -> dict[str, Any]:
     top = [r for r in report["trials"] if isinstance(r.get("test"), dict) and "error" not in r["test"]]
     baseline = _baseline_test(tune_dir, report)
     return {
-        "tune_dir": str(tune_dir.relative_to(ROOT)), "wall_seconds": wall,
+        "tune_dir": str(tune_dir.relative_to(ROOT) if tune_dir.is_relative_to(ROOT) else tune_dir), "wall_seconds": wall,
         "stopped": report["stopped"], "counts": report["counts"],
         "best": {"trial": best["number"], "valid": best["value"], "params": best["params"], "epochs": best["epochs"],
                  "test": extract(best["test"]) if best in top else None} if best else None,
@@ -100,7 +111,7 @@ def _search_test(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def sasrec(minutes: float, existing: bool = False) -> dict[str, Any]:
-    base = ROOT / "runs" / "bench" / "tune"
+    base = runs_directory() / "bench" / "tune"
     base.mkdir(parents=True, exist_ok=True)
     studies = {"median_pruner": ("median", {0}), "no_pruning": ("none", {1})}
     started = time.perf_counter()
@@ -144,7 +155,9 @@ def _write_tuned_config(best_yaml: Path, study: dict[str, Any]) -> None:
               "# (benchmarks/results/tuning.json). Chosen: "
               + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
               + "\n")
-    (ROOT / "configs" / "sasrec_beauty_tuned.yaml").write_text(header + text)
+    # a quick run's choice means nothing: it stays in the scratch runs directory
+    target = runs_directory() if QUICK else ROOT / "configs"
+    (target / "sasrec_beauty_tuned.yaml").write_text(header + text)
 
 
 def _run_or_reuse(tune_dir: Path, existing: bool, launch) -> float | None:
@@ -162,7 +175,7 @@ def _run_or_reuse(tune_dir: Path, existing: bool, launch) -> float | None:
 
 
 def ranker(minutes: float, cores: set[int], existing: bool = False) -> dict[str, Any]:
-    base = ROOT / "runs" / "bench" / "tune"
+    base = runs_directory() / "bench" / "tune"
     base.mkdir(parents=True, exist_ok=True)
     tune_dir = base / "ranker_synthetic"
     started = _run_or_reuse(tune_dir, existing, lambda: _tune("configs/ranker_synthetic.yaml", "configs/tune/ranker_synthetic.yaml", tune_dir, minutes,
@@ -176,7 +189,7 @@ def ranker(minutes: float, cores: set[int], existing: bool = False) -> dict[str,
 
 
 def search_gbdt(minutes: float, cores: set[int], existing: bool = False) -> dict[str, Any]:
-    base = ROOT / "runs" / "bench" / "tune"
+    base = runs_directory() / "bench" / "tune"
     base.mkdir(parents=True, exist_ok=True)
     tune_dir = base / "search_gbdt"
     started = _run_or_reuse(tune_dir, existing, lambda: _tune(
@@ -212,7 +225,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="wall-time budget (sasrec 60, ranker 25, search_gbdt 20)")
     parser.add_argument("--cores", default="0,1", help="ranker / search_gbdt: CPU cores, one trial per core")
     parser.add_argument("--existing", action="store_true", help="summarise the finished studies again (no training)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke: two trials (the baseline and one sampled) at tiny sizes, test of the best only")
     args = parser.parse_args()
+    require_scratch(args.quick)
+    if args.quick:
+        # the shipped config's own values must lie inside the space for it to be trial 0 (the baseline)
+        tiny_ranker = {**{k: v for k, v in TINY_RANKER.items() if k != "train.batch_size"},
+                       "data.impressions.num_requests": 3000}
+        tiny = {"sasrec": beauty_overrides(), "ranker": tiny_ranker, "search_gbdt": search_overrides()}[args.scenario]
+        QUICK.update(overrides=as_cli(tiny), trials=2)
     cores = {int(c) for c in args.cores.split(",")}
     if args.scenario == "sasrec":
         result = sasrec(args.minutes or 60, args.existing)

@@ -24,7 +24,27 @@ import numpy as np
 
 from ecomjax.errors import InputError
 
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RESULTS_DIR = _ROOT / "benchmarks" / "results"
+RESULTS_ENV = "ECOMJAX_BENCH_RESULTS"  # where results go instead (a quick smoke must not touch the curated files)
+RUNS_ENV = "ECOMJAX_BENCH_RUNS"  # where benchmarks put and look for their trained workdirs instead of runs/
+
+
+def results_directory() -> Path:
+    """The directory results are written to and earlier results read from: ``$ECOMJAX_BENCH_RESULTS``
+    when set, else ``benchmarks/results`` (the curated files the docs quote)."""
+    return Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else DEFAULT_RESULTS_DIR
+
+
+def runs_directory() -> Path:
+    """The root of the benchmarks' trained workdirs: ``$ECOMJAX_BENCH_RUNS`` when set, else ``runs/``."""
+    return Path(os.environ[RUNS_ENV]) if os.environ.get(RUNS_ENV) else _ROOT / "runs"
+
+
+def read_results(name: str) -> dict[str, Any] | None:
+    """The whole document of ``{results_directory()}/{name}.json`` (provenance and ``results``), or None."""
+    path = results_directory() / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -109,7 +129,7 @@ def write_results(
     """
     if not _NAME_RE.match(name):
         raise InputError(f"result name {name!r} must be a plain file stem (letters, digits, ._-)")
-    directory = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
+    directory = Path(results_dir) if results_dir is not None else results_directory()
     directory.mkdir(parents=True, exist_ok=True)
     document = {
         "name": name,
