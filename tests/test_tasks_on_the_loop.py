@@ -49,6 +49,12 @@ def _homedepot_slice(root: Path, rows: int) -> Path:
     return path
 
 
+def _tiny_encoder(root: Path) -> Path:
+    from tiny_bert import Variant, write_checkpoint
+
+    return write_checkpoint(root / "tiny-bert", Variant("mean-normalize"))
+
+
 def tiny_run(task: str, root: Path) -> tuple[str, dict]:
     """``(config, overrides)``: a small run of ``task`` with mid-epoch checkpoints."""
     if task == "next_item":
@@ -67,9 +73,10 @@ def tiny_run(task: str, root: Path) -> tuple[str, dict]:
         return "configs/ranker_taobao.yaml", {
             "data.path": str(_shop_files(root / "shop")), "model.dim": 8, "train.epochs": 10, "train.batch_size": 8,
             "train.eval_every_epochs": 2, "baselines.mf": False, "train.checkpoint_every_steps": 5}
-    if task == "relevance":
+    if task == "relevance":  # a tiny random BERT: the loop is under test, not what MiniLM knows
         return "configs/search_homedepot.yaml", {
-            "data.path": str(_homedepot_slice(root, 500)), "bi_encoder.train.epochs": 2,
+            "data.path": str(_homedepot_slice(root, 500)), "encoder": str(_tiny_encoder(root)),
+            "bi_encoder.train.epochs": 2,
             "bi_encoder.train.batch_size": 32, "cross_encoder.train.batch_size": 16,
             "cross_encoder.train.checkpoint_every_steps": 4, "gbdt.max_rounds": 30,
             "gbdt.early_stopping_rounds": 10}
