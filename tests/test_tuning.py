@@ -137,6 +137,14 @@ def test_every_task_trains_a_trial_blind_to_test_and_scores_test_afterwards(task
     run = ecomjax.train(config, overrides={**_quiet(overrides), "report_test": False, "workdir": str(workdir)})
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert not set(run.task.test_keys) & set(metrics), sorted(metrics)
+
+    def nested_test_parts(value, where=""):  # a baseline's or an ablation's test metrics leak as much
+        if isinstance(value, dict):  # (a split's size under "test", an int, is no metric)
+            for key, inner in value.items():
+                test_metrics = key == "test" and isinstance(inner, dict)
+                yield from ([f"{where}.{key}"] if test_metrics else nested_test_parts(inner, f"{where}.{key}"))
+
+    assert not list(nested_test_parts(metrics)), list(nested_test_parts(metrics))
     name, _ = run.task.objective()
     assert math.isfinite(run.task.objective_value(metrics)), name
     scored = ecomjax.evaluate(workdir, report_test=True)

@@ -456,14 +456,15 @@ class MultiBehaviorTask(Task):
 
     def report(self, models: dict[str, nnx.Module]) -> dict[str, Any]:
         config, p = self.config, self.prepared
+        splits = ("valid", "test") if config.report_test else ("valid",)  # a trial scores no test purchase
         results = {}
         for stage in self.stages({"num_users": p.data.num_users, "num_items": p.data.num_items}):
-            results[stage.name] = {split: stage.evaluate(models[stage.name], split) for split in ("valid", "test")}
-        baselines: dict[str, Any] = self._rule_baselines()
+            results[stage.name] = {split: stage.evaluate(models[stage.name], split) for split in splits}
+        baselines: dict[str, Any] = self._rule_baselines(splits)
         if "mf" in results:
             baselines["mf"] = results["mf"]
         return {
-            "test": results["model"]["test"], "valid": results["model"]["valid"],
+            **({"test": results["model"]["test"]} if config.report_test else {}), "valid": results["model"]["valid"],
             "behaviors": list(config.behaviors), "baselines": baselines,
             "ablations": {"buy_only": results["buy_only"]} if "buy_only" in results else {},
             "protocol": {
@@ -478,9 +479,9 @@ class MultiBehaviorTask(Task):
             "data": {**p.data.counts(), "duplicates_dropped": p.data.duplicates},
         }
 
-    def _rule_baselines(self) -> dict[str, Any]:
-        """Popularity and cart-then-popularity on the validation and test targets; validation
-        counts only the purchases the models train on, the test all of buy.train."""
+    def _rule_baselines(self, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+        """Popularity and cart-then-popularity on the validation and test targets (``splits``);
+        validation counts only the purchases the models train on, the test all of buy.train."""
         config, p = self.config, self.prepared
         data = p.data
         carts = data.train.get("cart")
@@ -492,7 +493,7 @@ class MultiBehaviorTask(Task):
         for rule in (name for name, enabled in wanted.items() if enabled):
             first_items = padded_items(carts, data.num_users, data.num_items) if rule != "popularity" else None
             out[rule] = {}
-            for part, buy, targets, exclude in parts:
+            for part, buy, targets, exclude in (x for x in parts if x[0] in splits):
                 first = None if first_items is None else first_items[targets.users]
                 out[rule][part] = popularity_metrics(buy, targets, exclude[targets.users], data.num_items,
                                                      tuple(config.eval.ks), config.eval.batch_size, first)
