@@ -239,13 +239,13 @@ ROUNDS = 3  # latency rounds, every variant once per round: drifts of this share
 
 
 def time_interleaved(rows: list[dict[str, Any]], calls: dict[str, dict[int | str, Any]],
-                     iters: dict[int | str, int], rounds: int = 0) -> None:
+                     iters: dict[int | str, int], rounds: int = ROUNDS) -> None:
     """Fill ``p50_ms_b{batch}`` / ``p99_ms_b{batch}`` of every row (``p50_ms_{name}`` for a call
-    keyed by name instead of batch size): ``ROUNDS`` rounds, each timing
+    keyed by name instead of batch size): ``rounds`` rounds, each timing
     every variant in turn (warm), the median of the rounds' percentiles reported. Timing one
     variant after another instead lets a noisy neighbour land on a single row."""
     samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for _ in range(rounds or ROUNDS):
+    for _ in range(rounds):
         for row in rows:
             for batch, fn in calls[row["variant"]].items():
                 timing = time_callable(fn, warmup=3, iters=iters[batch])

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="key=value for every run")
     parser.add_argument("--forget", action="append", default=[],
                         help="drop a stale entry (e.g. after its config changed) from the results file")
-    parser.add_argument("--quick", action="store_true", help="smoke: SASRec on 400 Beauty users, 4 steps, tiny model")
+    parser.add_argument("--quick", action="store_true", help="smoke: SASRec on 400 Beauty users, one epoch, tiny model")
     args = parser.parse_args()
     require_scratch(args.quick)
     unknown = set(args.names) - set(PUBLISHED)

@@ -17,14 +17,10 @@ import re
 import sys
 from pathlib import Path
 
-from ecomjax.bench.report import read_results
+# benchmarks/results/NAME.json, or a smoke's file when $ECOMJAX_BENCH_RESULTS is set
+from ecomjax.bench.report import read_results as _load
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str) -> dict | None:
-    """``benchmarks/results/NAME.json`` (``$ECOMJAX_BENCH_RESULTS`` instead when set: a smoke's files)."""
-    return read_results(name)
 
 
 def sequential_table() -> str:
